@@ -1,0 +1,95 @@
+//! Command-line interface: one file per subcommand under `cli/`. A
+//! subcommand turns flags into a library call and prints the result.
+
+mod build;
+mod diff;
+mod images;
+mod inspect;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// strata builds container images as a tier hierarchy (base → tools → jdk →
+/// tomcat → app) declared in layers.toml: reproducible, zstd-compressed,
+/// one small layer per change.
+#[derive(Debug, Parser)]
+#[command(name = "strata", version, propagate_version = true)]
+#[command(
+    after_help = "Start with `strata build --help`. Environment: STRATA_STORE (store directory), \
+SOURCE_DATE_EPOCH (layer mtimes), DOCKER_HOST (engine for `run` steps and --load), RUST_LOG (log filter)."
+)]
+pub struct Cli {
+    /// Log level for diagnostics on stderr (error, warn, info, debug, trace).
+    #[arg(long, global = true, default_value = "warn", env = "STRATA_LOG")]
+    pub log_level: String,
+    /// Write logs as JSON lines.
+    #[arg(long, global = true)]
+    pub log_json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    Build(build::Args),
+    Inspect(inspect::Args),
+    Diff(diff::Args),
+}
+
+/// Options shared by commands that read images.
+#[derive(Debug, clap::Args)]
+pub struct StoreArgs {
+    /// The content store (blobs, cache records, downloads). Shared by every
+    /// build on this machine; safe to delete, it is only a cache.
+    #[arg(long, env = "STRATA_STORE", default_value_os_t = default_store())]
+    pub store: PathBuf,
+    /// The OCI image layout that builds write and image names refer to.
+    #[arg(long, default_value = "out/oci")]
+    pub layout: PathBuf,
+}
+
+fn default_store() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"));
+    base.join("strata")
+}
+
+pub fn init_logging(cli: &Cli) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cli.log_json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Build(a) => build::run(a),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Diff(a) => diff::run(a),
+    }
+}
+
+/// Human-readable byte sizes: 1.2 MB.
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = bytes as f64;
+    let mut i = 0;
+    while v >= 1000.0 && i < UNITS.len() - 1 {
+        v /= 1000.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[i])
+    }
+}
