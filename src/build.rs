@@ -25,8 +25,8 @@ use serde::{Deserialize, Serialize};
 use crate::digest::{Digest, Hasher, hash_reader};
 use crate::oci::listing::{Entry, EntryKind};
 use crate::oci::{
-    ANNOTATION_CACHE_KEY, ANNOTATION_PARENT, ANNOTATION_TIER, Descriptor, History, ImageConfig, MEDIA_CONFIG,
-    MEDIA_MANIFEST, Manifest, RootFs, RuntimeConfig, rfc3339, to_json,
+    ANNOTATION_PARENT, ANNOTATION_TIER, Descriptor, History, ImageConfig, MEDIA_CONFIG, MEDIA_MANIFEST,
+    Manifest, RootFs, RuntimeConfig, rfc3339, to_json,
 };
 use crate::spec::{BaseImage, ConfigChanges, ImagePath, Origin, Plan, SourceKind, Tier};
 use crate::store::{Store, StoreError};
@@ -410,9 +410,8 @@ fn build_tier(
     manifest
         .annotations
         .insert(ANNOTATION_TIER.to_string(), name.clone());
-    manifest
-        .annotations
-        .insert(ANNOTATION_CACHE_KEY.to_string(), key.to_string());
+    // The cache key stays out of the manifest: it hashes host paths and
+    // mtimes, which must not change the image's digest.
     if let Some(p) = &tier.parent {
         manifest
             .annotations

@@ -32,7 +32,6 @@ pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// strata's own annotations on tier manifests.
 pub const ANNOTATION_TIER: &str = "dev.strata.tier";
 pub const ANNOTATION_PARENT: &str = "dev.strata.parent";
-pub const ANNOTATION_CACHE_KEY: &str = "dev.strata.cache-key";
 
 /// How a layer blob's bytes are compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,0 +1,374 @@
+//! The builder against real bytes: reproducible digests, the cache,
+//! hostile archives, pinned downloads from a local HTTP server, and real
+//! OCI tools reading the output.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use common::*;
+use serde_json::Value;
+
+/// A small stack: a base from a tar, a tools tier from a host directory
+/// with fixes, and an app from a WAR.
+fn small_stack(dir: &Path, war_body: &str) {
+    write(
+        &dir.join("rootfs.tar"),
+        tar_of(&[
+            ("bin/tool", "#!/bin/sh\necho tool\n"),
+            ("etc/os-release", "ID=test\n"),
+            ("usr/share/zoneinfo/Asia/Shanghai", "TZif-fake"),
+            ("bin/sh@", "/bin/tool"),
+        ]),
+    );
+    write(&dir.join("tools/usr/local/bin/hello"), "hello\n");
+    write(&dir.join("tools/usr/local/share/doc/readme"), "doc\n");
+    write_war(&dir.join("app.war"), war_body);
+    write(
+        &dir.join("layers.toml"),
+        r#"
+[tiers.base]
+sources = [{ tar = "rootfs.tar" }, { dir = ["/tmp"], mode = "1777" }]
+env = { PATH = "/usr/bin:/bin" }
+cmd = ["/bin/sh"]
+
+[tiers.tools]
+parent = "base"
+sources = [{ path = "tools", exclude = ["usr/local/share/**"] }]
+fixes = { timezone = "Asia/Shanghai", encoding = "UTF-8", hostname = true, init = true }
+
+[tiers.tomcat]
+parent = "tools"
+sources = [{ content = "server", dest = "/usr/local/tomcat/conf/server.xml" }]
+fixes = { jvm = { max_ram_percentage = 70 } }
+cmd = ["catalina.sh", "run"]
+ports = [8080]
+
+[app]
+parent = "tomcat"
+webapps = "/usr/local/tomcat/webapps"
+
+[apps.shop]
+war = "app.war"
+"#,
+    );
+}
+
+fn write_war(path: &Path, index: &str) {
+    let f = std::fs::File::create(path).unwrap();
+    let mut z = zip::ZipWriter::new(f);
+    let opts = zip::write::SimpleFileOptions::default();
+    z.add_directory("WEB-INF/", opts).unwrap();
+    z.start_file("WEB-INF/web.xml", opts).unwrap();
+    z.write_all(b"<web-app/>").unwrap();
+    z.start_file("index.html", opts).unwrap();
+    z.write_all(index.as_bytes()).unwrap();
+    z.finish().unwrap();
+}
+
+fn build_json(dir: &Path, extra: &[&str]) -> Value {
+    let mut args = vec!["build", "--json", "--layout", "oci"];
+    args.extend_from_slice(extra);
+    let out = run_in(dir, &args);
+    assert!(out.status.success(), "build failed: {}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn digests(report: &Value) -> Vec<(String, String, Option<String>)> {
+    report["tiers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["tier"].as_str().unwrap().to_string(),
+                t["manifest"]["digest"].as_str().unwrap().to_string(),
+                t["layer"]["digest"].as_str().map(str::to_string),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn two_clean_builds_give_identical_digests() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    small_stack(a.path(), "v1");
+    small_stack(b.path(), "v1");
+    let ra = build_json(a.path(), &[]);
+    let rb = build_json(b.path(), &[]);
+    assert_eq!(digests(&ra), digests(&rb));
+    assert_eq!(digests(&ra).len(), 4);
+    // Byte-identical layouts, index included.
+    let ia = std::fs::read(a.path().join("oci/index.json")).unwrap();
+    let ib = std::fs::read(b.path().join("oci/index.json")).unwrap();
+    assert_eq!(ia, ib);
+    assert_eq!(
+        strata::oci::layout::verify(&a.path().join("oci")).unwrap(),
+        4 * 2 + 4
+    );
+}
+
+#[test]
+fn changing_the_war_rebuilds_only_the_app_tier() {
+    let d = tempfile::tempdir().unwrap();
+    small_stack(d.path(), "v1");
+    let first = build_json(d.path(), &[]);
+    assert!(
+        first["tiers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["cached"] == false)
+    );
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    write_war(&d.path().join("app.war"), "v2");
+    let second = build_json(d.path(), &[]);
+    let (a, b) = (digests(&first), digests(&second));
+    for i in 0..3 {
+        assert_eq!(a[i], b[i], "tier {} must be unchanged", a[i].0);
+        assert_eq!(second["tiers"][i]["cached"], true);
+    }
+    assert_eq!(a[3].0, "shop");
+    assert_ne!(a[3].1, b[3].1);
+    assert_eq!(second["tiers"][3]["cached"], false);
+
+    // The file-level diff shows exactly the changed page.
+    std::fs::rename(d.path().join("oci"), d.path().join("old")).unwrap();
+    write_war(&d.path().join("app.war"), "v1");
+    build_json(d.path(), &[]);
+    let out = run_in(
+        d.path(),
+        &["diff", "--json", "--layout", "oci", "oci:old:shop", "shop"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let changes: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let changes = changes.as_array().unwrap();
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!(changes[0]["path"], "usr/local/tomcat/webapps/ROOT/index.html");
+    assert_eq!(changes[0]["change"], "modified");
+    assert_eq!(changes[0]["old_size"], 2);
+}
+
+#[test]
+fn fixes_and_config_are_baked_in() {
+    let d = tempfile::tempdir().unwrap();
+    small_stack(d.path(), "v1");
+    build_json(d.path(), &[]);
+    let out = run_in(
+        d.path(),
+        &["inspect", "--json", "--files", "--layout", "oci", "shop"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let env: Vec<&str> = v["config"]["config"]["Env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    assert!(env.contains(&"TZ=Asia/Shanghai"), "{env:?}");
+    assert!(env.contains(&"LANG=C.UTF-8"), "{env:?}");
+    assert!(
+        env.contains(
+            &"JAVA_TOOL_OPTIONS=-Dfile.encoding=UTF-8 -Dsun.jnu.encoding=UTF-8 -XX:MaxRAMPercentage=70.0 -XX:+ExitOnOutOfMemoryError"
+        ),
+        "{env:?}"
+    );
+    assert_eq!(
+        v["config"]["config"]["Entrypoint"][0],
+        "/usr/local/bin/strata-init"
+    );
+    assert_eq!(v["config"]["config"]["Cmd"][0], "catalina.sh");
+    let files = v["files"].as_array().unwrap();
+    let find = |p: &str| files.iter().find(|f| f["path"] == p).cloned();
+    assert_eq!(
+        find("etc/localtime").unwrap()["link"],
+        "/usr/share/zoneinfo/Asia/Shanghai"
+    );
+    assert_eq!(find("etc/timezone").unwrap()["size"], 14);
+    assert_eq!(find("tmp").unwrap()["mode"], 0o1777);
+    assert!(find("usr/local/bin/hello").is_some());
+    assert!(find("usr/local/share/doc/readme").is_none(), "excluded");
+    assert!(find("usr/local/tomcat/webapps/ROOT/WEB-INF/web.xml").is_some());
+    assert_eq!(v["layers"].as_array().unwrap().len(), 4);
+}
+
+fn hostile(entries: &[(&str, &str)], expect: &str) {
+    let d = tempfile::tempdir().unwrap();
+    write(&d.path().join("evil.tar"), tar_of(entries));
+    write(
+        &d.path().join("layers.toml"),
+        "[tiers.base]\nsources = [{ content = \"ok\", dest = \"/ok\" }]\n[tiers.evil]\nparent = \"base\"\nsources = [{ tar = \"evil.tar\" }]\n",
+    );
+    let out = run_in(d.path(), &["build", "--layout", "oci"]);
+    assert!(!out.status.success(), "a hostile archive must fail the build");
+    let e = stderr(&out);
+    assert!(e.contains("evil.tar") && e.contains(expect), "{e}");
+    assert!(!d.path().join("oci").exists(), "no layout on failure");
+    let tmp = d.path().join("store/tmp");
+    assert_eq!(
+        std::fs::read_dir(tmp).unwrap().count(),
+        0,
+        "no staging left behind"
+    );
+}
+
+#[test]
+fn tar_with_parent_dir_entry_is_refused() {
+    hostile(&[("a", "1"), ("../escape", "x")], "climbs out of the root");
+}
+
+#[test]
+fn tar_with_absolute_entry_is_refused() {
+    hostile(&[("/etc/passwd", "x")], "absolute path");
+}
+
+#[test]
+fn tar_with_escaping_symlink_is_refused() {
+    hostile(&[("a/lnk@", "../../../etc")], "escapes the image root");
+}
+
+#[test]
+fn tar_entry_through_a_symlink_is_refused() {
+    hostile(&[("lnk@", "/etc"), ("lnk/x", "pwned")], "lies below symlink");
+}
+
+#[test]
+fn wrong_sha256_of_local_archive_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let body = tar_of(&[("f", "1")]);
+    write(&d.path().join("x.tar"), &body);
+    let wrong = sha256_hex(b"something else");
+    write(
+        &d.path().join("layers.toml"),
+        format!("[tiers.base]\nsources = [\n  {{ tar = \"x.tar\", sha256 = \"{wrong}\" }},\n]\n"),
+    );
+    let out = run_in(d.path(), &["build", "--layout", "oci"]);
+    assert!(!out.status.success());
+    let e = stderr(&out);
+    assert!(e.contains(&format!("expected sha256:{wrong}")), "{e}");
+    assert!(e.contains(&sha256_hex(&body)), "{e}");
+    assert!(e.contains("layers.toml:3:"), "{e}");
+    assert!(!d.path().join("oci").exists());
+}
+
+/// Serves `body` for every request; counts requests.
+fn serve(body: Vec<u8>) -> (String, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/rootfs.tar.gz", l.local_addr().unwrap());
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    std::thread::spawn(move || {
+        // Bounded: a test never makes more than a handful of requests.
+        for stream in l.incoming().take(16) {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            h.fetch_add(1, Ordering::SeqCst);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = s.write_all(head.as_bytes());
+            let _ = s.write_all(&body);
+        }
+    });
+    (url, hits)
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
+}
+
+#[test]
+fn downloads_are_verified_and_cached_by_digest() {
+    let d = tempfile::tempdir().unwrap();
+    let body = gzip(&tar_of(&[
+        ("rootfs/etc/hostname", "box\n"),
+        ("rootfs/bin/x", "x"),
+    ]));
+    let (url, hits) = serve(body.clone());
+    let good = sha256_hex(&body);
+    let toml = |digest: &str| {
+        format!(
+            "[tiers.base]\nsources = [{{ tar = \"{url}\", sha256 = \"{digest}\", strip_components = 1 }}]\n"
+        )
+    };
+    // A wrong pin: refused, nothing stored.
+    write(&d.path().join("layers.toml"), toml(&sha256_hex(b"nope")));
+    let out = run_in(d.path(), &["build", "--layout", "oci"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("nothing was stored"), "{}", stderr(&out));
+    assert!(!d.path().join(format!("store/blobs/sha256/{good}")).exists());
+    // The right pin: downloaded once, then served from the store.
+    write(&d.path().join("layers.toml"), toml(&good));
+    build_json(d.path(), &[]);
+    assert!(d.path().join(format!("store/blobs/sha256/{good}")).exists());
+    let after_first = hits.load(Ordering::SeqCst);
+    build_json(d.path(), &["--no-cache"]);
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        after_first,
+        "second build must not download"
+    );
+    let out = run_in(d.path(), &["inspect", "--files", "--layout", "oci", "base"]);
+    assert!(stdout(&out).contains("/etc/hostname"), "{}", stdout(&out));
+}
+
+#[test]
+fn skopeo_and_umoci_read_the_layouts() {
+    if !have_tool("skopeo") || !have_tool("umoci") {
+        return;
+    }
+    for compression in ["zstd", "gzip"] {
+        let d = tempfile::tempdir().unwrap();
+        small_stack(d.path(), "v1");
+        let toml = std::fs::read_to_string(d.path().join("layers.toml")).unwrap();
+        write(
+            &d.path().join("layers.toml"),
+            format!("[build]\ncompression = \"{compression}\"\n{toml}"),
+        );
+        build_json(d.path(), &[]);
+        let layout = format!("oci:{}:shop", d.path().join("oci").display());
+        let out = std::process::Command::new("skopeo")
+            .args(["inspect", "--raw", &layout])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "skopeo inspect: {}", stderr(&out));
+        let m: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(
+            m["layers"][0]["mediaType"]
+                .as_str()
+                .unwrap()
+                .ends_with(compression)
+        );
+        let dest = format!("oci:{}:copy", d.path().join("copy").display());
+        let out = std::process::Command::new("skopeo")
+            .args(["copy", &layout, &dest])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "skopeo copy: {}", stderr(&out));
+        if compression == "gzip" {
+            let bundle = d.path().join("bundle");
+            let out = std::process::Command::new("umoci")
+                .args(["unpack", "--rootless", "--image"])
+                .arg(format!("{}:shop", d.path().join("oci").display()))
+                .arg(&bundle)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "umoci unpack: {}", stderr(&out));
+            let page =
+                std::fs::read_to_string(bundle.join("rootfs/usr/local/tomcat/webapps/ROOT/index.html"))
+                    .unwrap();
+            assert_eq!(page, "v1");
+            assert!(bundle.join("rootfs/etc/timezone").is_file());
+        }
+    }
+}
