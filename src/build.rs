@@ -567,7 +567,7 @@ fn tier_key(plan: &Plan, tier: &Tier, parent: Option<&Built>) -> Result<Digest> 
         h.update(bytes);
     };
     put(&mut h, "version", KEY_VERSION.as_bytes());
-    put(&mut h, "fixes", fixes::VERSION.as_bytes());
+    put(&mut h, "fixes", fixes::fingerprint().as_bytes());
     put(
         &mut h,
         "settings",

@@ -134,6 +134,7 @@ impl Store {
         let dir = self.root.join("tmp");
         let tmp = tempfile::Builder::new()
             .prefix("blob-")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
             .tempfile_in(&dir)
             .map_err(io_err(&dir))?;
         Ok(BlobWriter {
@@ -177,6 +178,7 @@ impl Store {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let mut tmp = tempfile::Builder::new()
             .prefix(".tmp-")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
             .tempfile_in(dir)
             .map_err(io_err(dir))?;
         tmp.write_all(bytes).map_err(io_err(&path))?;

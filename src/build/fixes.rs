@@ -12,8 +12,15 @@ use crate::oci::ImageConfig;
 use crate::oci::listing::{Entry, EntryKind};
 use crate::spec::{ConfigChanges, Fixes, ImagePath};
 
-/// Part of every cache key: bump when a fix's output changes.
-pub const VERSION: &str = "fixes-v1";
+/// Part of every cache key: bump when a fix's output changes in a way the
+/// texts in [`fingerprint`] do not show.
+const VERSION: &str = "fixes-v1";
+
+/// What the fixes write, for cache keys: a changed init script rebuilds
+/// the tiers that carry it.
+pub fn fingerprint() -> String {
+    format!("{VERSION}\0{INIT_SCRIPT}\0{NSSWITCH}")
+}
 
 /// Where the init fix installs its entrypoint.
 pub const INIT_PATH: &str = "/usr/local/bin/strata-init";
@@ -219,8 +226,16 @@ if [ "${STRATA_HOSTNAME_FIX:-0}" = 1 ]; then
         fi
     fi
 fi
+# 3. With STRATA_RUN_AS=USER, drop root after the fixes above, still by exec.
 if [ -n "${STRATA_RUN_AS:-}" ] && [ "$(id -u)" = 0 ]; then
-    exec chpst -u "$STRATA_RUN_AS" "$@"
+    if command -v su-exec >/dev/null 2>&1; then
+        exec su-exec "$STRATA_RUN_AS" "$@"
+    elif setpriv --help 2>&1 | grep -q reuid; then
+        exec setpriv --reuid="$STRATA_RUN_AS" --regid="$STRATA_RUN_AS" --init-groups "$@"
+    fi
+    # busybox su execs the shell, which execs the command: no process stays
+    # in between, so the command is still PID 1.
+    exec su -m -s /bin/sh "$STRATA_RUN_AS" -c 'exec "$@"' strata-init "$@"
 fi
 exec "$@"
 "#;

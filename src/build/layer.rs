@@ -68,8 +68,21 @@ pub fn write_layer(
             // Always multithreaded (nbWorkers >= 1): libzstd then produces
             // the same bytes whatever the worker count.
             enc.multithread(workers.max(1)).map_err(LayerError::Write)?;
-            let mut hw = HashingWriter::new(enc, Algorithm::Sha256);
+            if let Some(job) = std::env::var("STRATA_ZSTD_JOB").ok().and_then(|v| v.parse().ok()) {
+                enc.set_parameter(zstd::zstd_safe::CParameter::JobSize(job))
+                    .map_err(LayerError::Write)?;
+            }
+            if let Some(o) = std::env::var("STRATA_ZSTD_OVERLAP")
+                .ok()
+                .and_then(|v| v.parse().ok())
+            {
+                enc.set_parameter(zstd::zstd_safe::CParameter::OverlapSizeLog(o))
+                    .map_err(LayerError::Write)?;
+            }
+            let mut hw =
+                std::io::BufWriter::with_capacity(COPY_BUF, HashingWriter::new(enc, Algorithm::Sha256));
             let listing = write_tar(tree, implicit, epoch, &mut hw)?;
+            let hw = hw.into_inner().map_err(|e| LayerError::Write(e.into_error()))?;
             let (enc, diff_id, n) = hw.finish();
             let blob = enc.finish().map_err(LayerError::Write)?;
             (listing, diff_id, n, blob)

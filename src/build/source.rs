@@ -33,6 +33,8 @@ pub enum SourceError {
     NotDeb { path: PathBuf },
     #[error("{}: unsupported compression of member `{member}`", path.display())]
     DebCompression { path: PathBuf, member: String },
+    #[error("{}: no entry matched the source's filters (include, exclude, strip_prefix, strip_components)", archive.display())]
+    NothingMatched { archive: PathBuf },
     #[error("{}: not a zip/WAR file: {reason}", path.display())]
     BadZip { path: PathBuf, reason: String },
 }
@@ -70,6 +72,8 @@ impl Stage {
 
 /// Include/exclude matching plus the path rewriting of one source.
 pub struct Mapper {
+    /// Entries taken so far; a source that takes none is a mistake.
+    taken: std::cell::Cell<usize>,
     include: Option<GlobSet>,
     exclude: Option<GlobSet>,
     filter: Filter,
@@ -94,6 +98,7 @@ fn globset(patterns: &[String]) -> Option<GlobSet> {
 impl Mapper {
     fn new(src: &Source) -> Mapper {
         Mapper {
+            taken: std::cell::Cell::new(0),
             include: globset(&src.filter.include),
             exclude: globset(&src.filter.exclude),
             filter: src.filter.clone(),
@@ -105,6 +110,7 @@ impl Mapper {
     /// Takes every entry as it is.
     pub fn identity() -> Mapper {
         Mapper {
+            taken: std::cell::Cell::new(0),
             include: None,
             exclude: None,
             filter: Filter::default(),
@@ -135,7 +141,17 @@ impl Mapper {
         {
             return None;
         }
+        self.taken.set(self.taken.get() + 1);
         Some(self.dest.join(&rel))
+    }
+
+    fn check_taken(&self, archive: &Path) -> Result<()> {
+        if self.taken.get() == 0 {
+            return Err(SourceError::NothingMatched {
+                archive: archive.to_path_buf(),
+            });
+        }
+        Ok(())
     }
 
     fn meta(&self, is_dir: bool, mode: u32, uid: u32, gid: u32) -> Meta {
@@ -158,7 +174,10 @@ impl Mapper {
 pub fn add(tree: &mut Tree, stage: &mut Stage, src: &Source, fetched: Option<&Path>) -> Result<()> {
     let m = Mapper::new(src);
     match &src.kind {
-        SourceKind::Path(p) => add_host(tree, &m, p),
+        SourceKind::Path(p) => {
+            add_host(tree, &m, p)?;
+            m.check_taken(p)
+        }
         SourceKind::Tar(origin) | SourceKind::Deb(origin) => {
             let path = match (origin, fetched) {
                 (_, Some(f)) => f.to_path_buf(),
@@ -168,18 +187,20 @@ pub fn add(tree: &mut Tree, stage: &mut Stage, src: &Source, fetched: Option<&Pa
             let file = File::open(&path).map_err(io_err(&path))?;
             let reader = BufReader::with_capacity(1 << 20, file);
             if matches!(src.kind, SourceKind::Deb(_)) {
-                add_deb(tree, stage, &m, &path, reader)
+                add_deb(tree, stage, &m, &path, reader)?;
             } else {
                 let r = decompress(reader).map_err(io_err(&path))?;
-                add_tar(tree, stage, &m, &path, r)
+                add_tar(tree, stage, &m, &path, r)?;
             }
+            m.check_taken(&path)
         }
         SourceKind::War(p) => {
             if p.is_dir() {
-                add_host(tree, &m, p)
+                add_host(tree, &m, p)?;
             } else {
-                add_zip(tree, stage, &m, p)
+                add_zip(tree, stage, &m, p)?;
             }
+            m.check_taken(p)
         }
         SourceKind::Content(text) => {
             let bytes: Arc<[u8]> = Arc::from(text.as_bytes());
@@ -266,6 +287,7 @@ fn add_host(tree: &mut Tree, m: &Mapper, root: &Path) -> Result<()> {
             m.dest.clone()
         };
         let node = host_node(root, &meta)?;
+        m.taken.set(1);
         return tree
             .insert(dest, node, m.meta(false, meta.mode(), 0, 0))
             .map_err(tree_err);

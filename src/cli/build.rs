@@ -46,6 +46,9 @@ pub struct Args {
     /// Load the built images into the local Docker engine.
     #[arg(long)]
     pub load: bool,
+    /// Tag images REPOSITORY/TIER:TAG with this tag instead of the config's.
+    #[arg(long, value_parser = parse_tag)]
+    pub tag: Option<String>,
     /// Rebuild every tier, ignoring the cache.
     #[arg(long)]
     pub no_cache: bool,
@@ -54,6 +57,18 @@ pub struct Args {
     pub json: bool,
     #[command(flatten)]
     pub store: StoreArgs,
+}
+
+fn parse_tag(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 128
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        && !s.starts_with(['.', '-']);
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!("`{s}` is not a tag ([A-Za-z0-9_][A-Za-z0-9._-]*)"))
+    }
 }
 
 fn parse_war(s: &str) -> Result<AppOverride, String> {
@@ -104,7 +119,10 @@ fn summary(o: &TierOutcome) -> String {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let plan = spec::load(&a.config, &a.wars)?;
+    let mut plan = spec::load(&a.config, &a.wars)?;
+    if let Some(t) = &a.tag {
+        plan.settings.tag = t.clone();
+    }
     let store = Store::open(&a.store.store)
         .with_context(|| format!("opening the store at {}", a.store.store.display()))?;
     let bar = (!a.json && std::io::stderr().is_terminal()).then(|| {

@@ -126,6 +126,7 @@ pub fn write(
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let tmp = tempfile::Builder::new()
         .prefix(".tmp-archive-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
         .tempfile_in(dir)
         .map_err(io_err(dir))?;
     let mut tar = tar::Builder::new(BufWriter::with_capacity(1 << 20, tmp));

@@ -157,8 +157,11 @@ pub struct Settings {
     /// Every mtime in every layer, and the image `created` time.
     pub source_date_epoch: i64,
     pub compression: Compression,
-    /// Images are tagged `REPOSITORY/TIER:TAG`.
+    /// Images are tagged `REPOSITORY/TIER:TAG`. Names are not content:
+    /// they stay out of cache keys.
+    #[serde(skip)]
     pub repository: String,
+    #[serde(skip)]
     pub tag: String,
     pub os: String,
     pub architecture: String,
