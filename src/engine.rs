@@ -112,7 +112,11 @@ impl BlockingEngine {
             user: Some("0:0".to_string()),
             ..Default::default()
         };
-        let name = format!("strata-run-{}", std::process::id());
+        let name = format!(
+            "strata-run-{}-{}",
+            std::process::id(),
+            image.rsplit('-').next().unwrap_or("0")
+        );
         let opts = CreateContainerOptionsBuilder::default().name(&name).build();
         let id = d.create_container(Some(opts), body).await.map_err(api)?.id;
         let result = async {

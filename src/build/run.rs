@@ -83,7 +83,12 @@ pub fn run_steps(
         move |source| RunError::Io { path, source }
     };
     // 1. The parent image, loaded into the engine under a private tag.
-    let tag = format!("strata-run/{}:parent", tier.name);
+    // Unique per build, so concurrent builds never remove each other's image.
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let tag = format!("strata-run/{}:{}-{nonce}", tier.name, std::process::id());
     if let Some((manifest, _)) = base {
         let (d, size) = store.put(&crate::oci::to_json(manifest), None)?;
         let desc = Descriptor::new(crate::oci::MEDIA_MANIFEST, d, size);
