@@ -372,3 +372,36 @@ fn skopeo_and_umoci_read_the_layouts() {
         }
     }
 }
+
+#[test]
+fn zstd_bytes_do_not_depend_on_the_worker_count() {
+    let mut layers = Vec::new();
+    for workers in ["1", "2", "7"] {
+        let d = tempfile::tempdir().unwrap();
+        // Enough data for several zstd jobs.
+        let mut state = 7u64;
+        let body: String = (0..24_000_000)
+            .map(|_| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+                (b'a' + (state >> 59) as u8) as char
+            })
+            .collect();
+        write(&d.path().join("data/big.txt"), &body);
+        write(
+            &d.path().join("layers.toml"),
+            "[tiers.t]\nsources = [{ path = \"data\" }]\n",
+        );
+        let out = strata()
+            .current_dir(d.path())
+            .env("STRATA_STORE", d.path().join("store"))
+            .env("STRATA_ZSTD_WORKERS", workers)
+            .args(["build", "--json", "--layout", "oci"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        layers.push(v["tiers"][0]["layer"]["digest"].as_str().unwrap().to_string());
+    }
+    assert_eq!(layers[0], layers[1]);
+    assert_eq!(layers[1], layers[2]);
+}

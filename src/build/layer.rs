@@ -64,21 +64,11 @@ pub fn write_layer(
     let (listing, diff_id, tar_size, blob) = match compression {
         Compression::Zstd { level } => {
             let mut enc = zstd::stream::write::Encoder::new(blob, level).map_err(LayerError::Write)?;
-            let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as u32;
             // Always multithreaded (nbWorkers >= 1): libzstd then produces
             // the same bytes whatever the worker count.
-            enc.multithread(workers.max(1)).map_err(LayerError::Write)?;
-            if let Some(job) = std::env::var("STRATA_ZSTD_JOB").ok().and_then(|v| v.parse().ok()) {
-                enc.set_parameter(zstd::zstd_safe::CParameter::JobSize(job))
-                    .map_err(LayerError::Write)?;
-            }
-            if let Some(o) = std::env::var("STRATA_ZSTD_OVERLAP")
-                .ok()
-                .and_then(|v| v.parse().ok())
-            {
-                enc.set_parameter(zstd::zstd_safe::CParameter::OverlapSizeLog(o))
-                    .map_err(LayerError::Write)?;
-            }
+            enc.multithread(zstd_workers()).map_err(LayerError::Write)?;
+            // Batch the many small header writes: zstd and the hasher both
+            // do better with large chunks.
             let mut hw =
                 std::io::BufWriter::with_capacity(COPY_BUF, HashingWriter::new(enc, Algorithm::Sha256));
             let listing = write_tar(tree, implicit, epoch, &mut hw)?;
@@ -107,6 +97,20 @@ pub fn write_layer(
         tar_size,
         listing,
     })
+}
+
+/// zstd worker threads: `STRATA_ZSTD_WORKERS`, else one per core. Never 0:
+/// single-threaded mode would produce different bytes.
+pub fn zstd_workers() -> u32 {
+    std::env::var("STRATA_ZSTD_WORKERS")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1)
+        })
+        .clamp(1, 64)
 }
 
 /// Writes the tar stream of `tree` to `out` and returns its listing.
