@@ -405,3 +405,75 @@ fn zstd_bytes_do_not_depend_on_the_worker_count() {
     assert_eq!(layers[0], layers[1]);
     assert_eq!(layers[1], layers[2]);
 }
+
+#[test]
+fn a_killed_build_leaves_no_partial_blob_or_image() {
+    let d = tempfile::tempdir().unwrap();
+    // ~160 MB of poorly compressible data, so the layer takes a while.
+    let mut state = 99u64;
+    let chunk: Vec<u8> = (0..(16 << 20))
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    for i in 0..10 {
+        let mut c = chunk.clone();
+        c[0] = i;
+        write(&d.path().join(format!("data/f{i}")), &c);
+    }
+    write(
+        &d.path().join("layers.toml"),
+        "[tiers.big]\nsources = [{ path = \"data\" }]\n",
+    );
+    let mut child = strata()
+        .current_dir(d.path())
+        .env("STRATA_STORE", d.path().join("store"))
+        .args(["build", "--layout", "oci"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait (bounded) until the layer blob is being written, then kill -9.
+    let tmp = d.path().join("store/tmp");
+    let started = std::time::Instant::now();
+    let mut seen_partial = false;
+    while started.elapsed() < std::time::Duration::from_secs(20) {
+        let partial = std::fs::read_dir(&tmp)
+            .map(|rd| {
+                rd.flatten().any(|e| {
+                    e.file_name().to_string_lossy().starts_with("blob-")
+                        && e.metadata().map(|m| m.len() > (1 << 20)).unwrap_or(false)
+                })
+            })
+            .unwrap_or(false);
+        if partial {
+            seen_partial = true;
+            break;
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(seen_partial, "the build finished before it could be interrupted");
+    // Every visible blob matches its name; no tier record, no layout.
+    let blobs = d.path().join("store/blobs/sha256");
+    for e in std::fs::read_dir(&blobs).unwrap().flatten() {
+        let bytes = std::fs::read(e.path()).unwrap();
+        assert_eq!(
+            sha256_hex(&bytes),
+            e.file_name().to_string_lossy(),
+            "corrupt blob visible"
+        );
+    }
+    assert!(!d.path().join("oci").exists());
+    assert!(!d.path().join("store/meta/tier").exists());
+    // The next build succeeds and cleans nothing it should not.
+    let out = run_in(d.path(), &["build", "--layout", "oci"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(strata::oci::layout::verify(&d.path().join("oci")).unwrap(), 3);
+}
