@@ -477,3 +477,72 @@ fn a_killed_build_leaves_no_partial_blob_or_image() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(strata::oci::layout::verify(&d.path().join("oci")).unwrap(), 3);
 }
+
+#[test]
+fn base_images_deletes_and_hard_links() {
+    let d = tempfile::tempdir().unwrap();
+    small_stack(d.path(), "v1");
+    build_json(d.path(), &["--tier", "tools", "--docker-archive", "tools.tar"]);
+    // A second config starts from the first build's output, as an OCI
+    // layout and as a docker-archive.
+    write(&d.path().join("extra/a.txt"), "same bytes");
+    std::fs::hard_link(d.path().join("extra/a.txt"), d.path().join("extra/b.txt")).unwrap();
+    write(
+        &d.path().join("second/layers.toml"),
+        r#"
+[tiers.fromoci]
+base = "oci:../oci:tools"
+sources = [{ path = "../extra", dest = "/srv" }]
+delete = ["/etc/os-release"]
+
+[tiers.fromarchive]
+base = "docker-archive:../tools.tar:strata/tools:latest"
+"#,
+    );
+    let out = run_in(&d.path().join("second"), &["build", "--json", "--layout", "oci"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let files = |name: &str| {
+        let o = run_in(
+            &d.path().join("second"),
+            &["inspect", "--json", "--files", "--layout", "oci", name],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_slice::<Value>(&o.stdout).unwrap()
+    };
+    let v = files("fromoci");
+    let list = v["files"].as_array().unwrap();
+    let get = |p: &str| list.iter().find(|f| f["path"] == p).cloned();
+    assert!(get("etc/os-release").is_none(), "deleted by a whiteout");
+    assert!(get("usr/local/bin/hello").is_some(), "the base's files are there");
+    assert_eq!(get("srv/a.txt").unwrap()["kind"], "file");
+    let b = get("srv/b.txt").unwrap();
+    assert_eq!(b["kind"], "hardlink");
+    assert_eq!(b["link"], "srv/a.txt");
+    assert_eq!(b["digest"], get("srv/a.txt").unwrap()["digest"]);
+    assert_eq!(v["layers"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        v["config"]["config"]["Env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e == &"TZ=Asia/Shanghai")
+            .count(),
+        1
+    );
+    let a = files("fromarchive");
+    assert!(
+        a["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["path"] == "etc/os-release")
+    );
+    // The archive's layers are gzip transcodes of the same tars.
+    let o = run_in(d.path(), &["inspect", "--json", "--layout", "oci", "tools"]);
+    let tools: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        a["config"]["rootfs"]["diff_ids"],
+        tools["config"]["rootfs"]["diff_ids"]
+    );
+    assert!(a["layers"][0]["media_type"].as_str().unwrap().ends_with("gzip"));
+}
