@@ -546,3 +546,40 @@ base = "docker-archive:../tools.tar:strata/tools:latest"
     );
     assert!(a["layers"][0]["media_type"].as_str().unwrap().ends_with("gzip"));
 }
+
+#[test]
+fn tar_compression_is_detected_from_the_bytes() {
+    let d = tempfile::tempdir().unwrap();
+    let plain = tar_of(&[("top/etc/hostname", "box\n")]);
+    let xz = {
+        let mut e = xz2::write::XzEncoder::new(Vec::new(), 6);
+        e.write_all(&plain).unwrap();
+        e.finish().unwrap()
+    };
+    let zst = zstd::encode_all(&plain[..], 3).unwrap();
+    // Misleading names on purpose: the bytes decide.
+    write(&d.path().join("a.tar.gz"), &plain);
+    write(&d.path().join("b.tar"), gzip(&plain));
+    write(&d.path().join("c.bin"), &xz);
+    write(&d.path().join("d.tar.xz"), &zst);
+    let mut toml = String::new();
+    for (i, f) in ["a.tar.gz", "b.tar", "c.bin", "d.tar.xz"].iter().enumerate() {
+        toml.push_str(&format!(
+            "[tiers.t{i}]\nsources = [{{ tar = \"{f}\", strip_components = 1, sha256 = \"{}\" }}]\n",
+            sha256_hex(&std::fs::read(d.path().join(f)).unwrap())
+        ));
+    }
+    write(&d.path().join("layers.toml"), toml);
+    let r = build_json(d.path(), &[]);
+    let layers: Vec<_> = r["tiers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["diff_id"].clone())
+        .collect();
+    assert_eq!(layers.len(), 4);
+    assert!(
+        layers.iter().all(|l| l == &layers[0]),
+        "same content, same layer: {layers:?}"
+    );
+}

@@ -96,6 +96,8 @@ fn offline_stack_builds_runs_and_is_reproducible() {
         &name,
         "--hostname",
         "strata-app",
+        "--memory",
+        "512m",
         &image,
     ]));
     let page = wait_for(Duration::from_secs(60), || fetch_inside(&name, "/"))
@@ -108,6 +110,17 @@ fn offline_stack_builds_runs_and_is_reproducible() {
     assert!(info.contains("unicode=你好"), "{info}");
     assert!(info.contains("host=strata-app/"), "{info}");
     assert!(info.contains("pid=1\n"), "Java must be PID 1: {info}");
+    // The jvm fix: the heap follows the container's memory limit
+    // (MaxRAMPercentage=75 of 512 MiB), not the host's 24 GiB.
+    let max: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("max.memory="))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("max.memory line");
+    assert!(
+        (300 << 20..=384 << 20).contains(&max),
+        "heap {max} is not 75% of 512 MiB"
+    );
     let user = ok(docker(&[
         "exec",
         &name,
