@@ -26,7 +26,7 @@ use crate::digest::{Digest, Hasher, hash_reader};
 use crate::oci::listing::{Entry, EntryKind};
 use crate::oci::{
     ANNOTATION_PARENT, ANNOTATION_TIER, Descriptor, History, ImageConfig, MEDIA_CONFIG, MEDIA_MANIFEST,
-    Manifest, RootFs, RuntimeConfig, rfc3339, to_json,
+    Manifest, rfc3339, to_json,
 };
 use crate::spec::{BaseImage, ConfigChanges, ImagePath, Origin, Plan, SourceKind, Tier};
 use crate::store::{Store, StoreError};
@@ -298,17 +298,7 @@ fn build_tier(
     };
     let mut config = match &base {
         Some(b) => b.config.clone(),
-        None => ImageConfig {
-            created: None,
-            architecture: plan.settings.architecture.clone(),
-            os: plan.settings.os.clone(),
-            config: RuntimeConfig::default(),
-            rootfs: RootFs {
-                kind: "layers".to_string(),
-                diff_ids: Vec::new(),
-            },
-            history: Vec::new(),
-        },
+        None => ImageConfig::empty(&plan.settings.os, &plan.settings.architecture),
     };
     apply_changes(&mut config, &tier.config);
     let applied =
@@ -639,17 +629,7 @@ mod tests {
 
     #[test]
     fn env_expansion_uses_inherited_values() {
-        let mut c = ImageConfig {
-            created: None,
-            architecture: "amd64".into(),
-            os: "linux".into(),
-            config: RuntimeConfig::default(),
-            rootfs: RootFs {
-                kind: "layers".into(),
-                diff_ids: vec![],
-            },
-            history: vec![],
-        };
+        let mut c = ImageConfig::empty("linux", "amd64");
         c.set_env("PATH", "/bin");
         let mut changes = ConfigChanges::default();
         changes.env.insert("PATH".into(), "/opt/java/bin:${PATH}".into());

@@ -203,6 +203,21 @@ pub struct ImageConfig {
 }
 
 impl ImageConfig {
+    /// The config of an empty image (`FROM scratch`).
+    pub fn empty(os: &str, architecture: &str) -> ImageConfig {
+        ImageConfig {
+            created: None,
+            architecture: architecture.to_string(),
+            os: os.to_string(),
+            config: RuntimeConfig::default(),
+            rootfs: RootFs {
+                kind: "layers".to_string(),
+                diff_ids: Vec::new(),
+            },
+            history: Vec::new(),
+        }
+    }
+
     /// The value of `key` in `Env`, if set.
     pub fn env(&self, key: &str) -> Option<&str> {
         self.config
@@ -267,17 +282,7 @@ mod tests {
 
     #[test]
     fn env_set_and_get() {
-        let mut c = ImageConfig {
-            created: None,
-            architecture: "amd64".into(),
-            os: "linux".into(),
-            config: RuntimeConfig::default(),
-            rootfs: RootFs {
-                kind: "layers".into(),
-                diff_ids: vec![],
-            },
-            history: vec![],
-        };
+        let mut c = ImageConfig::empty("linux", "amd64");
         c.set_env("PATH", "/bin");
         c.set_env("PATHX", "1");
         c.set_env("PATH", "/usr/bin");

@@ -304,21 +304,10 @@ fn strip_fixed_sizes(v: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::oci::{RootFs, RuntimeConfig};
     use crate::spec::JvmFix;
 
     fn config() -> ImageConfig {
-        ImageConfig {
-            created: None,
-            architecture: "amd64".into(),
-            os: "linux".into(),
-            config: RuntimeConfig::default(),
-            rootfs: RootFs {
-                kind: "layers".into(),
-                diff_ids: vec![],
-            },
-            history: vec![],
-        }
+        ImageConfig::empty("linux", "amd64")
     }
 
     #[test]

@@ -127,7 +127,8 @@ impl Tree {
         }
         for anc in path.ancestors() {
             match self.nodes.get(&anc).map(|n| &n.kind) {
-                None => {
+                // Missing, or deleted and now re-created as a directory.
+                None | Some(NodeKind::Whiteout) => {
                     self.nodes.insert(
                         anc,
                         Node {
@@ -143,17 +144,6 @@ impl Tree {
                         path: path.to_string(),
                         link: anc.to_string(),
                     });
-                }
-                Some(NodeKind::Whiteout) => {
-                    // A deleted path re-created as a directory.
-                    self.nodes.insert(
-                        anc,
-                        Node {
-                            kind: NodeKind::Dir,
-                            meta: Meta::DIR,
-                            implicit: true,
-                        },
-                    );
                 }
                 Some(_) => {
                     return Err(TreeError::BelowFile {
