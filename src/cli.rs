@@ -5,6 +5,7 @@ mod build;
 mod diff;
 mod images;
 mod inspect;
+mod serve;
 
 use std::path::PathBuf;
 
@@ -35,6 +36,7 @@ pub enum Command {
     Build(build::Args),
     Inspect(inspect::Args),
     Diff(diff::Args),
+    Serve(serve::Args),
 }
 
 /// Options shared by commands that read images.
@@ -75,6 +77,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Build(a) => build::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Diff(a) => diff::run(a),
+        Command::Serve(a) => serve::run(a),
     }
 }
 

@@ -14,5 +14,6 @@ pub mod digest;
 pub mod engine;
 pub mod fetch;
 pub mod oci;
+pub mod registry;
 pub mod spec;
 pub mod store;

@@ -153,6 +153,30 @@ impl Store {
         w.commit(expected)
     }
 
+    /// Moves a finished file (on the store's filesystem) into the store if
+    /// its content hashes to `expected`. On a mismatch the file stays where
+    /// it is and nothing is stored.
+    pub fn adopt(&self, file: &Path, expected: &Digest) -> Result<u64> {
+        let f = File::open(file).map_err(io_err(file))?;
+        let (actual, size) =
+            crate::digest::hash_reader(io::BufReader::with_capacity(1 << 20, f), expected.algorithm())
+                .map_err(io_err(file))?;
+        if &actual != expected {
+            return Err(StoreError::DigestMismatch {
+                expected: expected.clone(),
+                actual,
+                size,
+            });
+        }
+        let dest = self.blob_path(expected);
+        if !dest.is_file() {
+            fs::rename(file, &dest).map_err(io_err(&dest))?;
+        } else {
+            let _ = fs::remove_file(file);
+        }
+        Ok(size)
+    }
+
     /// A temporary path on the store's filesystem, removed when dropped.
     pub fn temp_dir(&self, prefix: &str) -> Result<tempfile::TempDir> {
         let dir = self.root.join("tmp");

@@ -1,0 +1,70 @@
+//! `strata serve`: the origin registry.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+/// Serve an OCI distribution-spec registry (the origin) over a data directory.
+///
+/// Any OCI client can push to it and pull from it: docker, podman, skopeo,
+/// containerd. Blobs are verified while they stream and become visible only
+/// after their digest matched; upload sessions survive a restart.
+///
+/// Examples:
+///   strata serve                                  # 127.0.0.1:5000, data in ./strata-data
+///   strata serve --listen 0.0.0.0:5000 --data /var/lib/strata
+///   skopeo copy oci:out/oci:tomcat docker://127.0.0.1:5000/strata/tomcat:1 --dest-tls-verify=false
+///   docker pull 127.0.0.1:5000/strata/tomcat:1     # loopback needs no TLS
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// Address to listen on (port 0 picks a free port; the chosen address is
+    /// printed on the first line of stdout).
+    #[arg(long, default_value = "127.0.0.1:5000")]
+    pub listen: SocketAddr,
+    /// Data directory: blobs, repositories, tags, upload sessions.
+    #[arg(long, env = "STRATA_DATA", default_value = "strata-data")]
+    pub data: PathBuf,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        let server = strata::registry::Server::bind(a.listen, a.data.clone())
+            .await
+            .with_context(|| {
+                format!(
+                    "starting the registry on {} with data in {}",
+                    a.listen,
+                    a.data.display()
+                )
+            })?;
+        let addr = server.local_addr()?;
+        println!("listening on http://{addr}");
+        std::io::stdout().flush()?;
+        eprintln!("strata registry: data in {}; Ctrl-C stops", a.data.display());
+        server.run(shutdown_signal()).await?;
+        eprintln!("strata registry: stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

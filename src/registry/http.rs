@@ -1,0 +1,351 @@
+//! The distribution-spec HTTP surface: routing, headers and error bodies.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use super::state::{MAX_MANIFEST, Registry, RegistryError};
+use crate::digest::Digest;
+
+type Shared = Arc<Registry>;
+
+pub fn router(registry: Shared) -> Router {
+    Router::new()
+        .route("/v2", get(base))
+        .route("/v2/", get(base))
+        .route("/v2/{*rest}", any(dispatch))
+        .with_state(registry)
+}
+
+async fn base() -> Response {
+    let mut r = StatusCode::OK.into_response();
+    r.headers_mut().insert(
+        "Docker-Distribution-API-Version",
+        HeaderValue::from_static("registry/2.0"),
+    );
+    r
+}
+
+/// An error in the spec's JSON shape, with its HTTP status.
+struct ApiError(StatusCode, &'static str, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "errors": [{ "code": self.1, "message": self.2 }] });
+        let mut r = (self.0, body.to_string()).into_response();
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        r
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> ApiError {
+        use RegistryError as E;
+        let (status, code) = match &e {
+            E::NameInvalid(_) => (StatusCode::BAD_REQUEST, "NAME_INVALID"),
+            E::NameUnknown(_) => (StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
+            E::TagInvalid(_) => (StatusCode::BAD_REQUEST, "TAG_INVALID"),
+            E::ManifestUnknown(_) => (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
+            E::BlobUnknown(_) | E::Store(crate::store::StoreError::NotFound(_)) => {
+                (StatusCode::NOT_FOUND, "BLOB_UNKNOWN")
+            }
+            E::UploadUnknown(_) => (StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN"),
+            E::DigestInvalid(_) | E::DigestMismatch { .. } => (StatusCode::BAD_REQUEST, "DIGEST_INVALID"),
+            E::ManifestInvalid(_) => (StatusCode::BAD_REQUEST, "MANIFEST_INVALID"),
+            E::ManifestBlobUnknown(_) => (StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN"),
+            E::ManifestTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "SIZE_INVALID"),
+            E::RangeInvalid { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID"),
+            E::Bind { .. } | E::Io { .. } | E::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
+        };
+        if status.is_server_error() {
+            tracing::error!("registry: {e}");
+        }
+        ApiError(status, code, e.to_string())
+    }
+}
+
+type Reply = Result<Response, ApiError>;
+
+/// Which endpoint a `/v2/...` path names.
+enum Route<'a> {
+    Blob(&'a str, &'a str),
+    Uploads(&'a str),
+    Upload(&'a str, &'a str),
+    Manifest(&'a str, &'a str),
+    Tags(&'a str),
+}
+
+fn route(rest: &str) -> Option<Route<'_>> {
+    if let Some(name) = rest.strip_suffix("/tags/list") {
+        return Some(Route::Tags(name));
+    }
+    if let Some(name) = rest
+        .strip_suffix("/blobs/uploads/")
+        .or_else(|| rest.strip_suffix("/blobs/uploads"))
+    {
+        return Some(Route::Uploads(name));
+    }
+    if let Some(i) = rest.rfind("/blobs/uploads/") {
+        return Some(Route::Upload(&rest[..i], &rest[i + 15..]));
+    }
+    if let Some(i) = rest.rfind("/blobs/") {
+        return Some(Route::Blob(&rest[..i], &rest[i + 7..]));
+    }
+    if let Some(i) = rest.rfind("/manifests/") {
+        return Some(Route::Manifest(&rest[..i], &rest[i + 11..]));
+    }
+    None
+}
+
+async fn dispatch(
+    State(reg): State<Shared>,
+    Path(rest): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    req: Request,
+) -> Reply {
+    let method = req.method().clone();
+    let Some(r) = route(&rest) else {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            format!("no endpoint /v2/{rest}"),
+        ));
+    };
+    match (r, &method) {
+        (Route::Blob(name, d), &Method::GET | &Method::HEAD) => {
+            get_blob(&reg, name, d, req.headers(), method == Method::HEAD).await
+        }
+        (Route::Uploads(name), &Method::POST) => start_upload(&reg, name, &q, req).await,
+        (Route::Upload(name, id), &Method::PATCH) => patch_upload(&reg, name, id, req).await,
+        (Route::Upload(name, id), &Method::PUT) => put_upload(&reg, name, id, &q, req).await,
+        (Route::Upload(name, id), &Method::GET) => upload_status(&reg, name, id, StatusCode::NO_CONTENT),
+        (Route::Upload(_, id), &Method::DELETE) => {
+            reg.cancel_upload(id)?;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        (Route::Manifest(name, r), &Method::GET | &Method::HEAD) => {
+            get_manifest(&reg, name, r, method == Method::HEAD)
+        }
+        (Route::Manifest(name, r), &Method::PUT) => put_manifest(&reg, name, r, req).await,
+        (Route::Tags(name), &Method::GET) => tags(&reg, name, &q),
+        (_, m) => Err(ApiError(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "UNSUPPORTED",
+            format!("{m} is not supported on /v2/{rest}"),
+        )),
+    }
+}
+
+fn parse_digest(s: &str) -> Result<Digest, ApiError> {
+    s.parse()
+        .map_err(|_| ApiError::from(RegistryError::DigestInvalid(s.to_string())))
+}
+
+fn set(r: &mut Response, name: &'static str, value: impl AsRef<str>) {
+    if let Ok(v) = HeaderValue::from_str(value.as_ref()) {
+        r.headers_mut().insert(name, v);
+    }
+}
+
+/// `bytes=START-END` (END optional) → inclusive range within `size`.
+fn parse_range(h: &HeaderMap, size: u64) -> Option<Result<(u64, u64), ()>> {
+    let v = h.get(header::RANGE)?.to_str().ok()?;
+    let spec = v.strip_prefix("bytes=")?;
+    let (a, b) = spec.split_once('-')?;
+    let start: u64 = a.trim().parse().ok()?;
+    let end: u64 = if b.trim().is_empty() {
+        size.saturating_sub(1)
+    } else {
+        b.trim().parse().ok()?
+    };
+    if start > end || start >= size {
+        return Some(Err(()));
+    }
+    Some(Ok((start, end.min(size - 1))))
+}
+
+async fn get_blob(reg: &Registry, name: &str, d: &str, h: &HeaderMap, head: bool) -> Reply {
+    if !super::state::valid_name(name) {
+        return Err(RegistryError::NameInvalid(name.to_string()).into());
+    }
+    let digest = parse_digest(d)?;
+    let size = reg
+        .store()
+        .size(&digest)
+        .map_err(|_| RegistryError::BlobUnknown(digest.clone()))?;
+    let path = reg.store().blob_path(&digest);
+    let (status, start, len) = match parse_range(h, size) {
+        Some(Ok((s, e))) => (StatusCode::PARTIAL_CONTENT, s, e - s + 1),
+        Some(Err(())) => {
+            let mut r = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
+            set(&mut r, "Content-Range", format!("bytes */{size}"));
+            return Ok(r);
+        }
+        None => (StatusCode::OK, 0, size),
+    };
+    let body = if head {
+        Body::empty()
+    } else {
+        let mut f = tokio::fs::File::open(&path)
+            .await
+            .map_err(|_| RegistryError::BlobUnknown(digest.clone()))?;
+        if start > 0 {
+            f.seek(std::io::SeekFrom::Start(start))
+                .await
+                .map_err(|source| RegistryError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+        }
+        Body::from_stream(tokio_util::io::ReaderStream::with_capacity(f.take(len), 1 << 20))
+    };
+    let mut r = (status, body).into_response();
+    set(&mut r, "Content-Length", len.to_string());
+    set(&mut r, "Content-Type", "application/octet-stream");
+    set(&mut r, "Docker-Content-Digest", digest.to_string());
+    set(&mut r, "Accept-Ranges", "bytes");
+    if status == StatusCode::PARTIAL_CONTENT {
+        set(
+            &mut r,
+            "Content-Range",
+            format!("bytes {start}-{}/{size}", start + len - 1),
+        );
+    }
+    Ok(r)
+}
+
+/// Appends a request body to an upload session file.
+async fn receive(reg: &Registry, id: &str, start: Option<u64>, body: Body) -> Result<(), ApiError> {
+    let file = reg.append(id, start)?;
+    let mut file = std::io::BufWriter::with_capacity(1 << 20, file);
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError(StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID", e.to_string()))?;
+        tokio::task::block_in_place(|| file.write_all(&chunk)).map_err(|source| RegistryError::Io {
+            path: id.into(),
+            source,
+        })?;
+    }
+    tokio::task::block_in_place(|| file.flush()).map_err(|source| RegistryError::Io {
+        path: id.into(),
+        source,
+    })?;
+    Ok(())
+}
+
+fn upload_status(reg: &Registry, name: &str, id: &str, status: StatusCode) -> Reply {
+    let size = reg.upload_size(id)?;
+    let mut r = status.into_response();
+    set(&mut r, "Location", format!("/v2/{name}/blobs/uploads/{id}"));
+    set(&mut r, "Range", format!("0-{}", size.saturating_sub(1)));
+    set(&mut r, "Docker-Upload-UUID", id);
+    set(&mut r, "Content-Length", "0");
+    Ok(r)
+}
+
+fn blob_created(name: &str, d: &Digest) -> Response {
+    let mut r = StatusCode::CREATED.into_response();
+    set(&mut r, "Location", format!("/v2/{name}/blobs/{d}"));
+    set(&mut r, "Docker-Content-Digest", d.to_string());
+    set(&mut r, "Content-Length", "0");
+    r
+}
+
+async fn start_upload(reg: &Registry, name: &str, q: &HashMap<String, String>, req: Request) -> Reply {
+    if let (Some(mount), Some(_from)) = (q.get("mount"), q.get("from")) {
+        let d = parse_digest(mount)?;
+        if reg.store().has(&d) {
+            reg.touch_repo(name)?;
+            return Ok(blob_created(name, &d));
+        }
+    }
+    let id = reg.start_upload(name)?;
+    if let Some(d) = q.get("digest") {
+        let digest = parse_digest(d)?;
+        receive(reg, &id, None, req.into_body()).await?;
+        tokio::task::block_in_place(|| reg.finish_upload(name, &id, &digest))?;
+        return Ok(blob_created(name, &digest));
+    }
+    upload_status(reg, name, &id, StatusCode::ACCEPTED)
+}
+
+fn content_range_start(h: &HeaderMap) -> Option<u64> {
+    let v = h.get(header::CONTENT_RANGE)?.to_str().ok()?;
+    let v = v.trim_start_matches("bytes ").trim_start_matches("bytes=");
+    v.split('-').next()?.trim().parse().ok()
+}
+
+async fn patch_upload(reg: &Registry, name: &str, id: &str, req: Request) -> Reply {
+    let start = content_range_start(req.headers());
+    receive(reg, id, start, req.into_body()).await?;
+    upload_status(reg, name, id, StatusCode::ACCEPTED)
+}
+
+async fn put_upload(
+    reg: &Registry,
+    name: &str,
+    id: &str,
+    q: &HashMap<String, String>,
+    req: Request,
+) -> Reply {
+    let digest = parse_digest(q.get("digest").map(String::as_str).unwrap_or(""))?;
+    let start = content_range_start(req.headers());
+    receive(reg, id, start, req.into_body()).await?;
+    tokio::task::block_in_place(|| reg.finish_upload(name, id, &digest))?;
+    Ok(blob_created(name, &digest))
+}
+
+fn get_manifest(reg: &Registry, name: &str, reference: &str, head: bool) -> Reply {
+    let (d, bytes, media) = reg.manifest(name, reference)?;
+    let len = bytes.len();
+    let mut r = if head { Body::empty() } else { Body::from(bytes) }.into_response();
+    set(&mut r, "Content-Type", media);
+    set(&mut r, "Content-Length", len.to_string());
+    set(&mut r, "Docker-Content-Digest", d.to_string());
+    Ok(r)
+}
+
+async fn put_manifest(reg: &Registry, name: &str, reference: &str, req: Request) -> Reply {
+    let ct = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.split(';').next().unwrap_or(s).trim().to_string());
+    let bytes = axum::body::to_bytes(req.into_body(), MAX_MANIFEST)
+        .await
+        .map_err(|_| ApiError::from(RegistryError::ManifestTooLarge))?;
+    let d = tokio::task::block_in_place(|| reg.put_manifest(name, reference, &bytes, ct.as_deref()))?;
+    let mut r = StatusCode::CREATED.into_response();
+    set(&mut r, "Location", format!("/v2/{name}/manifests/{d}"));
+    set(&mut r, "Docker-Content-Digest", d.to_string());
+    set(&mut r, "Content-Length", "0");
+    Ok(r)
+}
+
+fn tags(reg: &Registry, name: &str, q: &HashMap<String, String>) -> Reply {
+    let n = q.get("n").and_then(|v| v.parse().ok());
+    let list = reg.tags(name, n, q.get("last").map(String::as_str))?;
+    let more = n.is_some_and(|n| list.len() == n && n > 0);
+    let body = serde_json::json!({ "name": name, "tags": list });
+    let mut r = (StatusCode::OK, body.to_string()).into_response();
+    set(&mut r, "Content-Type", "application/json");
+    if let (true, Some(last), Some(n)) = (more, list.last(), n) {
+        set(
+            &mut r,
+            "Link",
+            format!("</v2/{name}/tags/list?n={n}&last={last}>; rel=\"next\""),
+        );
+    }
+    Ok(r)
+}

@@ -1,0 +1,368 @@
+//! Registry state on disk: repositories, tags, manifests and upload
+//! sessions. Synchronous and small; the HTTP layer calls it from blocking
+//! sections.
+
+use std::fs;
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use crate::digest::Digest;
+use crate::oci::{Index, Manifest};
+use crate::store::{Store, StoreError};
+
+/// Largest manifest accepted (the spec suggests at least 4 MiB).
+pub const MAX_MANIFEST: usize = 4 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+    #[error("invalid repository name `{0}`")]
+    NameInvalid(String),
+    #[error("repository `{0}` is not known")]
+    NameUnknown(String),
+    #[error("invalid tag `{0}`")]
+    TagInvalid(String),
+    #[error("manifest `{0}` is not known")]
+    ManifestUnknown(String),
+    #[error("blob {0} is not known")]
+    BlobUnknown(Digest),
+    #[error("upload `{0}` is not known")]
+    UploadUnknown(String),
+    #[error("invalid digest `{0}`")]
+    DigestInvalid(String),
+    #[error("content does not match digest {expected} (got {actual})")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error("manifest is invalid: {0}")]
+    ManifestInvalid(String),
+    #[error("manifest references unknown blob {0}")]
+    ManifestBlobUnknown(Digest),
+    #[error("manifest is larger than {MAX_MANIFEST} bytes")]
+    ManifestTooLarge,
+    #[error("chunk starts at {got}, but the upload has {have} bytes")]
+    RangeInvalid { have: u64, got: u64 },
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RegistryError + '_ {
+    move |source| RegistryError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+pub struct Registry {
+    store: Store,
+    root: PathBuf,
+}
+
+/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*`
+pub fn valid_name(name: &str) -> bool {
+    if name.is_empty() || name.len() > 255 {
+        return false;
+    }
+    name.split('/').all(|part| {
+        let b = part.as_bytes();
+        if b.is_empty() || !b[0].is_ascii_alphanumeric() || !b[b.len() - 1].is_ascii_alphanumeric() {
+            return false;
+        }
+        let mut i = 0;
+        while i < b.len() {
+            match b[i] {
+                b'a'..=b'z' | b'0'..=b'9' => i += 1,
+                b'.' => {
+                    i += 1;
+                    if !b
+                        .get(i)
+                        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+                    {
+                        return false;
+                    }
+                }
+                b'_' => {
+                    i += if b.get(i + 1) == Some(&b'_') { 2 } else { 1 };
+                    if !b
+                        .get(i)
+                        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+                    {
+                        return false;
+                    }
+                }
+                b'-' => {
+                    while b.get(i) == Some(&b'-') {
+                        i += 1;
+                    }
+                    if !b
+                        .get(i)
+                        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+                    {
+                        return false;
+                    }
+                }
+                _ => return false,
+            }
+        }
+        true
+    })
+}
+
+/// `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`
+pub fn valid_tag(tag: &str) -> bool {
+    let b = tag.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || b"._-".contains(c))
+}
+
+impl Registry {
+    pub fn open(root: PathBuf) -> Result<Registry> {
+        for sub in ["repos", "uploads"] {
+            let p = root.join(sub);
+            fs::create_dir_all(&p).map_err(io_err(&p))?;
+        }
+        let store = Store::open(root.join("store"))?;
+        Ok(Registry { store, root })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn repo(&self, name: &str) -> Result<PathBuf> {
+        if !valid_name(name) {
+            return Err(RegistryError::NameInvalid(name.to_string()));
+        }
+        Ok(self.root.join("repos").join(name))
+    }
+
+    fn write_small(path: &Path, bytes: &[u8]) -> Result<()> {
+        let dir = path.parent().expect("registry paths have parents");
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err(dir))?;
+        tmp.write_all(bytes).map_err(io_err(path))?;
+        tmp.persist(path).map_err(|e| io_err(path)(e.error))?;
+        Ok(())
+    }
+
+    /// Resolves a tag or digest of `name` to a manifest digest.
+    pub fn resolve(&self, name: &str, reference: &str) -> Result<Digest> {
+        let repo = self.repo(name)?;
+        if !repo.is_dir() {
+            return Err(RegistryError::NameUnknown(name.to_string()));
+        }
+        if reference.contains(':') {
+            let d: Digest = reference
+                .parse()
+                .map_err(|_| RegistryError::DigestInvalid(reference.to_string()))?;
+            let member = repo.join("_manifests").join(d.algorithm().name()).join(d.hex());
+            if member.is_file() && self.store.has(&d) {
+                return Ok(d);
+            }
+            return Err(RegistryError::ManifestUnknown(reference.to_string()));
+        }
+        if !valid_tag(reference) {
+            return Err(RegistryError::TagInvalid(reference.to_string()));
+        }
+        let text = fs::read_to_string(repo.join("_tags").join(reference))
+            .map_err(|_| RegistryError::ManifestUnknown(reference.to_string()))?;
+        text.trim()
+            .parse()
+            .map_err(|_| RegistryError::ManifestUnknown(reference.to_string()))
+    }
+
+    /// The manifest bytes and media type.
+    pub fn manifest(&self, name: &str, reference: &str) -> Result<(Digest, Vec<u8>, String)> {
+        let d = self.resolve(name, reference)?;
+        let bytes = self.store.read_blob(&d)?;
+        let media = self
+            .store
+            .read_meta("media-type", d.hex())
+            .map(|m| String::from_utf8_lossy(&m).into_owned())
+            .unwrap_or_else(|| crate::oci::MEDIA_MANIFEST.to_string());
+        Ok((d, bytes, media))
+    }
+
+    /// Stores a manifest after checking that everything it names exists.
+    pub fn put_manifest(
+        &self,
+        name: &str,
+        reference: &str,
+        bytes: &[u8],
+        content_type: Option<&str>,
+    ) -> Result<Digest> {
+        let repo = self.repo(name)?;
+        if bytes.len() > MAX_MANIFEST {
+            return Err(RegistryError::ManifestTooLarge);
+        }
+        let expected = if reference.contains(':') {
+            Some(
+                reference
+                    .parse::<Digest>()
+                    .map_err(|_| RegistryError::DigestInvalid(reference.to_string()))?,
+            )
+        } else if valid_tag(reference) {
+            None
+        } else {
+            return Err(RegistryError::TagInvalid(reference.to_string()));
+        };
+        let value: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| RegistryError::ManifestInvalid(e.to_string()))?;
+        let media = content_type
+            .map(str::to_string)
+            .or_else(|| {
+                value
+                    .get("mediaType")
+                    .and_then(|m| m.as_str())
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| crate::oci::MEDIA_MANIFEST.to_string());
+        let is_index = media == crate::oci::MEDIA_INDEX || media == crate::oci::MEDIA_DOCKER_LIST;
+        if is_index {
+            let index: Index =
+                serde_json::from_value(value).map_err(|e| RegistryError::ManifestInvalid(e.to_string()))?;
+            for m in &index.manifests {
+                if !self.store.has(&m.digest) {
+                    return Err(RegistryError::ManifestBlobUnknown(m.digest.clone()));
+                }
+            }
+        } else {
+            let m: Manifest =
+                serde_json::from_value(value).map_err(|e| RegistryError::ManifestInvalid(e.to_string()))?;
+            for d in std::iter::once(&m.config).chain(&m.layers) {
+                if !self.store.has(&d.digest) {
+                    return Err(RegistryError::ManifestBlobUnknown(d.digest.clone()));
+                }
+            }
+        }
+        let (d, _) = self.store.put(bytes, expected.as_ref()).map_err(|e| match e {
+            StoreError::DigestMismatch { expected, actual, .. } => {
+                RegistryError::DigestMismatch { expected, actual }
+            }
+            other => other.into(),
+        })?;
+        self.store.write_meta("media-type", d.hex(), media.as_bytes())?;
+        Self::write_small(
+            &repo.join("_manifests").join(d.algorithm().name()).join(d.hex()),
+            b"",
+        )?;
+        if expected.is_none() {
+            Self::write_small(&repo.join("_tags").join(reference), d.to_string().as_bytes())?;
+        }
+        Ok(d)
+    }
+
+    /// Tags of a repository, sorted, after `last`, at most `n`.
+    pub fn tags(&self, name: &str, n: Option<usize>, last: Option<&str>) -> Result<Vec<String>> {
+        let repo = self.repo(name)?;
+        if !repo.is_dir() {
+            return Err(RegistryError::NameUnknown(name.to_string()));
+        }
+        let mut tags: Vec<String> = fs::read_dir(repo.join("_tags"))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|t| valid_tag(t))
+                    .collect()
+            })
+            .unwrap_or_default();
+        tags.sort();
+        if let Some(l) = last {
+            tags.retain(|t| t.as_str() > l);
+        }
+        if let Some(n) = n {
+            tags.truncate(n);
+        }
+        Ok(tags)
+    }
+
+    fn upload_path(&self, id: &str) -> Result<PathBuf> {
+        let ok = id.len() == 36 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+        if !ok {
+            return Err(RegistryError::UploadUnknown(id.to_string()));
+        }
+        Ok(self.root.join("uploads").join(id))
+    }
+
+    /// Starts an upload session in `name`.
+    pub fn start_upload(&self, name: &str) -> Result<String> {
+        self.repo(name)?;
+        let id = uuid::Uuid::new_v4().to_string();
+        let p = self.upload_path(&id)?;
+        fs::File::create(&p).map_err(io_err(&p))?;
+        Ok(id)
+    }
+
+    /// Bytes received so far.
+    pub fn upload_size(&self, id: &str) -> Result<u64> {
+        let p = self.upload_path(id)?;
+        fs::metadata(&p)
+            .map(|m| m.len())
+            .map_err(|_| RegistryError::UploadUnknown(id.to_string()))
+    }
+
+    /// Opens the session file for appending, checking a chunk's start.
+    pub fn append(&self, id: &str, start: Option<u64>) -> Result<fs::File> {
+        let have = self.upload_size(id)?;
+        if let Some(s) = start
+            && s != have
+        {
+            return Err(RegistryError::RangeInvalid { have, got: s });
+        }
+        let p = self.upload_path(id)?;
+        fs::OpenOptions::new().append(true).open(&p).map_err(io_err(&p))
+    }
+
+    /// Verifies and moves a finished upload into the store.
+    pub fn finish_upload(&self, name: &str, id: &str, digest: &Digest) -> Result<()> {
+        let repo = self.repo(name)?;
+        let p = self.upload_path(id)?;
+        if !p.is_file() {
+            return Err(RegistryError::UploadUnknown(id.to_string()));
+        }
+        match self.store.adopt(&p, digest) {
+            Ok(_) => {}
+            Err(StoreError::DigestMismatch { expected, actual, .. }) => {
+                let _ = fs::remove_file(&p);
+                return Err(RegistryError::DigestMismatch { expected, actual });
+            }
+            Err(e) => return Err(e.into()),
+        }
+        fs::create_dir_all(&repo).map_err(io_err(&repo))?;
+        Ok(())
+    }
+
+    pub fn cancel_upload(&self, id: &str) -> Result<()> {
+        let p = self.upload_path(id)?;
+        fs::remove_file(&p).map_err(|_| RegistryError::UploadUnknown(id.to_string()))
+    }
+
+    /// Marks a repository as existing (after a blob was pushed into it).
+    pub fn touch_repo(&self, name: &str) -> Result<()> {
+        let repo = self.repo(name)?;
+        fs::create_dir_all(&repo).map_err(io_err(&repo))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_tags() {
+        for ok in ["a", "strata/tomcat", "a.b/c_d/e__f/g-h/i--j", "0"] {
+            assert!(valid_name(ok), "{ok}");
+        }
+        for bad in ["", "A", "a/", "/a", "a//b", "a..b", "-a", "a-", "a___b", "a b"] {
+            assert!(!valid_name(bad), "{bad}");
+        }
+        assert!(valid_tag("latest") && valid_tag("_x") && valid_tag("1.0-rc.1"));
+        assert!(!valid_tag("-x") && !valid_tag(".x") && !valid_tag("") && !valid_tag(&"a".repeat(129)));
+    }
+}

@@ -1,0 +1,283 @@
+//! `strata serve` against real clients (skopeo, the Docker engine) and raw
+//! HTTP for the error paths, including a server killed mid-upload.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use common::*;
+use reqwest::blocking::Client;
+use serde_json::Value;
+
+/// A `strata serve` process on a free loopback port, killed on drop.
+struct Serve {
+    child: Child,
+    port: u16,
+}
+
+impl Serve {
+    fn start(data: &Path) -> Serve {
+        let mut child = strata()
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(data)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("listening line");
+        Serve { child, port }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn code(resp: reqwest::blocking::Response) -> (u16, String) {
+    let status = resp.status().as_u16();
+    let body: Value = serde_json::from_slice(&resp.bytes().unwrap_or_default()).unwrap_or(Value::Null);
+    (
+        status,
+        body["errors"][0]["code"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+#[test]
+fn api_errors_use_the_spec_codes_and_store_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Serve::start(&d.path().join("data"));
+    let c = Client::new();
+    assert_eq!(c.get(s.url("/v2/")).send().unwrap().status(), 200);
+
+    // Wrong digest on a monolithic upload: DIGEST_INVALID, nothing stored.
+    let wrong = strata::digest::Digest::sha256_of(b"other");
+    let r = c
+        .post(s.url(&format!("/v2/app/blobs/uploads/?digest={wrong}")))
+        .body("hello")
+        .send()
+        .unwrap();
+    assert_eq!(code(r), (400, "DIGEST_INVALID".into()));
+    let hello = strata::digest::Digest::sha256_of(b"hello");
+    for dg in [&wrong, &hello] {
+        let r = c.head(s.url(&format!("/v2/app/blobs/{dg}"))).send().unwrap();
+        assert_eq!(r.status(), 404);
+    }
+    // The right digest: stored, served, ranged.
+    let r = c
+        .post(s.url(&format!("/v2/app/blobs/uploads/?digest={hello}")))
+        .body("hello")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = c.get(s.url(&format!("/v2/app/blobs/{hello}"))).send().unwrap();
+    assert_eq!(r.headers()["docker-content-digest"], hello.to_string().as_str());
+    assert_eq!(r.text().unwrap(), "hello");
+    let r = c
+        .get(s.url(&format!("/v2/app/blobs/{hello}")))
+        .header("Range", "bytes=1-3")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.text().unwrap(), "ell");
+
+    // A manifest naming a missing blob.
+    let missing = strata::digest::Digest::sha256_of(b"missing");
+    let m = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": hello.to_string(), "size": 5 },
+        "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar+zstd", "digest": missing.to_string(), "size": 1 }],
+    });
+    let put = |name: &str, reference: &str, body: Vec<u8>| {
+        c.put(s.url(&format!("/v2/{name}/manifests/{reference}")))
+            .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+            .body(body)
+            .send()
+            .unwrap()
+    };
+    assert_eq!(
+        code(put("app", "v1", m.to_string().into_bytes())),
+        (400, "MANIFEST_BLOB_UNKNOWN".into())
+    );
+    assert_eq!(
+        code(put("Bad_Name", "v1", b"{}".to_vec())),
+        (400, "NAME_INVALID".into())
+    );
+    assert_eq!(
+        code(put("app", "-bad", b"{}".to_vec())),
+        (400, "TAG_INVALID".into())
+    );
+    assert_eq!(put("app", "big", vec![b' '; 5 << 20]).status(), 413);
+    let r = c.get(s.url("/v2/app/manifests/v1")).send().unwrap();
+    assert_eq!(code(r), (404, "MANIFEST_UNKNOWN".into()));
+    let r = c.get(s.url("/v2/nope/tags/list")).send().unwrap();
+    assert_eq!(code(r), (404, "NAME_UNKNOWN".into()));
+
+    // Chunked upload: an out-of-order chunk gets 416.
+    let r = c.post(s.url("/v2/app/blobs/uploads/")).send().unwrap();
+    assert_eq!(r.status(), 202);
+    let loc = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(r.headers().contains_key("docker-upload-uuid"));
+    let r = c
+        .patch(s.url(&loc))
+        .header("Content-Range", "0-2")
+        .body("hel")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(r.headers()["range"], "0-2");
+    let r = c
+        .patch(s.url(&loc))
+        .header("Content-Range", "5-6")
+        .body("xx")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 416);
+    let r = c
+        .patch(s.url(&loc))
+        .header("Content-Range", "3-4")
+        .body("lo")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let r = c.put(s.url(&format!("{loc}?digest={hello}"))).send().unwrap();
+    assert_eq!(r.status(), 201);
+}
+
+#[test]
+fn an_upload_survives_a_killed_server() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    let mut s = Serve::start(&data);
+    let c = Client::new();
+    let body: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let digest = strata::digest::Digest::sha256_of(&body);
+    let r = c.post(s.url("/v2/big/blobs/uploads/")).send().unwrap();
+    let loc = r.headers()["location"].to_str().unwrap().to_string();
+    let r = c
+        .patch(s.url(&loc))
+        .header("Content-Range", "0-999999")
+        .body(body[..1_000_000].to_vec())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    s.kill(); // SIGKILL, no shutdown
+    let blobs = data.join("store/blobs/sha256");
+    assert_eq!(
+        std::fs::read_dir(&blobs).unwrap().count(),
+        0,
+        "no partial blob visible"
+    );
+    let s = Serve::start(&data);
+    let r = c.get(s.url(&loc)).send().unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        r.headers()["range"],
+        "0-999999",
+        "the session resumes where it was"
+    );
+    let r = c
+        .patch(s.url(&loc))
+        .header("Content-Range", "1000000-2999999")
+        .body(body[1_000_000..].to_vec())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let r = c.put(s.url(&format!("{loc}?digest={digest}"))).send().unwrap();
+    assert_eq!(r.status(), 201);
+    let got = c
+        .get(s.url(&format!("/v2/big/blobs/{digest}")))
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap();
+    assert_eq!(strata::digest::Digest::sha256_of(&got), digest);
+}
+
+#[test]
+fn skopeo_and_docker_round_trip_through_strata_serve() {
+    if !have_tool("skopeo") || !have_docker() {
+        return;
+    }
+    let Some(_) = debs() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let s = Serve::start(&d.path().join("data"));
+    let out = strata()
+        .env("STRATA_STORE", d.path().join("store"))
+        .args(["build", "-c"])
+        .arg(repo().join("deploy/examples/offline.toml"))
+        .args(["--tier", "tools", "--layout"])
+        .arg(d.path().join("oci"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let src = format!("oci:{}:tools", d.path().join("oci").display());
+    let repo_ref = format!(
+        "127.0.0.1:{}/{}:v1",
+        s.port,
+        unique("tools").replace("strata-test-", "t/")
+    );
+    let dest = format!("docker://{repo_ref}");
+    let o = Command::new("skopeo")
+        .args(["copy", "--dest-tls-verify=false", &src, &dest])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "skopeo copy in: {}", stderr(&o));
+    let o = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false", &dest])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(m["layers"][0]["mediaType"].as_str().unwrap().ends_with("zstd"));
+    let back = d.path().join("back");
+    let o = Command::new("skopeo")
+        .args(["copy", "--src-tls-verify=false", &dest])
+        .arg(format!("oci:{}:x", back.display()))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "skopeo copy out: {}", stderr(&o));
+    assert!(strata::oci::layout::verify(&back).unwrap() >= 4);
+
+    // The engine pulls zstd layers from the registry and runs the image.
+    let _cleanup = DockerCleanup {
+        containers: vec![],
+        images: vec![repo_ref.clone()],
+    };
+    let o = Command::new("docker").args(["pull", &repo_ref]).output().unwrap();
+    assert!(o.status.success(), "docker pull: {}", stderr(&o));
+    let o = Command::new("docker")
+        .args([
+            "run",
+            "--rm",
+            "--entrypoint",
+            "/bin/cat",
+            &repo_ref,
+            "/etc/timezone",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&o), "Asia/Shanghai\n", "{}", stderr(&o));
+}
