@@ -177,6 +177,17 @@ impl Store {
         Ok(size)
     }
 
+    /// Moves a file whose digest the caller computed while writing it into
+    /// the store.
+    pub fn adopt_verified(&self, file: &Path, digest: &Digest) -> Result<()> {
+        let dest = self.blob_path(digest);
+        if dest.is_file() {
+            let _ = fs::remove_file(file);
+            return Ok(());
+        }
+        fs::rename(file, &dest).map_err(io_err(&dest))
+    }
+
     /// A temporary path on the store's filesystem, removed when dropped.
     pub fn temp_dir(&self, prefix: &str) -> Result<tempfile::TempDir> {
         let dir = self.root.join("tmp");

@@ -226,21 +226,36 @@ async fn get_blob(reg: &Registry, name: &str, d: &str, h: &HeaderMap, head: bool
 
 /// Appends a request body to an upload session file.
 async fn receive(reg: &Registry, id: &str, start: Option<u64>, body: Body) -> Result<(), ApiError> {
-    let file = reg.append(id, start)?;
-    let mut file = std::io::BufWriter::with_capacity(1 << 20, file);
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError(StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID", e.to_string()))?;
-        tokio::task::block_in_place(|| file.write_all(&chunk)).map_err(|source| RegistryError::Io {
-            path: id.into(),
-            source,
-        })?;
-    }
-    tokio::task::block_in_place(|| file.flush()).map_err(|source| RegistryError::Io {
+    let mut file = reg.append(id, start)?;
+    let io = |source| RegistryError::Io {
         path: id.into(),
         source,
-    })?;
+    };
+    let mut stream = body.into_data_stream();
+    // Frames are small (curl sends 64 KiB); leave the async worker for the
+    // blocking write and hash once per MiB, not once per frame.
+    let mut pending: Vec<bytes::Bytes> = Vec::new();
+    let mut pending_len = 0usize;
+    loop {
+        let next = stream.next().await;
+        let done = next.is_none();
+        if let Some(chunk) = next {
+            let chunk =
+                chunk.map_err(|e| ApiError(StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID", e.to_string()))?;
+            pending_len += chunk.len();
+            pending.push(chunk);
+        }
+        if pending_len >= 1 << 20 || (done && pending_len > 0) {
+            tokio::task::block_in_place(|| pending.iter().try_for_each(|c| file.write_all(c))).map_err(io)?;
+            pending.clear();
+            pending_len = 0;
+        }
+        if done {
+            break;
+        }
+    }
+    // Hands the hash state back to the session for the final PUT.
+    tokio::task::block_in_place(|| file.close()).map_err(io)?;
     Ok(())
 }
 

@@ -2,12 +2,14 @@
 //! sessions. Synchronous and small; the HTTP layer calls it from blocking
 //! sections.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
-use crate::digest::Digest;
+use crate::digest::{Algorithm, Digest, Hasher};
 use crate::oci::{Index, Manifest};
 use crate::store::{Store, StoreError};
 
@@ -60,6 +62,47 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RegistryError + '_ {
 pub struct Registry {
     store: Store,
     root: PathBuf,
+    /// sha256 state of upload sessions, with the offset it covers. Lost on
+    /// restart; then the finished upload is hashed again from disk.
+    hashers: Mutex<HashMap<String, (Hasher, u64)>>,
+}
+
+/// Appends to an upload session, hashing the bytes as they stream.
+pub struct UploadWriter<'a> {
+    registry: &'a Registry,
+    id: String,
+    file: io::BufWriter<fs::File>,
+    hasher: Option<(Hasher, u64)>,
+}
+
+impl Write for UploadWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        if let Some((h, off)) = &mut self.hasher {
+            h.update(&buf[..n]);
+            *off += n as u64;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl UploadWriter<'_> {
+    /// Flushes and hands the hash state back to the session.
+    pub fn close(mut self) -> io::Result<()> {
+        self.file.flush()?;
+        if let Some(h) = self.hasher.take() {
+            self.registry
+                .hashers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(self.id.clone(), h);
+        }
+        Ok(())
+    }
 }
 
 /// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*`
@@ -128,7 +171,11 @@ impl Registry {
             fs::create_dir_all(&p).map_err(io_err(&p))?;
         }
         let store = Store::open(root.join("store"))?;
-        Ok(Registry { store, root })
+        Ok(Registry {
+            store,
+            root,
+            hashers: Mutex::new(HashMap::new()),
+        })
     }
 
     pub fn store(&self) -> &Store {
@@ -308,7 +355,7 @@ impl Registry {
     }
 
     /// Opens the session file for appending, checking a chunk's start.
-    pub fn append(&self, id: &str, start: Option<u64>) -> Result<fs::File> {
+    pub fn append(&self, id: &str, start: Option<u64>) -> Result<UploadWriter<'_>> {
         let have = self.upload_size(id)?;
         if let Some(s) = start
             && s != have
@@ -316,7 +363,19 @@ impl Registry {
             return Err(RegistryError::RangeInvalid { have, got: s });
         }
         let p = self.upload_path(id)?;
-        fs::OpenOptions::new().append(true).open(&p).map_err(io_err(&p))
+        let file = fs::OpenOptions::new().append(true).open(&p).map_err(io_err(&p))?;
+        let taken = self.hashers.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+        let hasher = match taken {
+            Some((h, off)) if off == have => Some((h, off)),
+            None if have == 0 => Some((Algorithm::Sha256.hasher(), 0)),
+            _ => None,
+        };
+        Ok(UploadWriter {
+            registry: self,
+            id: id.to_string(),
+            file: io::BufWriter::with_capacity(1 << 20, file),
+            hasher,
+        })
     }
 
     /// Verifies and moves a finished upload into the store.
@@ -326,8 +385,27 @@ impl Registry {
         if !p.is_file() {
             return Err(RegistryError::UploadUnknown(id.to_string()));
         }
-        match self.store.adopt(&p, digest) {
-            Ok(_) => {}
+        let size = fs::metadata(&p).map_err(io_err(&p))?.len();
+        let streamed = self.hashers.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+        let result = match streamed {
+            // Hashed while the bytes streamed in: no second pass.
+            Some((h, off)) if off == size && digest.algorithm() == Algorithm::Sha256 => {
+                let actual = h.finish();
+                if &actual == digest {
+                    self.store.adopt_verified(&p, digest).map(|_| ())
+                } else {
+                    Err(StoreError::DigestMismatch {
+                        expected: digest.clone(),
+                        actual,
+                        size,
+                    })
+                }
+            }
+            // After a restart (or for sha512), hash the file once more.
+            _ => self.store.adopt(&p, digest).map(|_| ()),
+        };
+        match result {
+            Ok(()) => {}
             Err(StoreError::DigestMismatch { expected, actual, .. }) => {
                 let _ = fs::remove_file(&p);
                 return Err(RegistryError::DigestMismatch { expected, actual });
@@ -340,6 +418,7 @@ impl Registry {
 
     pub fn cancel_upload(&self, id: &str) -> Result<()> {
         let p = self.upload_path(id)?;
+        self.hashers.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
         fs::remove_file(&p).map_err(|_| RegistryError::UploadUnknown(id.to_string()))
     }
 
