@@ -18,6 +18,10 @@ use crate::digest::Digest;
 
 type Shared = Arc<Registry>;
 
+/// Read size for serving blobs: large enough for page-cache speed, small
+/// enough that hundreds of concurrent pulls stay within a bounded memory.
+const BLOB_CHUNK: usize = 128 << 10;
+
 pub fn router(registry: Shared) -> Router {
     Router::new()
         .route("/v2", get(base))
@@ -207,7 +211,10 @@ async fn get_blob(reg: &Registry, name: &str, d: &str, h: &HeaderMap, head: bool
                     source,
                 })?;
         }
-        Body::from_stream(tokio_util::io::ReaderStream::with_capacity(f.take(len), 1 << 20))
+        Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
+            f.take(len),
+            BLOB_CHUNK,
+        ))
     };
     let mut r = (status, body).into_response();
     set(&mut r, "Content-Length", len.to_string());
