@@ -101,6 +101,16 @@ fn api_errors_use_the_spec_codes_and_store_nothing() {
         .unwrap();
     assert_eq!(r.status(), 206);
     assert_eq!(r.text().unwrap(), "ell");
+    // Blobs belong to repositories: another one sees it only after a mount.
+    let r = c.get(s.url(&format!("/v2/other/blobs/{hello}"))).send().unwrap();
+    assert_eq!(code(r), (404, "BLOB_UNKNOWN".into()));
+    let r = c
+        .post(s.url(&format!("/v2/other/blobs/uploads/?mount={hello}&from=app")))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = c.get(s.url(&format!("/v2/other/blobs/{hello}"))).send().unwrap();
+    assert_eq!(r.text().unwrap(), "hello");
 
     // A manifest naming a missing blob.
     let missing = strata::digest::Digest::sha256_of(b"missing");

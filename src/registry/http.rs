@@ -48,6 +48,12 @@ impl IntoResponse for ApiError {
         let mut r = (self.0, body.to_string()).into_response();
         r.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if self.0 == StatusCode::PAYLOAD_TOO_LARGE {
+            // The rest of the body was not read: the connection cannot be
+            // reused, so tell the client not to try.
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         r
     }
 }
@@ -179,14 +185,8 @@ fn parse_range(h: &HeaderMap, size: u64) -> Option<Result<(u64, u64), ()>> {
 }
 
 async fn get_blob(reg: &Registry, name: &str, d: &str, h: &HeaderMap, head: bool) -> Reply {
-    if !super::state::valid_name(name) {
-        return Err(RegistryError::NameInvalid(name.to_string()).into());
-    }
     let digest = parse_digest(d)?;
-    let size = reg
-        .store()
-        .size(&digest)
-        .map_err(|_| RegistryError::BlobUnknown(digest.clone()))?;
+    let size = reg.blob_size(name, &digest)?;
     let path = reg.store().blob_path(&digest);
     let (status, start, len) = match parse_range(h, size) {
         Some(Ok((s, e))) => (StatusCode::PARTIAL_CONTENT, s, e - s + 1),
@@ -288,7 +288,7 @@ async fn start_upload(reg: &Registry, name: &str, q: &HashMap<String, String>, r
     if let (Some(mount), Some(_from)) = (q.get("mount"), q.get("from")) {
         let d = parse_digest(mount)?;
         if reg.store().has(&d) {
-            reg.touch_repo(name)?;
+            reg.link_blob(name, &d)?;
             return Ok(blob_created(name, &d));
         }
     }

@@ -198,6 +198,28 @@ impl Registry {
         Ok(())
     }
 
+    fn blob_marker(repo: &Path, d: &Digest) -> PathBuf {
+        repo.join("_blobs").join(d.algorithm().name()).join(d.hex())
+    }
+
+    /// Links a stored blob into a repository (after an upload or a mount).
+    pub fn link_blob(&self, name: &str, d: &Digest) -> Result<()> {
+        let repo = self.repo(name)?;
+        Self::write_small(&Self::blob_marker(&repo, d), b"")
+    }
+
+    /// The size of a blob that belongs to `name`; other repositories'
+    /// blobs are not visible here (mount them first).
+    pub fn blob_size(&self, name: &str, d: &Digest) -> Result<u64> {
+        let repo = self.repo(name)?;
+        if !Self::blob_marker(&repo, d).is_file() {
+            return Err(RegistryError::BlobUnknown(d.clone()));
+        }
+        self.store
+            .size(d)
+            .map_err(|_| RegistryError::BlobUnknown(d.clone()))
+    }
+
     /// Resolves a tag or digest of `name` to a manifest digest.
     pub fn resolve(&self, name: &str, reference: &str) -> Result<Digest> {
         let repo = self.repo(name)?;
@@ -412,20 +434,13 @@ impl Registry {
             }
             Err(e) => return Err(e.into()),
         }
-        fs::create_dir_all(&repo).map_err(io_err(&repo))?;
-        Ok(())
+        Self::write_small(&Self::blob_marker(&repo, digest), b"")
     }
 
     pub fn cancel_upload(&self, id: &str) -> Result<()> {
         let p = self.upload_path(id)?;
         self.hashers.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
         fs::remove_file(&p).map_err(|_| RegistryError::UploadUnknown(id.to_string()))
-    }
-
-    /// Marks a repository as existing (after a blob was pushed into it).
-    pub fn touch_repo(&self, name: &str) -> Result<()> {
-        let repo = self.repo(name)?;
-        fs::create_dir_all(&repo).map_err(io_err(&repo))
     }
 }
 
