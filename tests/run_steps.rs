@@ -91,10 +91,22 @@ fn a_failing_run_step_fails_the_build_with_its_output() {
     let Some(_) = debs() else { return };
     let d = tempfile::tempdir().unwrap();
     config(d.path(), r#""echo about-to-fail", "cat /does/not/exist""#);
+    // Its own tier name, so its helper image never shows up in the other
+    // test's check for leftovers.
+    let toml = std::fs::read_to_string(d.path().join("layers.toml")).unwrap();
+    write(
+        &d.path().join("layers.toml"),
+        toml.replace("[tiers.tools]", "[tiers.broken]"),
+    );
     let out = run_in(d.path(), &["build", "--layout", "oci"]);
     assert!(!out.status.success());
     let e = stderr(&out);
     assert!(e.contains("run step failed with exit code 1"), "{e}");
     assert!(e.contains("about-to-fail"), "{e}");
     assert!(!d.path().join("oci").exists());
+    let left = Command::new("docker")
+        .args(["images", "-q", "strata-run/broken"])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&left).trim(), "", "a failed run leaves no helper image");
 }
