@@ -48,10 +48,11 @@ if [ "$APPLETS" = all ]; then
         ln -s /bin/busybox "$ROOT/$a"
     done
 else
-    # What catalina.sh run (+ setclasspath.sh) and an entrypoint need.
-    for a in bin/sh bin/cat bin/uname usr/bin/dirname usr/bin/basename usr/bin/expr \
-             bin/ls usr/bin/which usr/bin/tr bin/grep bin/hostname bin/echo \
-             usr/sbin/nologin; do
+    # Debian's busybox-static is built with the standalone shell: commands run
+    # from /bin/sh (catalina.sh, entrypoints) find applets without any link.
+    # Links are only needed for paths exec'd directly (image Cmd/Entrypoint,
+    # Runtime.exec from Java, the passwd shell).
+    for a in bin/sh usr/sbin/nologin; do
         mkdir -p "$ROOT/$(dirname "$a")"
         ln -s /bin/busybox "$ROOT/$a"
     done
@@ -102,7 +103,11 @@ echo "$TZNAME" >"$ROOT/etc/timezone"
 # --- tools: CA certificates ---------------------------------------------------
 # (PEM bundle for non-Java tools; busybox wget/ssl_client do not use it)
 mkdir -p "$ROOT/etc/ssl/certs/java"
-cat "$ROOT"/usr/share/ca-certificates/mozilla/*.crt >"$ROOT/etc/ssl/certs/ca-certificates.crt"
+if [ -f "$DEBS/generated/ca-certificates.crt" ]; then
+    cp "$DEBS/generated/ca-certificates.crt" "$ROOT/etc/ssl/certs/ca-certificates.crt"
+else
+    (export LC_ALL=C; cat "$ROOT"/usr/share/ca-certificates/mozilla/*.crt) >"$ROOT/etc/ssl/certs/ca-certificates.crt"
+fi
 cp "$DEBS/generated/cacerts" "$ROOT/etc/ssl/certs/java/cacerts"
 chmod 0644 "$ROOT/etc/ssl/certs/java/cacerts"
 

@@ -10,6 +10,8 @@
 #   STRATA_APT_UPDATE=1   run `apt-get update` first (default: only when apt
 #                         does not know one of the packages)
 #   STRATA_NO_CACERTS=1   do not build DEST/generated/cacerts afterwards
+#   STRATA_ALLOW_NON_BOOKWORM=1  allow a host that is not bookworm
+# Writes DEST/packages.lock: "package version sha256 file", sorted.
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -38,6 +40,11 @@ log() { echo "fetch-debs: $*" >&2; }
 
 command -v apt-get >/dev/null 2>&1 || die "apt-get not found (needs a Debian bookworm host)"
 command -v dpkg-deb >/dev/null 2>&1 || die "dpkg-deb not found"
+codename=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")
+if [ "$codename" != bookworm ] && [ "${STRATA_ALLOW_NON_BOOKWORM:-0}" != 1 ]; then
+    die "host is '${codename:-unknown}', not Debian bookworm: apt would fetch other versions (set STRATA_ALLOW_NON_BOOKWORM=1 to force)"
+fi
+[ "$(dpkg --print-architecture)" = amd64 ] || die "host architecture is not amd64"
 
 mkdir -p "$DEST" || die "cannot create $DEST"
 DEST=$(cd "$DEST" && pwd)
@@ -117,7 +124,7 @@ done
             echo "$p $v $s $f"
         done
     done | sort
-) >"$DEST/SHA256SUMS.tmp" && mv "$DEST/SHA256SUMS.tmp" "$DEST/packages.lock"
+) >"$DEST/packages.lock.tmp" && mv "$DEST/packages.lock.tmp" "$DEST/packages.lock"
 log "all packages present in $DEST (list: $DEST/packages.lock)"
 
 if [ "${STRATA_NO_CACERTS:-0}" != 1 ]; then

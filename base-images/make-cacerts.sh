@@ -15,7 +15,7 @@
 # Fast path: one JVM runs MakeCacerts.java (source launcher, ~1 s, output is
 # deterministic: no MAC, no cert encryption). Fallback when the JVM lacks the
 # jdk.compiler module: keytool -importcert once per certificate, in parallel
-# shards, merged with -importkeystore (~40 s on 2 cores; not deterministic).
+# shards, merged with -importkeystore (112 s on 2 cores; not deterministic).
 #   STRATA_CACERTS_KEYTOOL=1  force the keytool fallback
 #   STRATA_CACERTS_MAC=1  fast path writes a password-MAC'd store instead
 #                         (random salts: bytes differ per run)
@@ -92,7 +92,7 @@ if [ "${STRATA_CACERTS_KEYTOOL:-0}" != 1 ] && "$JAVA" --list-modules 2>/dev/null
     "$JAVA" -Xshare:auto "$here/MakeCacerts.java" "$OUT.tmp" "$PASS" $mac "$@" \
         || die "MakeCacerts.java failed"
 else
-    log "no jdk.compiler in $JAVA; falling back to keytool per certificate"
+    log "using keytool per certificate (no jdk.compiler in $JAVA, or STRATA_CACERTS_KEYTOOL=1); slow (~2 min)"
     [ -x "$KEYTOOL" ] || die "no keytool next to $JAVA"
     shards=$(nproc 2>/dev/null || echo 2)
     i=0

@@ -35,7 +35,7 @@ storage: { filesystem: { rootdirectory: $work/dr-data }, delete: { enabled: true
 http: { addr: 127.0.0.1:5791 }
 YML
 docker-registry serve "$work/registry.yml" >"$work/dr.log" 2>&1 & pids+=($!)
-"$strata" serve --listen 127.0.0.1:5792 --data "$work/strata-data" >"$work/st.out" 2>&1 & pids+=($!)
+"$strata" serve --open-push --listen 127.0.0.1:5792 --data "$work/strata-data" >"$work/st.out" 2>&1 & pids+=($!)
 for port in 5791 5792; do
     for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$port/v2/" >/dev/null && break; sleep 0.1; done
 done

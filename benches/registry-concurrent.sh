@@ -13,7 +13,7 @@ pid=""
 trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
 head -c "$((${SIZE_MIB:-100} << 20))" /dev/urandom >"$work/blob"
 digest="sha256:$(sha256sum "$work/blob" | cut -d' ' -f1)"
-"$strata" serve --listen 127.0.0.1:5793 --data "$work/data" >"$work/out" 2>&1 & pid=$!
+"$strata" serve --open-push --listen 127.0.0.1:5793 --data "$work/data" >"$work/out" 2>&1 & pid=$!
 for _ in $(seq 1 100); do curl -sf http://127.0.0.1:5793/v2/ >/dev/null && break; sleep 0.1; done
 curl -sf -X POST -T "$work/blob" -H "Expect:" "http://127.0.0.1:5793/v2/bench/blobs/uploads?digest=$digest" -o /dev/null
 python3 - "$digest" "${CLIENTS:-200}" "$pid" <<'PY'

@@ -6,6 +6,7 @@ mod diff;
 mod images;
 mod inspect;
 mod serve;
+mod token;
 
 use std::path::PathBuf;
 
@@ -37,6 +38,7 @@ pub enum Command {
     Inspect(inspect::Args),
     Diff(diff::Args),
     Serve(serve::Args),
+    Token(token::Args),
 }
 
 /// Options shared by commands that read images.
@@ -78,6 +80,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Inspect(a) => inspect::run(a),
         Command::Diff(a) => diff::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::Token(a) => token::run(a),
     }
 }
 

@@ -15,10 +15,27 @@ use serde_json::Value;
 struct Serve {
     child: Child,
     port: u16,
+    token: String,
 }
 
 impl Serve {
     fn start(data: &Path) -> Serve {
+        // A push token, made once per data directory with the real command.
+        let saved = data.with_extension("token");
+        let token = match std::fs::read_to_string(&saved) {
+            Ok(t) => t,
+            Err(_) => {
+                let o = strata()
+                    .args(["token", "create", "tests", "--data"])
+                    .arg(data)
+                    .output()
+                    .unwrap();
+                assert!(o.status.success(), "{}", stderr(&o));
+                let t = stdout(&o).trim().to_string();
+                std::fs::write(&saved, &t).unwrap();
+                t
+            }
+        };
         let mut child = strata()
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(data)
@@ -36,7 +53,17 @@ impl Serve {
             .next()
             .and_then(|p| p.parse().ok())
             .expect("listening line");
-        Serve { child, port }
+        Serve { child, port, token }
+    }
+
+    /// A client that sends the push token with every request.
+    fn client(&self) -> Client {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {}", self.token).parse().unwrap(),
+        );
+        Client::builder().default_headers(h).build().unwrap()
     }
 
     fn url(&self, path: &str) -> String {
@@ -68,8 +95,64 @@ fn code(resp: reqwest::blocking::Response) -> (u16, String) {
 fn api_errors_use_the_spec_codes_and_store_nothing() {
     let d = tempfile::tempdir().unwrap();
     let s = Serve::start(&d.path().join("data"));
-    let c = Client::new();
+    let c = s.client();
     assert_eq!(c.get(s.url("/v2/")).send().unwrap().status(), 200);
+
+    // Pushing needs a credential: none, or a wrong one, gets 401 with a
+    // challenge, and nothing is stored.
+    let anon = Client::new();
+    let hello0 = strata::digest::Digest::sha256_of(b"hello");
+    for auth in [None, Some("Bearer st_wrong"), Some("Basic dGVzdHM6bm9wZQ==")] {
+        let mut req = anon
+            .post(s.url(&format!("/v2/app/blobs/uploads/?digest={hello0}")))
+            .body("hello");
+        if let Some(a) = auth {
+            req = req.header("Authorization", a);
+        }
+        let r = req.send().unwrap();
+        let challenge = r
+            .headers()
+            .get("www-authenticate")
+            .map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(code(r), (401, "UNAUTHORIZED".into()), "{auth:?}");
+        assert!(
+            challenge.unwrap_or_default().starts_with("Bearer realm="),
+            "{auth:?}"
+        );
+    }
+    assert_eq!(
+        anon.get(s.url("/v2/")).send().unwrap().status(),
+        401,
+        "the root challenges"
+    );
+    // Docker's token flow: an anonymous token pulls but cannot push; a
+    // token fetched with the credential can.
+    let session = |req: reqwest::blocking::RequestBuilder| -> String {
+        let v: Value = serde_json::from_slice(&req.send().unwrap().bytes().unwrap()).unwrap();
+        v["token"].as_str().unwrap().to_string()
+    };
+    let anon_token = session(anon.get(s.url("/token?scope=repository:app:pull,push")));
+    let r = anon
+        .post(s.url(&format!("/v2/app/blobs/uploads/?digest={hello0}")))
+        .bearer_auth(&anon_token)
+        .body("hello")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = anon
+        .get(s.url("/v2/nope/tags/list"))
+        .bearer_auth(&anon_token)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 404, "pulls need no push right");
+    let push_token = session(anon.get(s.url("/token")).basic_auth("tests", Some(&s.token)));
+    let r = anon.get(s.url("/v2/")).bearer_auth(&push_token).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        !d.path()
+            .join(format!("data/store/blobs/sha256/{}", hello0.hex()))
+            .exists()
+    );
 
     // Wrong digest on a monolithic upload: DIGEST_INVALID, nothing stored.
     let wrong = strata::digest::Digest::sha256_of(b"other");
@@ -181,7 +264,7 @@ fn an_upload_survives_a_killed_server() {
     let d = tempfile::tempdir().unwrap();
     let data = d.path().join("data");
     let mut s = Serve::start(&data);
-    let c = Client::new();
+    let c = s.client();
     let body: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
     let digest = strata::digest::Digest::sha256_of(&body);
     let r = c.post(s.url("/v2/big/blobs/uploads/")).send().unwrap();
@@ -251,7 +334,14 @@ fn skopeo_and_docker_round_trip_through_strata_serve() {
     );
     let dest = format!("docker://{repo_ref}");
     let o = Command::new("skopeo")
-        .args(["copy", "--dest-tls-verify=false", &src, &dest])
+        .args([
+            "copy",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            &format!("tests:{}", s.token),
+            &src,
+            &dest,
+        ])
         .output()
         .unwrap();
     assert!(o.status.success(), "skopeo copy in: {}", stderr(&o));

@@ -13,9 +13,10 @@ use anyhow::{Context, Result};
 /// after their digest matched; upload sessions survive a restart.
 ///
 /// Examples:
+///   strata token create jenkins --data /var/lib/strata   # prints a push token once
 ///   strata serve                                  # 127.0.0.1:5000, data in ./strata-data
 ///   strata serve --listen 0.0.0.0:5000 --data /var/lib/strata
-///   skopeo copy oci:out/oci:tomcat docker://127.0.0.1:5000/strata/tomcat:1 --dest-tls-verify=false
+///   skopeo copy --dest-creds jenkins:TOKEN --dest-tls-verify=false oci:out/oci:tomcat docker://127.0.0.1:5000/strata/tomcat:1
 ///   docker pull 127.0.0.1:5000/strata/tomcat:1     # loopback needs no TLS
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
@@ -27,12 +28,36 @@ pub struct Args {
     /// Data directory: blobs, repositories, tags, upload sessions.
     #[arg(long, env = "STRATA_DATA", default_value = "strata-data")]
     pub data: PathBuf,
+    /// Credentials file (`NAME:SHA256` lines from `strata token create`);
+    /// default DATA/credentials. Pushing needs one of its tokens.
+    #[arg(long)]
+    pub credentials: Option<PathBuf>,
+    /// Accept pushes without a credential (for demos and throwaway setups).
+    #[arg(long)]
+    pub open_push: bool,
+    /// Require a credential for pulls too (anonymous pulls by default).
+    #[arg(long)]
+    pub pull_auth: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
-        let server = strata::registry::Server::bind(a.listen, a.data.clone())
+        let cred_path = a.credentials.clone().unwrap_or_else(|| a.data.join("credentials"));
+        let credentials = strata::registry::auth::Credentials::load(&cred_path)?;
+        if credentials.is_empty() && !a.open_push {
+            eprintln!(
+                "strata registry: no tokens in {}; pushes are refused until `strata token create NAME --data {}`",
+                cred_path.display(),
+                a.data.display()
+            );
+        }
+        let access = strata::registry::Access {
+            credentials,
+            open_push: a.open_push,
+            pull_auth: a.pull_auth,
+        };
+        let server = strata::registry::Server::bind(a.listen, a.data.clone(), access)
             .await
             .with_context(|| {
                 format!(

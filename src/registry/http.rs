@@ -16,21 +16,153 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use super::state::{MAX_MANIFEST, Registry, RegistryError};
 use crate::digest::Digest;
 
-type Shared = Arc<Registry>;
+#[derive(Clone)]
+struct Shared {
+    reg: Arc<Registry>,
+    access: Arc<super::Access>,
+    /// Bearer tokens handed out by `/token`: who (None = anonymous) and
+    /// until when.
+    sessions: Arc<std::sync::Mutex<Sessions>>,
+}
+
+/// Session token → (credential name, or None for anonymous; expiry).
+type Sessions = HashMap<String, (Option<String>, std::time::Instant)>;
+
+/// How long a token from `/token` is valid.
+const SESSION_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Sessions kept at most; expired ones are dropped first.
+const MAX_SESSIONS: usize = 100_000;
 
 /// Read size for serving blobs: large enough for page-cache speed, small
 /// enough that hundreds of concurrent pulls stay within a bounded memory.
 const BLOB_CHUNK: usize = 128 << 10;
 
-pub fn router(registry: Shared) -> Router {
+pub fn router(reg: Arc<Registry>, access: Arc<super::Access>) -> Router {
     Router::new()
         .route("/v2", get(base))
         .route("/v2/", get(base))
         .route("/v2/{*rest}", any(dispatch))
-        .with_state(registry)
+        .route("/token", get(token))
+        .with_state(Shared {
+            reg,
+            access,
+            sessions: Default::default(),
+        })
 }
 
-async fn base() -> Response {
+fn unauthorized(why: &str) -> ApiError {
+    ApiError(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", why.to_string())
+}
+
+/// The Bearer challenge that sends clients to `/token` (Docker's token
+/// flow: anonymous clients get a pull-only token, clients with a
+/// credential a push token).
+fn challenge(headers: &HeaderMap, why: &str) -> Response {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("127.0.0.1");
+    let mut r = unauthorized(why).into_response();
+    set(
+        &mut r,
+        "WWW-Authenticate",
+        format!("Bearer realm=\"http://{host}/token\",service=\"strata\""),
+    );
+    r
+}
+
+async fn token(State(sh): State<Shared>, headers: HeaderMap) -> Response {
+    let presented = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let who = match presented {
+        None => None,
+        Some(p) => match sh.access.credentials.check(Some(p)) {
+            Some(name) => Some(name),
+            None => return unauthorized("the credential is not valid").into_response(),
+        },
+    };
+    if who.is_none() && sh.access.pull_auth {
+        return unauthorized("pulling needs a credential").into_response();
+    }
+    let t = format!(
+        "sts_{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    {
+        let mut map = sh.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        if map.len() >= MAX_SESSIONS {
+            map.retain(|_, (_, until)| *until > now);
+        }
+        if map.len() < MAX_SESSIONS {
+            map.insert(t.clone(), (who, now + SESSION_TTL));
+        }
+    }
+    let body = serde_json::json!({ "token": t, "access_token": t, "expires_in": SESSION_TTL.as_secs() });
+    let mut r = (StatusCode::OK, body.to_string()).into_response();
+    set(&mut r, "Content-Type", "application/json");
+    r
+}
+
+/// Checks the request's credential: pushes always need one (unless the
+/// server runs with open pushes), pulls when configured so. A credential is
+/// a token from the credentials file (Bearer or Basic) or a session token
+/// from `/token`.
+fn authorize(sh: &Shared, headers: &HeaderMap, write: bool) -> Result<(), Response> {
+    let access = &sh.access;
+    let needed = if write {
+        !access.open_push
+    } else {
+        access.pull_auth
+    };
+    if !needed {
+        return Ok(());
+    }
+    let presented = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if access.credentials.check(presented).is_some() {
+        return Ok(());
+    }
+    if let Some(t) = presented.and_then(|p| p.strip_prefix("Bearer ")) {
+        let map = sh.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((who, until)) = map.get(t.trim())
+            && *until > std::time::Instant::now()
+            && (who.is_some() || !write)
+        {
+            return Ok(());
+        }
+    }
+    let why = if write {
+        "pushing needs a credential (strata token create)"
+    } else {
+        "pulling needs a credential"
+    };
+    Err(challenge(headers, why))
+}
+
+/// The API root. When the server has credentials it challenges clients
+/// that bring none, so they fetch a token: anonymous clients get one that
+/// can pull, clients with a credential one that can push.
+async fn base(State(sh): State<Shared>, headers: HeaderMap) -> Response {
+    let has_auth = headers.contains_key(header::AUTHORIZATION);
+    let guarded = !sh.access.credentials.is_empty() || sh.access.pull_auth;
+    if guarded && !has_auth {
+        return challenge(&headers, "authentication required");
+    }
+    if has_auth && guarded {
+        let presented = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let known = sh.access.credentials.check(presented).is_some()
+            || presented
+                .and_then(|p| p.strip_prefix("Bearer "))
+                .is_some_and(|t| {
+                    sh.sessions
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .contains_key(t.trim())
+                });
+        if !known {
+            return challenge(&headers, "the credential is not valid");
+        }
+    }
     let mut r = StatusCode::OK.into_response();
     r.headers_mut().insert(
         "Docker-Distribution-API-Version",
@@ -118,12 +250,17 @@ fn route(rest: &str) -> Option<Route<'_>> {
 }
 
 async fn dispatch(
-    State(reg): State<Shared>,
+    State(sh): State<Shared>,
     Path(rest): Path<String>,
     Query(q): Query<HashMap<String, String>>,
     req: Request,
 ) -> Reply {
     let method = req.method().clone();
+    let write = !matches!(method, Method::GET | Method::HEAD);
+    if let Err(r) = authorize(&sh, req.headers(), write) {
+        return Ok(r);
+    }
+    let reg = sh.reg;
     let Some(r) = route(&rest) else {
         return Err(ApiError(
             StatusCode::NOT_FOUND,

@@ -1,0 +1,161 @@
+//! Registry credentials: tokens in a file, checked in constant time.
+//!
+//! The credentials file (`DATA/credentials` unless configured) holds one
+//! `NAME:SHA256HEX` line per token; the token itself is shown once, when
+//! `strata token create` makes it, and never stored. A request proves a
+//! token with `Authorization: Bearer TOKEN` or `Basic base64(NAME:TOKEN)`.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+
+use crate::digest::Digest;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{}:{line}: not a `NAME:SHA256HEX` credential line", path.display())]
+    BadLine { path: PathBuf, line: usize },
+    #[error("token name `{0}` must be [A-Za-z0-9._-]+")]
+    BadName(String),
+}
+
+/// The tokens allowed to push (and to pull when pulls are authenticated).
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    hashes: Vec<(String, [u8; 32])>,
+}
+
+fn sha(token: &str) -> [u8; 32] {
+    let d = Digest::sha256_of(token.as_bytes());
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(d.hex(), &mut out).expect("a sha256 digest is 32 bytes of hex");
+    out
+}
+
+/// Equality whose time does not depend on where the inputs differ.
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Credentials {
+    /// Reads a credentials file; a missing file means no tokens.
+    pub fn load(path: &Path) -> Result<Credentials, AuthError> {
+        let text = match fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Credentials::default()),
+            Err(source) => {
+                return Err(AuthError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        let mut hashes = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let bad = || AuthError::BadLine {
+                path: path.to_path_buf(),
+                line: i + 1,
+            };
+            let (name, hexhash) = line.split_once(':').ok_or_else(bad)?;
+            let mut h = [0u8; 32];
+            hex::decode_to_slice(hexhash, &mut h).map_err(|_| bad())?;
+            hashes.push((name.to_string(), h));
+        }
+        Ok(Credentials { hashes })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hashes.is_empty()
+    }
+
+    /// The token name an `Authorization` header proves, if any.
+    pub fn check(&self, authorization: Option<&str>) -> Option<String> {
+        let value = authorization?.trim();
+        let token = if let Some(t) = value.strip_prefix("Bearer ") {
+            t.trim().to_string()
+        } else if let Some(b) = value.strip_prefix("Basic ") {
+            let raw = base64::engine::general_purpose::STANDARD.decode(b.trim()).ok()?;
+            let text = String::from_utf8(raw).ok()?;
+            text.split_once(':')?.1.to_string()
+        } else {
+            return None;
+        };
+        let presented = sha(&token);
+        // Compare against every entry, so the time does not tell which matched.
+        let mut found = None;
+        for (name, h) in &self.hashes {
+            if constant_time_eq(h, &presented) && found.is_none() {
+                found = Some(name.clone());
+            }
+        }
+        found
+    }
+}
+
+/// Creates a token called `name`, appends its hash to `path` and returns
+/// the token (shown once).
+pub fn create_token(path: &Path, name: &str) -> Result<String, AuthError> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    {
+        return Err(AuthError::BadName(name.to_string()));
+    }
+    // Two v4 UUIDs: 244 bits from the operating system's random source.
+    let token = format!(
+        "st_{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let io = |source| AuthError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(io)?;
+    }
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(io)?;
+    let line = format!("{name}:{}\n", hex::encode(sha(&token)));
+    f.write_all(line.as_bytes()).map_err(io)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o600));
+    }
+    Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_and_wrong_ones_fail() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("credentials");
+        let t = create_token(&p, "jenkins").unwrap();
+        let c = Credentials::load(&p).unwrap();
+        assert_eq!(c.check(Some(&format!("Bearer {t}"))).as_deref(), Some("jenkins"));
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("jenkins:{t}"));
+        assert_eq!(
+            c.check(Some(&format!("Basic {basic}"))).as_deref(),
+            Some("jenkins")
+        );
+        assert_eq!(c.check(Some("Bearer nope")), None);
+        assert_eq!(c.check(None), None);
+        assert!(create_token(&p, "bad name").is_err());
+    }
+}
