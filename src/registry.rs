@@ -24,6 +24,8 @@ pub struct Access {
     pub open_push: bool,
     /// Require a credential for pulls too.
     pub pull_auth: bool,
+    /// Allow DELETE of manifests, tags and blobs (content management).
+    pub allow_delete: bool,
 }
 
 /// A bound registry server; [`Server::run`] serves until `shutdown`.

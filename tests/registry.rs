@@ -20,6 +20,10 @@ struct Serve {
 
 impl Serve {
     fn start(data: &Path) -> Serve {
+        Serve::start_with(data, &[])
+    }
+
+    fn start_with(data: &Path, extra: &[&str]) -> Serve {
         // A push token, made once per data directory with the real command.
         let saved = data.with_extension("token");
         let token = match std::fs::read_to_string(&saved) {
@@ -39,6 +43,7 @@ impl Serve {
         let mut child = strata()
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(data)
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -380,4 +385,74 @@ fn skopeo_and_docker_round_trip_through_strata_serve() {
         .output()
         .unwrap();
     assert_eq!(stdout(&o), "Asia/Shanghai\n", "{}", stderr(&o));
+}
+
+#[test]
+fn deletes_only_when_enabled() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Serve::start(&d.path().join("locked"));
+    let c = s.client();
+    let r = c.delete(s.url("/v2/app/manifests/v1")).send().unwrap();
+    assert_eq!(code(r), (405, "UNSUPPORTED".into()));
+
+    let s = Serve::start_with(&d.path().join("open"), &["--allow-delete"]);
+    let c = s.client();
+    let blob = strata::digest::Digest::sha256_of(b"{}");
+    let r = c
+        .post(s.url(&format!("/v2/app/blobs/uploads/?digest={blob}")))
+        .body("{}")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let m = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": blob.to_string(), "size": 2 },
+        "layers": [],
+    })
+    .to_string();
+    let digest = strata::digest::Digest::sha256_of(m.as_bytes());
+    for tag in ["v1", "v2"] {
+        let r = c
+            .put(s.url(&format!("/v2/app/manifests/{tag}")))
+            .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+            .body(m.clone())
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    let status = |path: &str| c.get(s.url(path)).send().unwrap().status().as_u16();
+    assert_eq!(
+        c.delete(s.url("/v2/app/manifests/v1")).send().unwrap().status(),
+        202
+    );
+    assert_eq!(status("/v2/app/manifests/v1"), 404);
+    assert_eq!(status("/v2/app/manifests/v2"), 200, "other tags stay");
+    assert_eq!(
+        c.delete(s.url(&format!("/v2/app/manifests/{digest}")))
+            .send()
+            .unwrap()
+            .status(),
+        202
+    );
+    assert_eq!(
+        status("/v2/app/manifests/v2"),
+        404,
+        "tags of a deleted manifest go with it"
+    );
+    assert_eq!(status(&format!("/v2/app/manifests/{digest}")), 404);
+    assert_eq!(
+        c.delete(s.url(&format!("/v2/app/blobs/{blob}")))
+            .send()
+            .unwrap()
+            .status(),
+        202
+    );
+    assert_eq!(status(&format!("/v2/app/blobs/{blob}")), 404);
+    // Deleting needs a push credential like any write.
+    let r = Client::new()
+        .delete(s.url("/v2/app/manifests/v2"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 401);
 }

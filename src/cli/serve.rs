@@ -38,6 +38,9 @@ pub struct Args {
     /// Require a credential for pulls too (anonymous pulls by default).
     #[arg(long)]
     pub pull_auth: bool,
+    /// Allow DELETE of manifests, tags and blob links (pushers only).
+    #[arg(long)]
+    pub allow_delete: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -56,6 +59,7 @@ pub fn run(a: Args) -> Result<()> {
             credentials,
             open_push: a.open_push,
             pull_auth: a.pull_auth,
+            allow_delete: a.allow_delete,
         };
         let server = strata::registry::Server::bind(a.listen, a.data.clone(), access)
             .await

@@ -285,6 +285,15 @@ async fn dispatch(
         }
         (Route::Manifest(name, r), &Method::PUT) => put_manifest(&reg, name, r, req).await,
         (Route::Tags(name), &Method::GET) => tags(&reg, name, &q),
+        (Route::Manifest(name, r), &Method::DELETE) if sh.access.allow_delete => {
+            tokio::task::block_in_place(|| reg.delete_manifest(name, r))?;
+            Ok(StatusCode::ACCEPTED.into_response())
+        }
+        (Route::Blob(name, d), &Method::DELETE) if sh.access.allow_delete => {
+            let digest = parse_digest(d)?;
+            tokio::task::block_in_place(|| reg.delete_blob(name, &digest))?;
+            Ok(StatusCode::ACCEPTED.into_response())
+        }
         (_, m) => Err(ApiError(
             StatusCode::METHOD_NOT_ALLOWED,
             "UNSUPPORTED",

@@ -437,6 +437,38 @@ impl Registry {
         Self::write_small(&Self::blob_marker(&repo, digest), b"")
     }
 
+    /// Deletes a tag, or a manifest by digest (with every tag naming it),
+    /// from a repository. The bytes stay in the store until `strata gc`.
+    pub fn delete_manifest(&self, name: &str, reference: &str) -> Result<()> {
+        let repo = self.repo(name)?;
+        let digest = self.resolve(name, reference)?;
+        if !reference.contains(':') {
+            let tag = repo.join("_tags").join(reference);
+            return fs::remove_file(&tag).map_err(io_err(&tag));
+        }
+        let marker = repo
+            .join("_manifests")
+            .join(digest.algorithm().name())
+            .join(digest.hex());
+        fs::remove_file(&marker).map_err(io_err(&marker))?;
+        if let Ok(rd) = fs::read_dir(repo.join("_tags")) {
+            for e in rd.flatten() {
+                let points_here = fs::read_to_string(e.path()).is_ok_and(|t| t.trim() == digest.to_string());
+                if points_here {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Unlinks a blob from a repository.
+    pub fn delete_blob(&self, name: &str, d: &Digest) -> Result<()> {
+        let repo = self.repo(name)?;
+        let marker = Self::blob_marker(&repo, d);
+        fs::remove_file(&marker).map_err(|_| RegistryError::BlobUnknown(d.clone()))
+    }
+
     pub fn cancel_upload(&self, id: &str) -> Result<()> {
         let p = self.upload_path(id)?;
         self.hashers.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
