@@ -3,6 +3,7 @@
 
 mod build;
 mod diff;
+mod gc;
 mod images;
 mod inspect;
 mod serve;
@@ -39,6 +40,7 @@ pub enum Command {
     Diff(diff::Args),
     Serve(serve::Args),
     Token(token::Args),
+    Gc(gc::Args),
 }
 
 /// Options shared by commands that read images.
@@ -81,6 +83,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Diff(a) => diff::run(a),
         Command::Serve(a) => serve::run(a),
         Command::Token(a) => token::run(a),
+        Command::Gc(a) => gc::run(a),
     }
 }
 

@@ -456,3 +456,82 @@ fn deletes_only_when_enabled() {
         .unwrap();
     assert_eq!(r.status(), 401);
 }
+
+#[test]
+fn gc_sweeps_only_old_unreferenced_blobs() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    let s = Serve::start_with(&data, &["--allow-delete"]);
+    let c = s.client();
+    let push_blob = |body: &str| {
+        let dg = strata::digest::Digest::sha256_of(body.as_bytes());
+        let r = c
+            .post(s.url(&format!("/v2/app/blobs/uploads/?digest={dg}")))
+            .body(body.to_string())
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        dg
+    };
+    let push_manifest = |tag: &str, config: &strata::digest::Digest| {
+        let m = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": config.to_string(), "size": 2 },
+            "layers": [],
+        })
+        .to_string();
+        let r = c
+            .put(s.url(&format!("/v2/app/manifests/{tag}")))
+            .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+            .body(m.clone())
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        strata::digest::Digest::sha256_of(m.as_bytes())
+    };
+    let kept = push_blob("{\"a\":1}");
+    let orphan = push_blob("{\"b\":2}");
+    let dropped = push_blob("{\"c\":3}");
+    push_manifest("v1", &kept);
+    let m2 = push_manifest("v2", &dropped);
+    assert_eq!(
+        c.delete(s.url(&format!("/v2/app/manifests/{m2}")))
+            .send()
+            .unwrap()
+            .status(),
+        202
+    );
+
+    let gc = |grace: &str| -> Value {
+        let o = strata()
+            .args(["gc", "--json", "--grace", grace, "--data"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    // With a long grace period nothing this young goes.
+    let r = gc("1h");
+    assert_eq!(r["swept_blobs"], 0);
+    assert_eq!(r["young_blobs"], 3, "{r}");
+    let r = gc("0s");
+    assert_eq!(
+        r["swept_blobs"], 3,
+        "orphan, dropped config and the deleted manifest: {r}"
+    );
+    let blob_path = |dg: &strata::digest::Digest| data.join("store/blobs/sha256").join(dg.hex());
+    assert!(blob_path(&kept).is_file());
+    assert!(!blob_path(&orphan).exists());
+    assert!(!blob_path(&dropped).exists());
+    assert!(!blob_path(&m2).exists());
+    assert_eq!(c.get(s.url("/v2/app/manifests/v1")).send().unwrap().status(), 200);
+    assert_eq!(
+        c.get(s.url(&format!("/v2/app/blobs/{kept}")))
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
+}
