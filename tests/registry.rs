@@ -535,3 +535,71 @@ fn gc_sweeps_only_old_unreferenced_blobs() {
         200
     );
 }
+
+#[test]
+fn referrers_list_and_filter_by_artifact_type() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Serve::start(&d.path().join("data"));
+    let c = s.client();
+    let cfg = strata::digest::Digest::sha256_of(b"{}");
+    let r = c
+        .post(s.url(&format!("/v2/app/blobs/uploads/?digest={cfg}")))
+        .body("{}")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let manifest = |extra: Value| -> String {
+        let mut m = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": cfg.to_string(), "size": 2 },
+            "layers": [],
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            m[k] = v.clone();
+        }
+        m.to_string()
+    };
+    let put = |reference: &str, body: &str| {
+        c.put(s.url(&format!("/v2/app/manifests/{reference}")))
+            .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+            .body(body.to_string())
+            .send()
+            .unwrap()
+    };
+    let base = manifest(serde_json::json!({}));
+    let base_digest = strata::digest::Digest::sha256_of(base.as_bytes());
+    assert_eq!(put("v1", &base).status(), 201);
+    let subject = serde_json::json!({
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": base_digest.to_string(),
+        "size": base.len(),
+    });
+    for kind in ["application/vnd.example.sbom", "application/vnd.example.sig"] {
+        let body = manifest(serde_json::json!({ "artifactType": kind, "subject": subject }));
+        let digest = strata::digest::Digest::sha256_of(body.as_bytes());
+        let r = put(&digest.to_string(), &body);
+        assert_eq!(r.status(), 201);
+        assert_eq!(r.headers()["oci-subject"], base_digest.to_string().as_str());
+    }
+    let list = |query: &str| -> (Value, bool) {
+        let r = c
+            .get(s.url(&format!("/v2/app/referrers/{base_digest}{query}")))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let filtered = r.headers().contains_key("oci-filters-applied");
+        (serde_json::from_slice(&r.bytes().unwrap()).unwrap(), filtered)
+    };
+    let (all, filtered) = list("");
+    assert!(!filtered);
+    assert_eq!(all["manifests"].as_array().unwrap().len(), 2, "{all}");
+    let (sbom, filtered) = list("?artifactType=application/vnd.example.sbom");
+    assert!(filtered);
+    let sbom = sbom["manifests"].as_array().unwrap().clone();
+    assert_eq!(sbom.len(), 1);
+    assert_eq!(sbom[0]["artifactType"], "application/vnd.example.sbom");
+    let none = strata::digest::Digest::sha256_of(b"no such subject");
+    let r = c.get(s.url(&format!("/v2/app/referrers/{none}"))).send().unwrap();
+    assert_eq!(r.status(), 200);
+}

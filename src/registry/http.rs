@@ -225,9 +225,13 @@ enum Route<'a> {
     Upload(&'a str, &'a str),
     Manifest(&'a str, &'a str),
     Tags(&'a str),
+    Referrers(&'a str, &'a str),
 }
 
 fn route(rest: &str) -> Option<Route<'_>> {
+    if let Some(i) = rest.rfind("/referrers/") {
+        return Some(Route::Referrers(&rest[..i], &rest[i + 11..]));
+    }
     if let Some(name) = rest.strip_suffix("/tags/list") {
         return Some(Route::Tags(name));
     }
@@ -285,6 +289,22 @@ async fn dispatch(
         }
         (Route::Manifest(name, r), &Method::PUT) => put_manifest(&reg, name, r, req).await,
         (Route::Tags(name), &Method::GET) => tags(&reg, name, &q),
+        (Route::Referrers(name, d), &Method::GET) => {
+            let subject = parse_digest(d)?;
+            let filter = q.get("artifactType").map(String::as_str);
+            let list = reg.referrers(name, &subject, filter)?;
+            let body = serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": crate::oci::MEDIA_INDEX,
+                "manifests": list,
+            });
+            let mut r = (StatusCode::OK, body.to_string()).into_response();
+            set(&mut r, "Content-Type", crate::oci::MEDIA_INDEX);
+            if filter.is_some() {
+                set(&mut r, "OCI-Filters-Applied", "artifactType");
+            }
+            Ok(r)
+        }
         (Route::Manifest(name, r), &Method::DELETE) if sh.access.allow_delete => {
             tokio::task::block_in_place(|| reg.delete_manifest(name, r))?;
             Ok(StatusCode::ACCEPTED.into_response())
@@ -493,10 +513,14 @@ async fn put_manifest(reg: &Registry, name: &str, reference: &str, req: Request)
     let bytes = axum::body::to_bytes(req.into_body(), MAX_MANIFEST)
         .await
         .map_err(|_| ApiError::from(RegistryError::ManifestTooLarge))?;
-    let d = tokio::task::block_in_place(|| reg.put_manifest(name, reference, &bytes, ct.as_deref()))?;
+    let put = tokio::task::block_in_place(|| reg.put_manifest(name, reference, &bytes, ct.as_deref()))?;
+    let d = put.digest;
     let mut r = StatusCode::CREATED.into_response();
     set(&mut r, "Location", format!("/v2/{name}/manifests/{d}"));
     set(&mut r, "Docker-Content-Digest", d.to_string());
+    if let Some(sub) = put.subject {
+        set(&mut r, "OCI-Subject", sub.to_string());
+    }
     set(&mut r, "Content-Length", "0");
     Ok(r)
 }

@@ -105,6 +105,13 @@ impl UploadWriter<'_> {
     }
 }
 
+/// What a manifest push stored.
+pub struct PutManifest {
+    pub digest: Digest,
+    /// The manifest's `subject`, echoed as `OCI-Subject`.
+    pub subject: Option<Digest>,
+}
+
 /// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*`
 pub fn valid_name(name: &str) -> bool {
     if name.is_empty() || name.len() > 255 {
@@ -265,7 +272,7 @@ impl Registry {
         reference: &str,
         bytes: &[u8],
         content_type: Option<&str>,
-    ) -> Result<Digest> {
+    ) -> Result<PutManifest> {
         let repo = self.repo(name)?;
         if bytes.len() > MAX_MANIFEST {
             return Err(RegistryError::ManifestTooLarge);
@@ -292,6 +299,23 @@ impl Registry {
                     .map(str::to_string)
             })
             .unwrap_or_else(|| crate::oci::MEDIA_MANIFEST.to_string());
+        // A manifest with a `subject` is a referrer of that subject.
+        let subject: Option<Digest> = value
+            .get("subject")
+            .and_then(|s| s.get("digest"))
+            .and_then(|d| d.as_str())
+            .and_then(|d| d.parse().ok());
+        let artifact_type = value
+            .get("artifactType")
+            .and_then(|a| a.as_str())
+            .or_else(|| {
+                value
+                    .get("config")
+                    .and_then(|c| c.get("mediaType"))
+                    .and_then(|m| m.as_str())
+            })
+            .map(str::to_string);
+        let annotations = value.get("annotations").cloned();
         let is_index = media == crate::oci::MEDIA_INDEX || media == crate::oci::MEDIA_DOCKER_LIST;
         if is_index {
             let index: Index =
@@ -324,7 +348,59 @@ impl Registry {
         if expected.is_none() {
             Self::write_small(&repo.join("_tags").join(reference), d.to_string().as_bytes())?;
         }
-        Ok(d)
+        if let Some(sub) = &subject {
+            let mut desc =
+                serde_json::json!({ "mediaType": media, "digest": d.to_string(), "size": bytes.len() });
+            if let Some(a) = &artifact_type {
+                desc["artifactType"] = serde_json::Value::String(a.clone());
+            }
+            if let Some(a) = annotations {
+                desc["annotations"] = a;
+            }
+            let path = Self::referrers_dir(&repo, sub).join(d.hex());
+            Self::write_small(&path, desc.to_string().as_bytes())?;
+        }
+        Ok(PutManifest { digest: d, subject })
+    }
+
+    fn referrers_dir(repo: &Path, subject: &Digest) -> PathBuf {
+        repo.join("_referrers")
+            .join(subject.algorithm().name())
+            .join(subject.hex())
+    }
+
+    /// Descriptors of the manifests whose `subject` is `subject`, filtered
+    /// by artifact type when given. An unknown subject has no referrers.
+    pub fn referrers(
+        &self,
+        name: &str,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<serde_json::Value>> {
+        let repo = self.repo(name)?;
+        let mut out: Vec<serde_json::Value> = fs::read_dir(Self::referrers_dir(&repo, subject))
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| fs::read(e.path()).ok())
+                    .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                    .filter(|d| {
+                        // Only referrers whose manifest is still in the repository.
+                        d["digest"]
+                            .as_str()
+                            .and_then(|x| x.parse::<Digest>().ok())
+                            .is_some_and(|x| {
+                                repo.join("_manifests")
+                                    .join(x.algorithm().name())
+                                    .join(x.hex())
+                                    .is_file()
+                            })
+                    })
+                    .filter(|d| artifact_type.is_none_or(|a| d["artifactType"].as_str() == Some(a)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort_by(|a, b| a["digest"].as_str().cmp(&b["digest"].as_str()));
+        Ok(out)
     }
 
     /// Tags of a repository, sorted, after `last`, at most `n`.
