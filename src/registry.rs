@@ -34,10 +34,49 @@ pub struct Server {
     listener: tokio::net::TcpListener,
     registry: Arc<Registry>,
     access: Arc<Access>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+/// A certificate chain and key, PEM files, for HTTPS.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+fn tls_acceptor(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, RegistryError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |path: &PathBuf, reason: String| RegistryError::Tls {
+        path: path.clone(),
+        reason,
+    };
+    let certs = CertificateDer::pem_file_iter(&files.cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| bad(&files.cert, e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad(&files.cert, "no certificate in the file".to_string()));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| bad(&files.key, e.to_string()))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(&files.cert, e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| bad(&files.key, e.to_string()))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }
 
 impl Server {
-    pub async fn bind(addr: SocketAddr, data: PathBuf, access: Access) -> Result<Server, RegistryError> {
+    pub async fn bind(
+        addr: SocketAddr,
+        data: PathBuf,
+        access: Access,
+        tls: Option<TlsFiles>,
+    ) -> Result<Server, RegistryError> {
+        let tls = tls.as_ref().map(tls_acceptor).transpose()?;
         let registry = Arc::new(Registry::open(data)?);
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -46,6 +85,7 @@ impl Server {
             listener,
             registry,
             access: Arc::new(access),
+            tls,
         })
     }
 
@@ -58,8 +98,52 @@ impl Server {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let app = http::router(self.registry, self.access);
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
+        let Some(acceptor) = self.tls else {
+            return axum::serve(self.listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await;
+        };
+        // HTTPS: accept, handshake and serve each connection in its own
+        // task; a failed handshake only ends that connection.
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = self.listener.accept() => {
+                    let (tcp, peer) = match accepted {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::warn!("registry: accept failed: {e}");
+                            continue;
+                        }
+                    };
+                    let acceptor = acceptor.clone();
+                    let app = app.clone();
+                    conns.spawn(async move {
+                        let tls = match acceptor.accept(tcp).await {
+                            Ok(t) => t,
+                            Err(e) => {
+                                tracing::debug!("registry: TLS handshake with {peer} failed: {e}");
+                                return;
+                            }
+                        };
+                        let svc = hyper_util::service::TowerToHyperService::new(app);
+                        let builder =
+                            hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+                        if let Err(e) = builder.serve_connection(hyper_util::rt::TokioIo::new(tls), svc).await {
+                            tracing::debug!("registry: connection from {peer}: {e}");
+                        }
+                    });
+                    while conns.try_join_next().is_some() {}
+                }
+                _ = &mut shutdown => break,
+            }
+        }
+        // Let in-flight requests finish, within bounds.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while conns.join_next().await.is_some() {}
+        })
+        .await;
+        Ok(())
     }
 }

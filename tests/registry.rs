@@ -603,3 +603,106 @@ fn referrers_list_and_filter_by_artifact_type() {
     let r = c.get(s.url(&format!("/v2/app/referrers/{none}"))).send().unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[test]
+fn serves_https_when_given_a_certificate() {
+    if !have_tool("openssl") {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let (cert, key) = (d.path().join("cert.pem"), d.path().join("key.pem"));
+    let (ca, ca_key, csr) = (
+        d.path().join("ca.pem"),
+        d.path().join("ca.key"),
+        d.path().join("leaf.csr"),
+    );
+    let ext = d.path().join("leaf.ext");
+    std::fs::write(&ext, "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").unwrap();
+    let p = |x: &std::path::PathBuf| x.to_str().unwrap().to_string();
+    let steps: Vec<Vec<String>> = vec![
+        // A throwaway CA, and a server certificate for 127.0.0.1 signed by it.
+        vec![
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=strata-test-ca",
+            "-keyout",
+            &p(&ca_key),
+            "-out",
+            &p(&ca),
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect(),
+        vec![
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            &p(&key),
+            "-out",
+            &p(&csr),
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect(),
+        vec![
+            "x509",
+            "-req",
+            "-in",
+            &p(&csr),
+            "-CA",
+            &p(&ca),
+            "-CAkey",
+            &p(&ca_key),
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            &p(&ext),
+            "-out",
+            &p(&cert),
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect(),
+    ];
+    for args in steps {
+        let o = Command::new("openssl").args(&args).output().unwrap();
+        assert!(o.status.success(), "openssl {args:?}: {}", stderr(&o));
+    }
+    let s = Serve::start_with(
+        &d.path().join("data"),
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap();
+    let c = Client::builder().add_root_certificate(ca).build().unwrap();
+    let url = format!("https://127.0.0.1:{}/v2/", s.port);
+    let r = c.get(&url).bearer_auth(&s.token).send().unwrap();
+    assert_eq!(r.status(), 200);
+    // Plain HTTP to the TLS port gets no registry answer.
+    let plain = Client::new().get(s.url("/v2/")).bearer_auth(&s.token).send();
+    assert!(
+        plain.map(|r| r.status() != 200).unwrap_or(true),
+        "plain HTTP must not be served"
+    );
+    // A client that does not trust the certificate is refused.
+    assert!(Client::new().get(&url).send().is_err());
+}

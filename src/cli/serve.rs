@@ -38,6 +38,12 @@ pub struct Args {
     /// Require a credential for pulls too (anonymous pulls by default).
     #[arg(long)]
     pub pull_auth: bool,
+    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Allow DELETE of manifests, tags and blob links (pushers only).
     #[arg(long)]
     pub allow_delete: bool,
@@ -61,7 +67,9 @@ pub fn run(a: Args) -> Result<()> {
             pull_auth: a.pull_auth,
             allow_delete: a.allow_delete,
         };
-        let server = strata::registry::Server::bind(a.listen, a.data.clone(), access)
+        let tls = a.tls_cert.clone().zip(a.tls_key.clone()).map(|(cert, key)| strata::registry::TlsFiles { cert, key });
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let server = strata::registry::Server::bind(a.listen, a.data.clone(), access, tls)
             .await
             .with_context(|| {
                 format!(
@@ -71,7 +79,7 @@ pub fn run(a: Args) -> Result<()> {
                 )
             })?;
         let addr = server.local_addr()?;
-        println!("listening on http://{addr}");
+        println!("listening on {scheme}://{addr}");
         std::io::stdout().flush()?;
         eprintln!("strata registry: data in {}; Ctrl-C stops", a.data.display());
         server.run(shutdown_signal()).await?;

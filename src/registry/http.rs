@@ -207,7 +207,9 @@ impl From<RegistryError> for ApiError {
             E::ManifestBlobUnknown(_) => (StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN"),
             E::ManifestTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "SIZE_INVALID"),
             E::RangeInvalid { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID"),
-            E::Bind { .. } | E::Io { .. } | E::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
+            E::Bind { .. } | E::Io { .. } | E::Tls { .. } | E::Store(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN")
+            }
         };
         if status.is_server_error() {
             tracing::error!("registry: {e}");

@@ -20,6 +20,8 @@ pub const MAX_MANIFEST: usize = 4 << 20;
 pub enum RegistryError {
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: io::Error },
+    #[error("{}: cannot use for TLS: {reason}", path.display())]
+    Tls { path: PathBuf, reason: String },
     #[error("invalid repository name `{0}`")]
     NameInvalid(String),
     #[error("repository `{0}` is not known")]
