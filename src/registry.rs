@@ -7,6 +7,7 @@
 //! never serves bytes it has not verified.
 
 pub mod auth;
+pub mod config;
 pub mod gc;
 mod http;
 mod state;

@@ -706,3 +706,29 @@ fn serves_https_when_given_a_certificate() {
     // A client that does not trust the certificate is refused.
     assert!(Client::new().get(&url).send().is_err());
 }
+
+#[test]
+fn a_config_file_sets_what_flags_do_not() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("serve.toml");
+    write(&cfg, "[auth]\nopen_push = true\n[storage]\nallow_delete = true\n");
+    let s = Serve::start_with(&d.path().join("data"), &["--config", cfg.to_str().unwrap()]);
+    // open_push: no credential needed; allow_delete: DELETE answers 202.
+    let c = Client::new();
+    let dg = strata::digest::Digest::sha256_of(b"x");
+    let r = c
+        .post(s.url(&format!("/v2/app/blobs/uploads/?digest={dg}")))
+        .body("x")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(
+        c.delete(s.url(&format!("/v2/app/blobs/{dg}")))
+            .send()
+            .unwrap()
+            .status(),
+        202
+    );
+    // The shipped example parses.
+    strata::registry::config::ServeConfig::load(&repo().join("deploy/examples/serve.toml")).unwrap();
+}

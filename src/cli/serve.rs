@@ -23,11 +23,17 @@ use anyhow::{Context, Result};
 pub struct Args {
     /// Address to listen on (port 0 picks a free port; the chosen address is
     /// printed on the first line of stdout).
-    #[arg(long, default_value = "127.0.0.1:5000")]
-    pub listen: SocketAddr,
-    /// Data directory: blobs, repositories, tags, upload sessions.
-    #[arg(long, env = "STRATA_DATA", default_value = "strata-data")]
-    pub data: PathBuf,
+    /// [default: 127.0.0.1:5000]
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Data directory: blobs, repositories, tags, upload sessions
+    /// [default: strata-data].
+    #[arg(long, env = "STRATA_DATA")]
+    pub data: Option<PathBuf>,
+    /// A TOML config file (listen, data, [auth], [tls], [storage]); flags
+    /// override it. See deploy/examples/serve.toml.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
     /// Credentials file (`NAME:SHA256` lines from `strata token create`);
     /// default DATA/credentials. Pushing needs one of its tokens.
     #[arg(long)]
@@ -49,16 +55,39 @@ pub struct Args {
     pub allow_delete: bool,
 }
 
-pub fn run(a: Args) -> Result<()> {
+pub fn run(mut a: Args) -> Result<()> {
+    let cfg = match &a.config {
+        Some(p) => strata::registry::config::ServeConfig::load(p)?,
+        None => Default::default(),
+    };
+    let listen = a
+        .listen
+        .or(cfg.listen)
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 5000)));
+    let data = a
+        .data
+        .clone()
+        .or(cfg.data)
+        .unwrap_or_else(|| PathBuf::from("strata-data"));
+    a.credentials = a.credentials.or(cfg.auth.credentials);
+    a.open_push |= cfg.auth.open_push;
+    a.pull_auth |= cfg.auth.pull_auth;
+    a.allow_delete |= cfg.storage.allow_delete;
+    if a.tls_cert.is_none()
+        && let Some(t) = cfg.tls
+    {
+        a.tls_cert = Some(t.cert);
+        a.tls_key = Some(t.key);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
-        let cred_path = a.credentials.clone().unwrap_or_else(|| a.data.join("credentials"));
+        let cred_path = a.credentials.clone().unwrap_or_else(|| data.join("credentials"));
         let credentials = strata::registry::auth::Credentials::load(&cred_path)?;
         if credentials.is_empty() && !a.open_push {
             eprintln!(
                 "strata registry: no tokens in {}; pushes are refused until `strata token create NAME --data {}`",
                 cred_path.display(),
-                a.data.display()
+                data.display()
             );
         }
         let access = strata::registry::Access {
@@ -69,19 +98,19 @@ pub fn run(a: Args) -> Result<()> {
         };
         let tls = a.tls_cert.clone().zip(a.tls_key.clone()).map(|(cert, key)| strata::registry::TlsFiles { cert, key });
         let scheme = if tls.is_some() { "https" } else { "http" };
-        let server = strata::registry::Server::bind(a.listen, a.data.clone(), access, tls)
+        let server = strata::registry::Server::bind(listen, data.clone(), access, tls)
             .await
             .with_context(|| {
                 format!(
                     "starting the registry on {} with data in {}",
-                    a.listen,
-                    a.data.display()
+                    listen,
+                    data.display()
                 )
             })?;
         let addr = server.local_addr()?;
         println!("listening on {scheme}://{addr}");
         std::io::stdout().flush()?;
-        eprintln!("strata registry: data in {}; Ctrl-C stops", a.data.display());
+        eprintln!("strata registry: data in {}; Ctrl-C stops", data.display());
         server.run(shutdown_signal()).await?;
         eprintln!("strata registry: stopped");
         Ok(())
