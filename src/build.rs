@@ -23,7 +23,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::digest::{Digest, Hasher, hash_reader};
-use crate::oci::listing::{Entry, EntryKind};
+use crate::oci::listing::EntryKind;
 use crate::oci::{
     ANNOTATION_PARENT, ANNOTATION_TIER, Descriptor, History, ImageConfig, MEDIA_CONFIG, MEDIA_MANIFEST,
     Manifest, rfc3339, to_json,
@@ -376,11 +376,6 @@ fn build_tier(
                 source,
             })?
         };
-        store.write_meta(
-            "tree",
-            blob.descriptor.digest.hex(),
-            &serde_json::to_vec(&blob.listing).unwrap_or_default(),
-        )?;
         config.rootfs.diff_ids.push(blob.diff_id.clone());
         config.history.push(History {
             created: Some(rfc3339(plan.settings.source_date_epoch)),
@@ -615,12 +610,6 @@ fn fingerprint(tier: &str, kind: &SourceKind, digest: Option<&Digest>) -> Result
         h.update(line.as_bytes());
     }
     Ok(h.finish().to_string())
-}
-
-/// Files a tier writes in its own layer (recorded at build time), for
-/// `strata inspect`.
-pub fn layer_tree(store: &Store, layer: &Digest) -> Option<Vec<Entry>> {
-    serde_json::from_slice(&store.read_meta("tree", layer.hex())?).ok()
 }
 
 #[cfg(test)]

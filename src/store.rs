@@ -209,17 +209,26 @@ impl Store {
     /// Writes a metadata record atomically (temp file + rename).
     pub fn write_meta(&self, kind: &str, name: &str, bytes: &[u8]) -> Result<()> {
         let path = self.meta_path(kind, name);
-        let dir = path.parent().expect("meta paths have a parent");
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".tmp-")
-            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
-            .tempfile_in(dir)
-            .map_err(io_err(dir))?;
-        tmp.write_all(bytes).map_err(io_err(&path))?;
-        tmp.persist(&path).map_err(|e| io_err(&path)(e.error))?;
-        Ok(())
+        write_atomic(&path, bytes).map_err(io_err(&path))
     }
+}
+
+/// Writes a small file atomically: a temporary file in the same directory
+/// (mode 0644), renamed over `path`. Readers see the old or the new bytes,
+/// never a part. Creates the directory when needed.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }
 
 /// A blob being written: bytes go to a temporary file and are hashed on

@@ -205,21 +205,11 @@ fn copy_blob(dir: &Path, store: &Store, d: &Digest) -> Result<()> {
     fs::rename(&tmp, &dest).map_err(io_err(&dest))
 }
 
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
-        .tempfile_in(dir)
-        .map_err(io_err(dir))?;
-    io::Write::write_all(&mut tmp, bytes).map_err(io_err(path))?;
-    tmp.persist(path).map_err(|e| io_err(path)(e.error))?;
-    Ok(())
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    crate::store::write_atomic(path, bytes).map_err(io_err(path))
 }
 
-/// Checks every blob of a layout against its digest (used by tests and
-/// `strata inspect --verify`).
+/// Checks every blob of a layout against its digest; returns how many.
 pub fn verify(dir: &Path) -> Result<usize> {
     let mut n = 0;
     for algo in [Algorithm::Sha256, Algorithm::Sha512] {

@@ -108,6 +108,22 @@ async fn token(State(sh): State<Shared>, headers: HeaderMap) -> Response {
 /// server runs with open pushes), pulls when configured so. A credential is
 /// a token from the credentials file (Bearer or Basic) or a session token
 /// from `/token`.
+/// Whether the request's `Authorization` proves a right to read (or, with
+/// `write`, to push): a token from the credentials file, or a live session
+/// token from `/token` (anonymous sessions may only read).
+fn proves(sh: &Shared, headers: &HeaderMap, write: bool) -> bool {
+    let presented = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if sh.access.credentials.check(presented).is_some() {
+        return true;
+    }
+    let Some(t) = presented.and_then(|p| p.strip_prefix("Bearer ")) else {
+        return false;
+    };
+    let map = sh.sessions.lock().unwrap_or_else(|e| e.into_inner());
+    map.get(t.trim())
+        .is_some_and(|(who, until)| *until > std::time::Instant::now() && (who.is_some() || !write))
+}
+
 fn authorize(sh: &Shared, headers: &HeaderMap, write: bool) -> Result<(), Response> {
     let access = &sh.access;
     let needed = if write {
@@ -118,18 +134,8 @@ fn authorize(sh: &Shared, headers: &HeaderMap, write: bool) -> Result<(), Respon
     if !needed {
         return Ok(());
     }
-    let presented = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    if access.credentials.check(presented).is_some() {
+    if proves(sh, headers, write) {
         return Ok(());
-    }
-    if let Some(t) = presented.and_then(|p| p.strip_prefix("Bearer ")) {
-        let map = sh.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((who, until)) = map.get(t.trim())
-            && *until > std::time::Instant::now()
-            && (who.is_some() || !write)
-        {
-            return Ok(());
-        }
     }
     let why = if write {
         "pushing needs a credential (strata token create)"
@@ -148,20 +154,8 @@ async fn base(State(sh): State<Shared>, headers: HeaderMap) -> Response {
     if guarded && !has_auth {
         return challenge(&headers, "authentication required");
     }
-    if has_auth && guarded {
-        let presented = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        let known = sh.access.credentials.check(presented).is_some()
-            || presented
-                .and_then(|p| p.strip_prefix("Bearer "))
-                .is_some_and(|t| {
-                    sh.sessions
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .contains_key(t.trim())
-                });
-        if !known {
-            return challenge(&headers, "the credential is not valid");
-        }
+    if has_auth && guarded && !proves(&sh, &headers, false) {
+        return challenge(&headers, "the credential is not valid");
     }
     let mut r = StatusCode::OK.into_response();
     r.headers_mut().insert(

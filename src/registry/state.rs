@@ -199,12 +199,7 @@ impl Registry {
     }
 
     fn write_small(path: &Path, bytes: &[u8]) -> Result<()> {
-        let dir = path.parent().expect("registry paths have parents");
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err(dir))?;
-        tmp.write_all(bytes).map_err(io_err(path))?;
-        tmp.persist(path).map_err(|e| io_err(path)(e.error))?;
-        Ok(())
+        crate::store::write_atomic(path, bytes).map_err(io_err(path))
     }
 
     fn blob_marker(repo: &Path, d: &Digest) -> PathBuf {
