@@ -87,6 +87,41 @@ impl Drop for Serve {
     }
 }
 
+/// Pushes `body` as a blob of repository `app` in one request.
+fn push_blob(s: &Serve, c: &Client, body: &str) -> strata::digest::Digest {
+    let dg = strata::digest::Digest::sha256_of(body.as_bytes());
+    let r = c
+        .post(s.url(&format!("/v2/app/blobs/uploads/?digest={dg}")))
+        .body(body.to_string())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    dg
+}
+
+/// An OCI image manifest with `config`, no layers, and `extra` fields.
+fn image_manifest(config: &strata::digest::Digest, extra: Value) -> String {
+    let mut m = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": config.to_string(), "size": 2 },
+        "layers": [],
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        m[k] = v.clone();
+    }
+    m.to_string()
+}
+
+/// PUTs a manifest into repository `app`.
+fn put_manifest(s: &Serve, c: &Client, reference: &str, body: &str) -> reqwest::blocking::Response {
+    c.put(s.url(&format!("/v2/app/manifests/{reference}")))
+        .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+        .body(body.to_string())
+        .send()
+        .unwrap()
+}
+
 fn code(resp: reqwest::blocking::Response) -> (u16, String) {
     let status = resp.status().as_u16();
     let body: Value = serde_json::from_slice(&resp.bytes().unwrap_or_default()).unwrap_or(Value::Null);
@@ -397,29 +432,11 @@ fn deletes_only_when_enabled() {
 
     let s = Serve::start_with(&d.path().join("open"), &["--allow-delete"]);
     let c = s.client();
-    let blob = strata::digest::Digest::sha256_of(b"{}");
-    let r = c
-        .post(s.url(&format!("/v2/app/blobs/uploads/?digest={blob}")))
-        .body("{}")
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let m = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": blob.to_string(), "size": 2 },
-        "layers": [],
-    })
-    .to_string();
+    let blob = push_blob(&s, &c, "{}");
+    let m = image_manifest(&blob, serde_json::json!({}));
     let digest = strata::digest::Digest::sha256_of(m.as_bytes());
     for tag in ["v1", "v2"] {
-        let r = c
-            .put(s.url(&format!("/v2/app/manifests/{tag}")))
-            .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
-            .body(m.clone())
-            .send()
-            .unwrap();
-        assert_eq!(r.status(), 201);
+        assert_eq!(put_manifest(&s, &c, tag, &m).status(), 201);
     }
     let status = |path: &str| c.get(s.url(path)).send().unwrap().status().as_u16();
     assert_eq!(
@@ -463,36 +480,14 @@ fn gc_sweeps_only_old_unreferenced_blobs() {
     let data = d.path().join("data");
     let s = Serve::start_with(&data, &["--allow-delete"]);
     let c = s.client();
-    let push_blob = |body: &str| {
-        let dg = strata::digest::Digest::sha256_of(body.as_bytes());
-        let r = c
-            .post(s.url(&format!("/v2/app/blobs/uploads/?digest={dg}")))
-            .body(body.to_string())
-            .send()
-            .unwrap();
-        assert_eq!(r.status(), 201);
-        dg
-    };
     let push_manifest = |tag: &str, config: &strata::digest::Digest| {
-        let m = serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": config.to_string(), "size": 2 },
-            "layers": [],
-        })
-        .to_string();
-        let r = c
-            .put(s.url(&format!("/v2/app/manifests/{tag}")))
-            .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
-            .body(m.clone())
-            .send()
-            .unwrap();
-        assert_eq!(r.status(), 201);
+        let m = image_manifest(config, serde_json::json!({}));
+        assert_eq!(put_manifest(&s, &c, tag, &m).status(), 201);
         strata::digest::Digest::sha256_of(m.as_bytes())
     };
-    let kept = push_blob("{\"a\":1}");
-    let orphan = push_blob("{\"b\":2}");
-    let dropped = push_blob("{\"c\":3}");
+    let kept = push_blob(&s, &c, "{\"a\":1}");
+    let orphan = push_blob(&s, &c, "{\"b\":2}");
+    let dropped = push_blob(&s, &c, "{\"c\":3}");
     push_manifest("v1", &kept);
     let m2 = push_manifest("v2", &dropped);
     assert_eq!(
@@ -541,32 +536,9 @@ fn referrers_list_and_filter_by_artifact_type() {
     let d = tempfile::tempdir().unwrap();
     let s = Serve::start(&d.path().join("data"));
     let c = s.client();
-    let cfg = strata::digest::Digest::sha256_of(b"{}");
-    let r = c
-        .post(s.url(&format!("/v2/app/blobs/uploads/?digest={cfg}")))
-        .body("{}")
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let manifest = |extra: Value| -> String {
-        let mut m = serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": cfg.to_string(), "size": 2 },
-            "layers": [],
-        });
-        for (k, v) in extra.as_object().unwrap() {
-            m[k] = v.clone();
-        }
-        m.to_string()
-    };
-    let put = |reference: &str, body: &str| {
-        c.put(s.url(&format!("/v2/app/manifests/{reference}")))
-            .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
-            .body(body.to_string())
-            .send()
-            .unwrap()
-    };
+    let cfg = push_blob(&s, &c, "{}");
+    let manifest = |extra: Value| image_manifest(&cfg, extra);
+    let put = |reference: &str, body: &str| put_manifest(&s, &c, reference, body);
     let base = manifest(serde_json::json!({}));
     let base_digest = strata::digest::Digest::sha256_of(base.as_bytes());
     assert_eq!(put("v1", &base).status(), 201);
