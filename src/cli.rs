@@ -8,6 +8,7 @@ mod images;
 mod inspect;
 mod serve;
 mod token;
+mod transfer;
 
 use std::path::PathBuf;
 
@@ -41,6 +42,8 @@ pub enum Command {
     Serve(serve::Args),
     Token(token::Args),
     Gc(gc::Args),
+    Push(transfer::PushArgs),
+    Pull(transfer::PullArgs),
 }
 
 /// Options shared by commands that read images.
@@ -84,6 +87,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(a) => serve::run(a),
         Command::Token(a) => token::run(a),
         Command::Gc(a) => gc::run(a),
+        Command::Push(a) => transfer::push(a),
+        Command::Pull(a) => transfer::pull(a),
     }
 }
 

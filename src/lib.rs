@@ -10,6 +10,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod build;
+pub mod client;
 pub mod digest;
 pub mod engine;
 pub mod fetch;

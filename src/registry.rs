@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use state::{Registry, RegistryError};
+pub use state::{Registry, RegistryError, valid_name, valid_tag};
 
 /// Who may do what.
 #[derive(Debug, Clone, Default)]

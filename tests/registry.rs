@@ -3,89 +3,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
+use common::serve::Serve;
 use common::*;
 use reqwest::blocking::Client;
 use serde_json::Value;
-
-/// A `strata serve` process on a free loopback port, killed on drop.
-struct Serve {
-    child: Child,
-    port: u16,
-    token: String,
-}
-
-impl Serve {
-    fn start(data: &Path) -> Serve {
-        Serve::start_with(data, &[])
-    }
-
-    fn start_with(data: &Path, extra: &[&str]) -> Serve {
-        // A push token, made once per data directory with the real command.
-        let saved = data.with_extension("token");
-        let token = match std::fs::read_to_string(&saved) {
-            Ok(t) => t,
-            Err(_) => {
-                let o = strata()
-                    .args(["token", "create", "tests", "--data"])
-                    .arg(data)
-                    .output()
-                    .unwrap();
-                assert!(o.status.success(), "{}", stderr(&o));
-                let t = stdout(&o).trim().to_string();
-                std::fs::write(&saved, &t).unwrap();
-                t
-            }
-        };
-        let mut child = strata()
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-            .arg(data)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("listening line");
-        Serve { child, port, token }
-    }
-
-    /// A client that sends the push token with every request.
-    fn client(&self) -> Client {
-        let mut h = reqwest::header::HeaderMap::new();
-        h.insert(
-            reqwest::header::AUTHORIZATION,
-            format!("Bearer {}", self.token).parse().unwrap(),
-        );
-        Client::builder().default_headers(h).build().unwrap()
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// Pushes `body` as a blob of repository `app` in one request.
 fn push_blob(s: &Serve, c: &Client, body: &str) -> strata::digest::Digest {
@@ -361,16 +284,16 @@ fn skopeo_and_docker_round_trip_through_strata_serve() {
         .env("STRATA_STORE", d.path().join("store"))
         .args(["build", "-c"])
         .arg(repo().join("deploy/examples/offline.toml"))
-        .args(["--tier", "tools", "--layout"])
+        .args(["--tier", "tomcat", "--layout"])
         .arg(d.path().join("oci"))
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    let src = format!("oci:{}:tools", d.path().join("oci").display());
+    let src = format!("oci:{}:tomcat", d.path().join("oci").display());
     let repo_ref = format!(
         "127.0.0.1:{}/{}:v1",
         s.port,
-        unique("tools").replace("strata-test-", "t/")
+        unique("tomcat").replace("strata-test-", "t/")
     );
     let dest = format!("docker://{repo_ref}");
     let o = Command::new("skopeo")
@@ -401,25 +324,57 @@ fn skopeo_and_docker_round_trip_through_strata_serve() {
     assert!(o.status.success(), "skopeo copy out: {}", stderr(&o));
     assert!(strata::oci::layout::verify(&back).unwrap() >= 4);
 
-    // The engine pulls zstd layers from the registry and runs the image.
-    let _cleanup = DockerCleanup {
-        containers: vec![],
-        images: vec![repo_ref.clone()],
-    };
-    let o = Command::new("docker").args(["pull", &repo_ref]).output().unwrap();
-    assert!(o.status.success(), "docker pull: {}", stderr(&o));
-    let o = Command::new("docker")
-        .args([
-            "run",
-            "--rm",
-            "--entrypoint",
-            "/bin/cat",
-            &repo_ref,
-            "/etc/timezone",
-        ])
+    // The engine pulls the image and runs it: the tier's fixes, its Java
+    // and its Tomcat are there. Engines before 23.0 cannot read zstd
+    // layers, so `strata push --gzip` serves them; newer ones get zstd too.
+    let gz_ref = format!("{repo_ref}-gzip");
+    let o = strata()
+        .env("STRATA_STORE", d.path().join("store"))
+        .env("STRATA_REGISTRY_AUTH", &s.token)
+        .args(["push", "--gzip", &src, &gz_ref])
         .output()
         .unwrap();
-    assert_eq!(stdout(&o), "Asia/Shanghai\n", "{}", stderr(&o));
+    assert!(o.status.success(), "strata push --gzip: {}", stderr(&o));
+    let mut refs = vec![gz_ref.clone()];
+    let engine = Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .output()
+        .unwrap();
+    let major: u32 = stdout(&engine)
+        .split('.')
+        .next()
+        .unwrap_or("0")
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    if major >= 23 {
+        refs.push(repo_ref.clone());
+    } else {
+        eprintln!(
+            "Docker {} reads no zstd: pulling the gzip variant only",
+            stdout(&engine).trim()
+        );
+    }
+    let _cleanup = DockerCleanup {
+        containers: vec![],
+        images: refs.clone(),
+    };
+    for r in &refs {
+        let o = Command::new("docker").args(["pull", r]).output().unwrap();
+        assert!(o.status.success(), "docker pull {r}: {}", stderr(&o));
+        let o = Command::new("docker")
+            .args(["run", "--rm", "--entrypoint", "/bin/sh", r, "-c"])
+            .arg("cat /etc/timezone; test -x $CATALINA_HOME/bin/catalina.sh && echo tomcat; java -version 2>&1 | grep version")
+            .output()
+            .unwrap();
+        let out = stdout(&o);
+        assert!(
+            out.starts_with("Asia/Shanghai\ntomcat\n"),
+            "{r}: {out}{}",
+            stderr(&o)
+        );
+        assert!(out.contains("openjdk version \"17"), "{out}");
+    }
 }
 
 #[test]
@@ -703,4 +658,77 @@ fn a_config_file_sets_what_flags_do_not() {
     );
     // The shipped example parses.
     strata::registry::config::ServeConfig::load(&repo().join("deploy/examples/serve.toml")).unwrap();
+}
+
+/// Unmounts a test's tmpfs, also when the test fails.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_is_a_clear_507_and_the_store_stays_intact() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=6m", "strata-test-full"])
+        .arg(&data)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        skip("mounting a 6 MiB tmpfs (needs root) to fill the registry's disk");
+        return;
+    }
+    let _unmount = Unmount(data.clone());
+    let s = Serve::start(&data);
+    let c = s.client();
+    let small = push_blob(&s, &c, "small and safe");
+
+    // Fill the disk with 1 MiB chunks until the registry says so.
+    let r = c.post(s.url("/v2/app/blobs/uploads/")).send().unwrap();
+    let loc = r.headers()["location"].to_str().unwrap().to_string();
+    let chunk = vec![0x5au8; 1 << 20];
+    let mut answer = None;
+    for i in 0..12u64 {
+        let r = c
+            .patch(s.url(&loc))
+            .header("Content-Range", format!("{}-{}", i << 20, ((i + 1) << 20) - 1))
+            .body(chunk.clone())
+            .send()
+            .unwrap();
+        if r.status() != 202 {
+            let status = r.status().as_u16();
+            let body: Value = serde_json::from_slice(&r.bytes().unwrap()).unwrap();
+            answer = Some((status, body));
+            break;
+        }
+    }
+    let (status, body) = answer.expect("a 6 MiB disk took 12 MiB");
+    assert_eq!(status, 507, "{body}");
+    let message = body["errors"][0]["message"].as_str().unwrap();
+    assert!(message.contains("disk is full"), "{message}");
+
+    // The failed session is gone (its bytes freed); nothing half-written
+    // is visible; what was stored before is intact and served.
+    assert_eq!(c.get(s.url(&loc)).send().unwrap().status(), 404);
+    let blobs: Vec<_> = std::fs::read_dir(data.join("store/blobs/sha256"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(blobs, vec![small.hex().to_string()]);
+    let got = c
+        .get(s.url(&format!("/v2/app/blobs/{small}")))
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap();
+    assert_eq!(&got[..], b"small and safe");
+    // And the registry goes on working once space is back.
+    push_blob(&s, &c, "still accepting pushes");
 }

@@ -31,6 +31,8 @@ pub enum ArchiveError {
         expected: Digest,
         actual: Digest,
     },
+    #[error("the manifest has {manifest} layers but its config {config} diff_ids")]
+    LayerCount { manifest: usize, config: usize },
     #[error("layer {0} has a media type strata cannot export")]
     UnknownLayer(String),
     #[error("{}: not a docker-archive: {reason}", path.display())]
@@ -107,6 +109,40 @@ pub fn gzip_variant(
     }
     let (d, _) = w.commit(None)?;
     store.write_meta("gzip", layer.digest.hex(), d.to_string().as_bytes())?;
+    Ok(d)
+}
+
+/// The same image with gzip layers, for engines that cannot read zstd
+/// (Docker before 23.0): zstd layers are transcoded once (cached), the
+/// config is shared (its diff_ids name uncompressed bytes), the manifest
+/// is new and stored. Its digest is as reproducible as the layers'.
+pub fn gzip_image(store: &Store, image: &Descriptor, progress: &dyn Fn(&str)) -> Result<Descriptor> {
+    let mut manifest: Manifest = store.read_json(&image.digest)?;
+    let config: ImageConfig = store.read_json(&manifest.config.digest)?;
+    if config.rootfs.diff_ids.len() != manifest.layers.len() {
+        return Err(ArchiveError::LayerCount {
+            manifest: manifest.layers.len(),
+            config: config.rootfs.diff_ids.len(),
+        });
+    }
+    let mut changed = false;
+    for (layer, diff_id) in manifest.layers.iter_mut().zip(&config.rootfs.diff_ids) {
+        let gz = gzip_variant(store, layer, diff_id, progress)?;
+        if gz != layer.digest {
+            changed = true;
+            layer.size = store.size(&gz)?;
+            layer.digest = gz;
+            layer.media_type = LayerCompression::Gzip.media_type().to_string();
+        }
+    }
+    if !changed {
+        return Ok(image.clone());
+    }
+    let bytes = to_json(&manifest);
+    let (digest, size) = store.put(&bytes, None)?;
+    let mut d = image.clone();
+    d.digest = digest;
+    d.size = size;
     Ok(d)
 }
 

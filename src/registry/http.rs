@@ -201,10 +201,16 @@ impl From<RegistryError> for ApiError {
             E::ManifestBlobUnknown(_) => (StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN"),
             E::ManifestTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "SIZE_INVALID"),
             E::RangeInvalid { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID"),
+            _ if e.disk_full() => (StatusCode::INSUFFICIENT_STORAGE, "UNKNOWN"),
             E::Bind { .. } | E::Io { .. } | E::Tls { .. } | E::Store(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN")
             }
         };
+        if e.disk_full() {
+            tracing::error!("registry: {e}");
+            let why = format!("the registry's disk is full; nothing was stored ({e})");
+            return ApiError(status, code, why);
+        }
         if status.is_server_error() {
             tracing::error!("registry: {e}");
         }
@@ -415,7 +421,16 @@ async fn receive(reg: &Registry, id: &str, start: Option<u64>, body: Body) -> Re
             pending.push(chunk);
         }
         if pending_len >= 1 << 20 || (done && pending_len > 0) {
-            tokio::task::block_in_place(|| pending.iter().try_for_each(|c| file.write_all(c))).map_err(io)?;
+            let written = tokio::task::block_in_place(|| pending.iter().try_for_each(|c| file.write_all(c)));
+            if let Err(e) = written {
+                let e = io(e);
+                if e.disk_full() {
+                    // The session cannot go on; free its bytes for others.
+                    drop(file);
+                    let _ = reg.cancel_upload(id);
+                }
+                return Err(e.into());
+            }
             pending.clear();
             pending_len = 0;
         }
@@ -424,7 +439,13 @@ async fn receive(reg: &Registry, id: &str, start: Option<u64>, body: Body) -> Re
         }
     }
     // Hands the hash state back to the session for the final PUT.
-    tokio::task::block_in_place(|| file.close()).map_err(io)?;
+    if let Err(e) = tokio::task::block_in_place(|| file.close()) {
+        let e = io(e);
+        if e.disk_full() {
+            let _ = reg.cancel_upload(id);
+        }
+        return Err(e.into());
+    }
     Ok(())
 }
 

@@ -52,6 +52,21 @@ pub enum RegistryError {
     Store(#[from] StoreError),
 }
 
+impl RegistryError {
+    /// Whether the failure is a full disk (or quota), which the client
+    /// should hear about as such.
+    pub fn disk_full(&self) -> bool {
+        let source = match self {
+            RegistryError::Io { source, .. } | RegistryError::Store(StoreError::Io { source, .. }) => source,
+            _ => return false,
+        };
+        matches!(
+            source.kind(),
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded | io::ErrorKind::FileTooLarge
+        )
+    }
+}
+
 pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RegistryError + '_ {

@@ -1,0 +1,85 @@
+//! A `strata serve` process for tests.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Stdio};
+
+use reqwest::blocking::Client;
+
+use super::{stderr, stdout, strata};
+
+/// A `strata serve` process on a free loopback port, killed on drop.
+pub struct Serve {
+    pub child: Child,
+    pub port: u16,
+    pub token: String,
+}
+
+impl Serve {
+    pub fn start(data: &Path) -> Serve {
+        Serve::start_with(data, &[])
+    }
+
+    pub fn start_with(data: &Path, extra: &[&str]) -> Serve {
+        // A push token, made once per data directory with the real command.
+        let saved = data.with_extension("token");
+        let token = match std::fs::read_to_string(&saved) {
+            Ok(t) => t,
+            Err(_) => {
+                let o = strata()
+                    .args(["token", "create", "tests", "--data"])
+                    .arg(data)
+                    .output()
+                    .unwrap();
+                assert!(o.status.success(), "{}", stderr(&o));
+                let t = stdout(&o).trim().to_string();
+                std::fs::write(&saved, &t).unwrap();
+                t
+            }
+        };
+        let mut child = strata()
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(data)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("listening line");
+        Serve { child, port, token }
+    }
+
+    /// A client that sends the push token with every request.
+    pub fn client(&self) -> Client {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {}", self.token).parse().unwrap(),
+        );
+        Client::builder().default_headers(h).build().unwrap()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
