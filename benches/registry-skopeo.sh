@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# A whole image through skopeo, side by side: push (copy from an OCI layout)
-# and pull (copy into a fresh OCI layout) against Debian's docker-registry 2.8
-# and strata serve on loopback. The client dominates; both are reported.
+# A whole image through skopeo and through strata's own client, side by
+# side: push (from an OCI layout) and pull (into a fresh OCI layout / store)
+# against Debian's docker-registry 2.8 and strata serve on loopback. The
+# client dominates; every pair is reported.
 #
 #   benches/registry-skopeo.sh [LAYOUT:NAME]    # default: the offline stack's tomcat tier
 #
@@ -39,3 +40,15 @@ skopeo copy -q --dest-tls-verify=false "$src" docker://127.0.0.1:5796/pull/img:1
 hyperfine --runs "${RUNS:-5}" --prepare "rm -rf $work/out" \
   -n 'pull docker-registry' "skopeo copy -q --src-tls-verify=false docker://127.0.0.1:5795/pull/img:1 oci:$work/out:x" \
   -n 'pull strata serve' "skopeo copy -q --src-tls-verify=false docker://127.0.0.1:5796/pull/img:1 oci:$work/out:x"
+
+# strata push / pull: the image is imported into a store once; each push
+# forgets which repositories it pushed to (so it uploads instead of
+# mounting) and goes to a new repository; each pull starts from an empty store.
+export STRATA_STORE="$work/store"
+"$strata" inspect "$src" >/dev/null
+hyperfine --runs "${RUNS:-5}" --prepare "rm -rf $work/store/meta/pushed" \
+  -n 'strata push docker-registry' "$strata push $src 127.0.0.1:5795/s/\$(date +%s%N):1" \
+  -n 'strata push strata serve' "$strata push $src 127.0.0.1:5796/s/\$(date +%s%N):1"
+hyperfine --runs "${RUNS:-5}" --prepare "rm -rf $work/pstore $work/pout" \
+  -n 'strata pull docker-registry' "STRATA_STORE=$work/pstore $strata pull --layout $work/pout 127.0.0.1:5795/pull/img:1" \
+  -n 'strata pull strata serve' "STRATA_STORE=$work/pstore $strata pull --layout $work/pout 127.0.0.1:5796/pull/img:1"
