@@ -28,6 +28,8 @@ pub struct Access {
     pub pull_auth: bool,
     /// Allow DELETE of manifests, tags and blobs (content management).
     pub allow_delete: bool,
+    /// Refuse blobs larger than this many MiB (413); no limit by default.
+    pub max_blob_mib: Option<u64>,
 }
 
 /// A bound registry server; [`Server::run`] serves until `shutdown`.
@@ -78,7 +80,11 @@ impl Server {
         tls: Option<TlsFiles>,
     ) -> Result<Server, RegistryError> {
         let tls = tls.as_ref().map(tls_acceptor).transpose()?;
-        let registry = Arc::new(Registry::open(data)?);
+        let mut registry = Registry::open(data)?;
+        if let Some(mib) = access.max_blob_mib {
+            registry = registry.with_max_blob(mib << 20);
+        }
+        let registry = Arc::new(registry);
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| RegistryError::Bind { addr, source })?;

@@ -732,3 +732,41 @@ fn a_full_disk_is_a_clear_507_and_the_store_stays_intact() {
     // And the registry goes on working once space is back.
     push_blob(&s, &c, "still accepting pushes");
 }
+
+#[test]
+fn blobs_over_the_configured_limit_get_413_and_leave_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    let s = Serve::start_with(&data, &["--max-blob-mib", "1"]);
+    let c = s.client();
+    push_blob(&s, &c, "under the limit");
+    let r = c.post(s.url("/v2/app/blobs/uploads/")).send().unwrap();
+    let loc = r.headers()["location"].to_str().unwrap().to_string();
+    let part = vec![1u8; 600 << 10];
+    let r = c
+        .patch(s.url(&loc))
+        .header("Content-Range", format!("0-{}", part.len() - 1))
+        .body(part.clone())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let r = c
+        .patch(s.url(&loc))
+        .header("Content-Range", format!("{}-{}", part.len(), 2 * part.len() - 1))
+        .body(part.clone())
+        .send()
+        .unwrap();
+    assert_eq!(code(r), (413, "SIZE_INVALID".to_string()));
+    assert_eq!(
+        c.get(s.url(&loc)).send().unwrap().status(),
+        404,
+        "the session is dropped"
+    );
+    assert_eq!(std::fs::read_dir(data.join("uploads")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(data.join("store/blobs/sha256"))
+            .unwrap()
+            .count(),
+        1
+    );
+}

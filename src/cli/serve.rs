@@ -53,6 +53,10 @@ pub struct Args {
     /// Allow DELETE of manifests, tags and blob links (pushers only).
     #[arg(long)]
     pub allow_delete: bool,
+    /// Refuse blobs larger than this (MiB) with 413 SIZE_INVALID; the
+    /// upload's bytes are freed. No limit by default.
+    #[arg(long)]
+    pub max_blob_mib: Option<u64>,
 }
 
 pub fn run(mut a: Args) -> Result<()> {
@@ -73,6 +77,7 @@ pub fn run(mut a: Args) -> Result<()> {
     a.open_push |= cfg.auth.open_push;
     a.pull_auth |= cfg.auth.pull_auth;
     a.allow_delete |= cfg.storage.allow_delete;
+    a.max_blob_mib = a.max_blob_mib.or(cfg.storage.max_blob_mib);
     if a.tls_cert.is_none()
         && let Some(t) = cfg.tls
     {
@@ -95,6 +100,7 @@ pub fn run(mut a: Args) -> Result<()> {
             open_push: a.open_push,
             pull_auth: a.pull_auth,
             allow_delete: a.allow_delete,
+            max_blob_mib: a.max_blob_mib,
         };
         let tls = a.tls_cert.clone().zip(a.tls_key.clone()).map(|(cert, key)| strata::registry::TlsFiles { cert, key });
         let scheme = if tls.is_some() { "https" } else { "http" };

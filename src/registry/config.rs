@@ -44,6 +44,8 @@ pub struct TlsConfig {
 pub struct StorageConfig {
     #[serde(default)]
     pub allow_delete: bool,
+    #[serde(default)]
+    pub max_blob_mib: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]

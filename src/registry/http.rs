@@ -200,6 +200,7 @@ impl From<RegistryError> for ApiError {
             E::ManifestInvalid(_) => (StatusCode::BAD_REQUEST, "MANIFEST_INVALID"),
             E::ManifestBlobUnknown(_) => (StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN"),
             E::ManifestTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "SIZE_INVALID"),
+            E::BlobTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "SIZE_INVALID"),
             E::RangeInvalid { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID"),
             _ if e.disk_full() => (StatusCode::INSUFFICIENT_STORAGE, "UNKNOWN"),
             E::Bind { .. } | E::Io { .. } | E::Tls { .. } | E::Store(_) => {
@@ -401,6 +402,7 @@ async fn get_blob(reg: &Registry, name: &str, d: &str, h: &HeaderMap, head: bool
 
 /// Appends a request body to an upload session file.
 async fn receive(reg: &Registry, id: &str, start: Option<u64>, body: Body) -> Result<(), ApiError> {
+    let mut have = reg.upload_size(id)?;
     let mut file = reg.append(id, start)?;
     let io = |source| RegistryError::Io {
         path: id.into(),
@@ -419,9 +421,16 @@ async fn receive(reg: &Registry, id: &str, start: Option<u64>, body: Body) -> Re
                 chunk.map_err(|e| ApiError(StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID", e.to_string()))?;
             pending_len += chunk.len();
             pending.push(chunk);
+            if have + pending_len as u64 > reg.max_blob() {
+                // Nothing of this request is kept; the session is dropped.
+                drop(file);
+                let _ = reg.cancel_upload(id);
+                return Err(RegistryError::BlobTooLarge { max: reg.max_blob() }.into());
+            }
         }
         if pending_len >= 1 << 20 || (done && pending_len > 0) {
             let written = tokio::task::block_in_place(|| pending.iter().try_for_each(|c| file.write_all(c)));
+            have += pending_len as u64;
             if let Err(e) = written {
                 let e = io(e);
                 if e.disk_full() {

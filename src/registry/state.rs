@@ -44,6 +44,8 @@ pub enum RegistryError {
     ManifestBlobUnknown(Digest),
     #[error("manifest is larger than {MAX_MANIFEST} bytes")]
     ManifestTooLarge,
+    #[error("the blob is larger than this registry accepts ({max} bytes; storage.max_blob_mib)")]
+    BlobTooLarge { max: u64 },
     #[error("chunk starts at {got}, but the upload has {have} bytes")]
     RangeInvalid { have: u64, got: u64 },
     #[error("{}: {source}", path.display())]
@@ -82,6 +84,8 @@ pub struct Registry {
     /// sha256 state of upload sessions, with the offset it covers. Lost on
     /// restart; then the finished upload is hashed again from disk.
     hashers: Mutex<HashMap<String, (Hasher, u64)>>,
+    /// Largest blob an upload may grow to.
+    max_blob: u64,
 }
 
 /// Appends to an upload session, hashing the bytes as they stream.
@@ -199,7 +203,18 @@ impl Registry {
             store,
             root,
             hashers: Mutex::new(HashMap::new()),
+            max_blob: u64::MAX,
         })
+    }
+
+    /// Refuses uploads that grow past `bytes`.
+    pub fn with_max_blob(mut self, bytes: u64) -> Registry {
+        self.max_blob = bytes;
+        self
+    }
+
+    pub fn max_blob(&self) -> u64 {
+        self.max_blob
     }
 
     pub fn store(&self) -> &Store {
