@@ -1,6 +1,7 @@
 //! Command-line interface: one file per subcommand under `cli/`. A
 //! subcommand turns flags into a library call and prints the result.
 
+mod bench;
 mod build;
 mod diff;
 mod gc;
@@ -44,6 +45,7 @@ pub enum Command {
     Gc(gc::Args),
     Push(transfer::PushArgs),
     Pull(transfer::PullArgs),
+    Bench(bench::Args),
 }
 
 /// Options shared by commands that read images.
@@ -89,6 +91,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gc(a) => gc::run(a),
         Command::Push(a) => transfer::push(a),
         Command::Pull(a) => transfer::pull(a),
+        Command::Bench(a) => bench::run(a),
     }
 }
 

@@ -15,6 +15,7 @@ pub mod digest;
 pub mod engine;
 pub mod fetch;
 pub mod oci;
+pub mod p2p;
 pub mod registry;
 pub mod spec;
 pub mod store;

@@ -1,0 +1,22 @@
+//! Peer-to-peer distribution of blobs: pieces, piece selection, peer
+//! selection, and a deterministic simulator that drives the same code.
+//!
+//! A blob is cut into fixed-size pieces whose sha256 the origin publishes.
+//! A downloader keeps a [`Bitfield`] of what it holds and asks
+//! [`picker::pick`] which piece to request from which peer: rarest first
+//! among the peers it knows, from the least loaded holder, the origin only
+//! when no peer can give anything. The [`tracker::Tracker`] answers "who
+//! has pieces of this blob" preferring peers that hold what the asker
+//! lacks, same zone first, spreading load, and lets the origin serve a
+//! piece only while no peer holds it (the origin is the last resort).
+//! [`sim`] runs thousands of hosts through exactly this code in rounds of
+//! one piece time (p/B), to compare the completion times with the lower
+//! bound of any schedule.
+
+pub mod bitfield;
+pub mod picker;
+pub mod rng;
+pub mod sim;
+pub mod tracker;
+
+pub use bitfield::Bitfield;
