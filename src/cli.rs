@@ -1,6 +1,7 @@
 //! Command-line interface: one file per subcommand under `cli/`. A
 //! subcommand turns flags into a library call and prints the result.
 
+mod agent;
 mod bench;
 mod build;
 mod diff;
@@ -46,6 +47,8 @@ pub enum Command {
     Push(transfer::PushArgs),
     Pull(transfer::PullArgs),
     Bench(bench::Args),
+    Agent(agent::Args),
+    Cluster(agent::ClusterArgs),
 }
 
 /// Options shared by commands that read images.
@@ -92,6 +95,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Push(a) => transfer::push(a),
         Command::Pull(a) => transfer::pull(a),
         Command::Bench(a) => bench::run(a),
+        Command::Agent(a) => agent::run(a),
+        Command::Cluster(a) => agent::cluster(a),
     }
 }
 

@@ -14,9 +14,13 @@
 //! bound of any schedule.
 
 pub mod bitfield;
+pub mod node;
 pub mod picker;
+pub mod pieces;
 pub mod rng;
 pub mod sim;
+pub mod tls;
 pub mod tracker;
+pub mod wire;
 
 pub use bitfield::Bitfield;

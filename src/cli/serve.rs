@@ -57,6 +57,17 @@ pub struct Args {
     /// upload's bytes are freed. No limit by default.
     #[arg(long)]
     pub max_blob_mib: Option<u64>,
+    /// Also run the P2P origin and tracker on this UDP address (QUIC,
+    /// mutual TLS); needs --p2p-certs.
+    #[arg(long, requires = "p2p_certs")]
+    pub p2p_listen: Option<SocketAddr>,
+    /// Directory with origin.pem, origin.key and ca.pem (from `strata
+    /// cluster issue origin`).
+    #[arg(long)]
+    pub p2p_certs: Option<PathBuf>,
+    /// Cap on the origin's P2P egress, Mbit/s (0: none).
+    #[arg(long, default_value_t = 0.0)]
+    pub p2p_upload_mbit: f64,
 }
 
 pub fn run(mut a: Args) -> Result<()> {
@@ -115,12 +126,37 @@ pub fn run(mut a: Args) -> Result<()> {
             })?;
         let addr = server.local_addr()?;
         println!("listening on {scheme}://{addr}");
+        let _p2p = match (a.p2p_listen, &a.p2p_certs) {
+            (Some(listen), Some(certs)) => {
+                let identity = strata::p2p::tls::Identity::from_dir(certs, "origin")
+                    .context("loading the origin's cluster certificate (strata cluster issue origin)")?;
+                let node = strata::p2p::node::Node::start(strata::p2p::node::NodeConfig {
+                    name: "origin".into(),
+                    zone: 0,
+                    listen,
+                    store: strata::store::Store::open(data.join("store"))?,
+                    partial_dir: data.join("p2p-partial"),
+                    origin: true,
+                    identity,
+                    upload_rate: Some(a.p2p_upload_mbit * 1e6 / 8.0),
+                })
+                .await?;
+                println!("p2p listening on {}", node.local_addr());
+                Some(node)
+            }
+            _ => None,
+        };
         std::io::stdout().flush()?;
         eprintln!("strata registry: data in {}; Ctrl-C stops", data.display());
         server.run(shutdown_signal()).await?;
         eprintln!("strata registry: stopped");
         Ok(())
     })
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+pub async fn wait_for_shutdown() {
+    shutdown_signal().await
 }
 
 async fn shutdown_signal() {

@@ -1,0 +1,159 @@
+//! `strata agent` and `strata cluster`: the P2P side of a host.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use strata::digest::Digest;
+use strata::p2p::node::{Node, NodeConfig};
+use strata::p2p::tls::Identity;
+use strata::store::Store;
+
+/// Run a host's P2P agent: fetch blobs piece by piece from peers (the
+/// origin only as a last resort) and serve what it holds to others.
+///
+/// All traffic is QUIC with mutual TLS: the agent presents
+/// CERTS/NAME.pem and trusts only peers signed by CERTS/ca.pem (make them
+/// with `strata cluster issue NAME`). Pieces are verified on arrival and
+/// the whole blob at the end; a peer that sends a bad piece is banned; a
+/// restarted agent resumes from the verified pieces on disk. The agent
+/// keeps serving until stopped.
+///
+/// Examples:
+///   strata agent --name host-7 --certs /etc/strata/p2p --origin 10.0.0.1:5001
+///   strata agent --name host-7 --certs certs --origin 127.0.0.1:5001 --fetch sha256:…
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// This host's name in the cluster (its certificate's name).
+    #[arg(long)]
+    pub name: String,
+    /// Directory with NAME.pem, NAME.key and ca.pem.
+    #[arg(long)]
+    pub certs: PathBuf,
+    /// The origin's P2P address (`strata serve --p2p-listen`).
+    #[arg(long)]
+    pub origin: SocketAddr,
+    /// UDP address to serve peers on.
+    #[arg(long, default_value = "0.0.0.0:5001")]
+    pub listen: SocketAddr,
+    /// The agent's cache (blobs and partial downloads).
+    #[arg(long, env = "STRATA_AGENT_DATA", default_value = "strata-agent")]
+    pub data: PathBuf,
+    /// Zone (rack) label: peers in the same zone are preferred.
+    #[arg(long, default_value_t = 0)]
+    pub zone: u32,
+    /// Blobs to fetch at start (repeatable); each prints a JSON line when done.
+    #[arg(long)]
+    pub fetch: Vec<Digest>,
+    /// Cap on what this agent uploads to peers, Mbit/s (0: none).
+    #[arg(long, default_value_t = 0.0)]
+    pub upload_mbit: f64,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let identity = Identity::from_dir(&a.certs, &a.name).with_context(|| {
+        format!(
+            "loading the certificate of `{}` (strata cluster issue {})",
+            a.name, a.name
+        )
+    })?;
+    let store = Store::open(a.data.join("store"))?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        let node = Node::start(NodeConfig {
+            name: a.name.clone(),
+            zone: a.zone,
+            listen: a.listen,
+            store,
+            partial_dir: a.data.join("partial"),
+            origin: false,
+            identity,
+            upload_rate: Some(a.upload_mbit * 1e6 / 8.0),
+        })
+        .await?;
+        println!("p2p listening on {}", node.local_addr());
+        std::io::stdout().flush()?;
+        let node = std::sync::Arc::new(node);
+        let mut fetches = tokio::task::JoinSet::new();
+        for blob in a.fetch.clone() {
+            let node = node.clone();
+            let origin = a.origin;
+            fetches.spawn(async move { (blob.clone(), node.fetch(origin, &blob).await) });
+        }
+        let mut failed = false;
+        while let Some(done) = fetches.join_next().await {
+            let (blob, r) = done?;
+            match r {
+                Ok(report) => {
+                    let line = serde_json::json!({ "complete": blob.to_string(), "report": report });
+                    println!("{line}");
+                    std::io::stdout().flush()?;
+                }
+                Err(e) => {
+                    eprintln!("strata agent: {e}");
+                    failed = true;
+                }
+            }
+        }
+        if failed {
+            anyhow::bail!("some fetches failed");
+        }
+        super::serve::wait_for_shutdown().await;
+        node.close();
+        Ok(())
+    })
+}
+
+/// Manage the cluster CA and node certificates for P2P traffic.
+///
+/// Examples:
+///   strata cluster init --dir /var/lib/strata/cluster
+///   strata cluster issue host-7 --dir /var/lib/strata/cluster --out host-7-certs
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct ClusterArgs {
+    #[command(subcommand)]
+    pub what: Cluster,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Cluster {
+    /// Create the cluster CA (ca.pem, ca.key) in --dir; refuses to replace one.
+    Init {
+        #[arg(long, default_value = "strata-data/cluster")]
+        dir: PathBuf,
+    },
+    /// Issue a certificate for node NAME (`origin` for the server) into
+    /// --out: NAME.pem, NAME.key (0600) and ca.pem.
+    Issue {
+        name: String,
+        #[arg(long, default_value = "strata-data/cluster")]
+        dir: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+pub fn cluster(a: ClusterArgs) -> Result<()> {
+    match a.what {
+        Cluster::Init { dir } => {
+            let p = strata::p2p::tls::init_ca(&dir)?;
+            println!("{}", p.display());
+            eprintln!("cluster CA created; keep {} secret", dir.join("ca.key").display());
+        }
+        Cluster::Issue { name, dir, out } => {
+            anyhow::ensure!(
+                !name.is_empty()
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)),
+                "node name `{name}` must be letters, digits, '.', '_' or '-'"
+            );
+            let (c, k) = strata::p2p::tls::issue(&dir, &name, &out)?;
+            println!("{}\n{}", c.display(), k.display());
+        }
+    }
+    Ok(())
+}

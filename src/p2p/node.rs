@@ -1,0 +1,842 @@
+//! A P2P node over QUIC: serves the pieces it holds, downloads blobs from
+//! peers with the [`picker`](super::picker), and — on the origin — keeps
+//! the [`tracker`](super::tracker) and seeds from the registry's store.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinSet;
+
+use super::Bitfield;
+use super::picker::{PeerView, pick};
+use super::pieces::{DEFAULT_PIECE, Partial, PieceTable};
+use super::rng::Rng;
+use super::tls::{CLUSTER_NAME, Identity};
+use super::tracker::Swarm;
+use super::wire::{PeerAddr, Request, Response, read_msg, write_msg};
+use crate::digest::Digest;
+use crate::store::Store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("QUIC endpoint on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] super::tls::TlsError),
+    #[error("{addr}: {why}")]
+    Peer { addr: SocketAddr, why: String },
+    #[error("the origin has no piece table for {blob}: {why}")]
+    NoTable { blob: Digest, why: String },
+    #[error("fetching {blob}: {why}")]
+    Fetch { blob: Digest, why: String },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T, E = NodeError> = std::result::Result<T, E>;
+
+/// How a node runs.
+pub struct NodeConfig {
+    /// This node's name (its certificate's name).
+    pub name: String,
+    pub zone: u32,
+    pub listen: SocketAddr,
+    /// Complete blobs live here (for the origin: the registry's store).
+    pub store: Store,
+    /// Partial downloads.
+    pub partial_dir: PathBuf,
+    /// Keep the tracker and answer piece-table requests (the origin).
+    pub origin: bool,
+    pub identity: Identity,
+    /// Upload cap in bytes per second (None: unlimited). Pieces are paced
+    /// on one timeline, like a link shaped by a token bucket.
+    pub upload_rate: Option<f64>,
+}
+
+/// Requests in flight to one peer, and in all.
+const PER_PEER: u32 = 4;
+const IN_FLIGHT: usize = 16;
+/// How long a peer that sent a bad piece is not asked again.
+const BAN: Duration = Duration::from_secs(120);
+/// An origin reservation of a piece for one requester expires after this.
+const ORIGIN_RESERVATION: Duration = Duration::from_secs(10);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const TRACKER_TIMEOUT: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: String,
+    zone: u32,
+    endpoint: quinn::Endpoint,
+    addr: SocketAddr,
+    store: Store,
+    partial_dir: PathBuf,
+    partials: Mutex<HashMap<Digest, Arc<Mutex<Partial>>>>,
+    tracker: Option<Mutex<Tracker>>,
+    conns: tokio::sync::Mutex<HashMap<SocketAddr, quinn::Connection>>,
+    piece_bytes_served: AtomicU64,
+    pieces_served: AtomicU64,
+    upload_rate: Option<f64>,
+    /// When the shaped uplink is free again.
+    upload_free_at: Mutex<Instant>,
+}
+
+/// The tracker: one swarm per blob.
+#[derive(Default)]
+struct Tracker {
+    blobs: HashMap<Digest, BlobSwarm>,
+}
+
+struct BlobSwarm {
+    swarm: Swarm,
+    ids: HashMap<String, u32>,
+    peers: HashMap<u32, PeerAddr>,
+    origin_reserved: HashMap<usize, Instant>,
+    rng: Rng,
+}
+
+impl BlobSwarm {
+    fn new(pieces: usize) -> BlobSwarm {
+        BlobSwarm {
+            swarm: Swarm::new(pieces),
+            ids: HashMap::new(),
+            peers: HashMap::new(),
+            origin_reserved: HashMap::new(),
+            rng: Rng::new(pieces as u64),
+        }
+    }
+
+    fn id(&mut self, name: &str) -> u32 {
+        let next = self.ids.len() as u32;
+        *self.ids.entry(name.to_string()).or_insert(next)
+    }
+
+    /// Whether the origin may send `piece` now (no peer holds it, and no
+    /// live reservation for another requester).
+    fn origin_may_send(&mut self, piece: usize) -> bool {
+        if let Some(t) = self.origin_reserved.get(&piece)
+            && t.elapsed() > ORIGIN_RESERVATION
+        {
+            self.origin_reserved.remove(&piece);
+            self.swarm.origin_failed(piece);
+        }
+        let ok = self.swarm.origin_may_send(piece);
+        if ok {
+            self.origin_reserved.insert(piece, Instant::now());
+        }
+        ok
+    }
+}
+
+/// A piece request's outcome: who was asked (None: the origin), which
+/// piece, its bytes or why not.
+type PieceResult = (Option<String>, usize, Result<Vec<u8>, String>);
+
+/// What a fetch did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct FetchReport {
+    pub pieces: usize,
+    /// Verified pieces found on disk from an earlier run.
+    pub resumed: usize,
+    pub from_origin: usize,
+    pub from_peers: usize,
+    /// Peers banned for a piece that failed its hash.
+    pub banned: Vec<String>,
+    pub seconds: f64,
+}
+
+impl Node {
+    pub async fn start(cfg: NodeConfig) -> Result<Node> {
+        let server = cfg.identity.server_config()?;
+        let mut endpoint = quinn::Endpoint::server(server, cfg.listen).map_err(|source| NodeError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+        endpoint.set_default_client_config(cfg.identity.client_config()?);
+        let addr = endpoint.local_addr()?;
+        let inner = Arc::new(Inner {
+            name: cfg.name,
+            zone: cfg.zone,
+            endpoint,
+            addr,
+            store: cfg.store,
+            partial_dir: cfg.partial_dir,
+            partials: Mutex::new(HashMap::new()),
+            tracker: cfg.origin.then(|| Mutex::new(Tracker::default())),
+            conns: tokio::sync::Mutex::new(HashMap::new()),
+            piece_bytes_served: AtomicU64::new(0),
+            pieces_served: AtomicU64::new(0),
+            upload_rate: cfg.upload_rate.filter(|r| *r > 0.0),
+            upload_free_at: Mutex::new(Instant::now()),
+        });
+        let serving = inner.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = serving.endpoint.accept().await {
+                let node = serving.clone();
+                tokio::spawn(async move {
+                    // A handshake without a cluster certificate fails here.
+                    match incoming.await {
+                        Ok(conn) => node.serve_conn(conn).await,
+                        Err(e) => tracing::info!("p2p: refused a connection: {e}"),
+                    }
+                });
+            }
+        });
+        Ok(Node { inner })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
+    pub fn piece_bytes_served(&self) -> u64 {
+        self.inner.piece_bytes_served.load(Ordering::Relaxed)
+    }
+
+    /// Downloads `blob` into the store through the swarm whose tracker
+    /// (and origin) is at `origin`.
+    pub async fn fetch(&self, origin: SocketAddr, blob: &Digest) -> Result<FetchReport> {
+        self.inner.clone().fetch(origin, blob).await
+    }
+
+    /// Asks a node for its counters.
+    pub async fn stats(&self, addr: SocketAddr) -> Result<(u64, u64)> {
+        match self.inner.request(addr, &Request::Stats).await?.0 {
+            Response::Stats {
+                piece_bytes_served,
+                pieces_served,
+            } => Ok((piece_bytes_served, pieces_served)),
+            other => Err(NodeError::Peer {
+                addr,
+                why: format!("unexpected answer {other:?}"),
+            }),
+        }
+    }
+
+    /// Sends one request to a node (for tools and tests).
+    pub async fn ask(&self, addr: SocketAddr, req: &Request) -> Result<(Response, Option<Vec<u8>>)> {
+        self.inner.request(addr, req).await
+    }
+
+    pub fn close(&self) {
+        self.inner.endpoint.close(0u32.into(), b"bye");
+    }
+}
+
+fn fetch_err(blob: &Digest, why: impl std::fmt::Display) -> NodeError {
+    NodeError::Fetch {
+        blob: blob.clone(),
+        why: why.to_string(),
+    }
+}
+
+impl Inner {
+    async fn serve_conn(self: Arc<Self>, conn: quinn::Connection) {
+        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+            let node = self.clone();
+            tokio::spawn(async move {
+                let req: Request = match read_msg(&mut recv).await {
+                    Ok(r) => r,
+                    Err(_) => return,
+                };
+                let (resp, body) = node.answer(req).await;
+                if let (Some(b), Some(rate)) = (&body, node.upload_rate) {
+                    // Reserve the uplink for this piece, then wait for it.
+                    let done = {
+                        let mut free = node.upload_free_at.lock().unwrap_or_else(|e| e.into_inner());
+                        let start = (*free).max(Instant::now());
+                        *free = start + Duration::from_secs_f64(b.len() as f64 / rate);
+                        *free
+                    };
+                    tokio::time::sleep_until(done.into()).await;
+                }
+                if write_msg(&mut send, &resp).await.is_ok() {
+                    if let Some(b) = body {
+                        node.piece_bytes_served
+                            .fetch_add(b.len() as u64, Ordering::Relaxed);
+                        node.pieces_served.fetch_add(1, Ordering::Relaxed);
+                        let _ = send.write_all(&b).await;
+                    }
+                    let _ = send.finish();
+                    let _ = send.stopped().await;
+                }
+            });
+        }
+    }
+
+    async fn answer(self: &Arc<Self>, req: Request) -> (Response, Option<Vec<u8>>) {
+        let err = |m: String| (Response::Error { message: m }, None);
+        match req {
+            Request::Stats => (
+                Response::Stats {
+                    piece_bytes_served: self.piece_bytes_served.load(Ordering::Relaxed),
+                    pieces_served: self.pieces_served.load(Ordering::Relaxed),
+                },
+                None,
+            ),
+            Request::Pieces { blob } => {
+                if self.tracker.is_none() || !self.store.has(&blob) {
+                    return err(format!("{blob} is not in this node's store"));
+                }
+                let node = self.clone();
+                let b = blob.clone();
+                match tokio::task::spawn_blocking(move || PieceTable::of_blob(&node.store, &b, DEFAULT_PIECE))
+                    .await
+                {
+                    Ok(Ok(table)) => (Response::Pieces { table }, None),
+                    Ok(Err(e)) => err(e.to_string()),
+                    Err(e) => err(e.to_string()),
+                }
+            }
+            Request::Have { blob } => match self.holding(&blob) {
+                Some(h) => (
+                    Response::Have {
+                        pieces: h.len(),
+                        have: h.to_bytes(),
+                    },
+                    None,
+                ),
+                None => err(format!("{blob} is not held here")),
+            },
+            Request::Piece { blob, index } => {
+                // The origin sends a piece only while no peer holds it.
+                if let Some(t) = &self.tracker
+                    && self.store.has(&blob)
+                {
+                    let mut t = t.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(s) = t.blobs.get_mut(&blob)
+                        && index < s.swarm.pieces()
+                        && !s.origin_may_send(index)
+                    {
+                        return err("busy: peers hold this piece; ask them".into());
+                    }
+                }
+                let node = self.clone();
+                match tokio::task::spawn_blocking(move || node.read_piece(&blob, index)).await {
+                    Ok(Ok(bytes)) => (
+                        Response::Piece {
+                            len: bytes.len() as u64,
+                        },
+                        Some(bytes),
+                    ),
+                    Ok(Err(e)) => err(e),
+                    Err(e) => err(e.to_string()),
+                }
+            }
+            Request::Announce {
+                blob,
+                node,
+                addr,
+                zone,
+                have,
+            } => self.track(&blob, |s| {
+                let id = s.id(&node);
+                let pieces = s.swarm.pieces();
+                let Some(b) = Bitfield::from_bytes(pieces, &have) else {
+                    return Response::Error {
+                        message: "the bitfield does not fit the blob".into(),
+                    };
+                };
+                s.swarm.announce(id, zone, &b);
+                s.peers.insert(id, PeerAddr { name: node, addr });
+                Response::Ok
+            }),
+            Request::Got { blob, node, index } => self.track(&blob, |s| {
+                let id = s.id(&node);
+                if index < s.swarm.pieces() {
+                    s.swarm.add_piece(id, index);
+                    s.origin_reserved.remove(&index);
+                }
+                Response::Ok
+            }),
+            Request::Peers { blob, node, want } => self.track(&blob, |s| {
+                let id = s.id(&node);
+                let mut rng = s.rng.clone();
+                let ids = s.swarm.peers_for(id, want.min(64), &mut rng);
+                s.rng = rng;
+                let peers = ids.iter().filter_map(|i| s.peers.get(i).cloned()).collect();
+                let holders = (0..s.swarm.pieces()).map(|i| s.swarm.holders(i)).collect();
+                Response::Peers { peers, holders }
+            }),
+            Request::Gone { blob, peer } => self.track(&blob, |s| {
+                if let Some(&id) = s.ids.get(&peer) {
+                    s.swarm.remove(id);
+                    s.peers.remove(&id);
+                }
+                Response::Ok
+            }),
+        }
+    }
+
+    /// Runs `f` on the swarm of `blob` (creating it from the piece table
+    /// on first use). Only the origin tracks.
+    fn track(
+        &self,
+        blob: &Digest,
+        f: impl FnOnce(&mut BlobSwarm) -> Response,
+    ) -> (Response, Option<Vec<u8>>) {
+        let Some(t) = &self.tracker else {
+            return (
+                Response::Error {
+                    message: "this node is not a tracker".into(),
+                },
+                None,
+            );
+        };
+        let pieces = match PieceTable::of_blob(&self.store, blob, DEFAULT_PIECE) {
+            Ok(table) => table.count(),
+            Err(e) => {
+                return (
+                    Response::Error {
+                        message: e.to_string(),
+                    },
+                    None,
+                );
+            }
+        };
+        let mut t = t.lock().unwrap_or_else(|e| e.into_inner());
+        let s = t
+            .blobs
+            .entry(blob.clone())
+            .or_insert_with(|| BlobSwarm::new(pieces));
+        (f(s), None)
+    }
+
+    /// The pieces of `blob` this node holds, if any.
+    fn holding(&self, blob: &Digest) -> Option<Bitfield> {
+        if let Some(p) = self.partials.lock().unwrap_or_else(|e| e.into_inner()).get(blob) {
+            return Some(p.lock().unwrap_or_else(|e| e.into_inner()).have().clone());
+        }
+        if self.store.has(blob) {
+            let size = self.store.size(blob).ok()?;
+            return Some(Bitfield::full(size.div_ceil(DEFAULT_PIECE) as usize));
+        }
+        None
+    }
+
+    fn read_piece(&self, blob: &Digest, index: usize) -> Result<Vec<u8>, String> {
+        let partial = self
+            .partials
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(blob)
+            .cloned();
+        if let Some(p) = partial {
+            let p = p.lock().unwrap_or_else(|e| e.into_inner());
+            if !p.have().get(index) {
+                return Err(format!("piece {index} of {blob} is not held here"));
+            }
+            return p.read_piece(index).map_err(|e| e.to_string());
+        }
+        if !self.store.has(blob) {
+            return Err(format!("{blob} is not held here"));
+        }
+        use std::os::unix::fs::FileExt;
+        let f = self.store.open_blob(blob).map_err(|e| e.to_string())?;
+        let size = f.metadata().map_err(|e| e.to_string())?.len();
+        let start = index as u64 * DEFAULT_PIECE;
+        if start >= size {
+            return Err(format!("{blob} has no piece {index}"));
+        }
+        let mut buf = vec![0u8; (size - start).min(DEFAULT_PIECE) as usize];
+        f.read_exact_at(&mut buf, start).map_err(|e| e.to_string())?;
+        Ok(buf)
+    }
+
+    async fn connection(&self, addr: SocketAddr) -> Result<quinn::Connection> {
+        if let Some(c) = self.conns.lock().await.get(&addr)
+            && c.close_reason().is_none()
+        {
+            return Ok(c.clone());
+        }
+        // Connect without holding the map: a dead peer must not stall
+        // requests to live ones.
+        let peer = |why: String| NodeError::Peer { addr, why };
+        let connecting = self
+            .endpoint
+            .connect(addr, CLUSTER_NAME)
+            .map_err(|e| peer(e.to_string()))?;
+        let c = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| peer(format!("no answer within {CONNECT_TIMEOUT:?}")))?
+            .map_err(|e| peer(e.to_string()))?;
+        self.conns.lock().await.insert(addr, c.clone());
+        Ok(c)
+    }
+
+    /// One request; for a piece, its bytes too.
+    async fn request(&self, addr: SocketAddr, req: &Request) -> Result<(Response, Option<Vec<u8>>)> {
+        let peer = |why: String| NodeError::Peer { addr, why };
+        let work = async {
+            let conn = self.connection(addr).await?;
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| peer(e.to_string()))?;
+            write_msg(&mut send, req).await.map_err(|e| peer(e.to_string()))?;
+            let _ = send.finish();
+            let resp: Response = read_msg(&mut recv).await.map_err(|e| peer(e.to_string()))?;
+            let body = match &resp {
+                Response::Piece { len } if *len <= 64 << 20 => {
+                    let mut b = vec![0u8; *len as usize];
+                    recv.read_exact(&mut b).await.map_err(|e| peer(e.to_string()))?;
+                    Some(b)
+                }
+                Response::Piece { len } => return Err(peer(format!("a piece of {len} bytes"))),
+                _ => None,
+            };
+            Ok((resp, body))
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, work)
+            .await
+            .map_err(|_| peer("no answer in time".into()))?
+    }
+
+    /// Tells the tracker something, without waiting: a tracker that is
+    /// down or slow must not hold up the download.
+    async fn tell(self: &Arc<Self>, origin: SocketAddr, req: Request) {
+        let node = self.clone();
+        tokio::spawn(async move {
+            let r = tokio::time::timeout(TRACKER_TIMEOUT, node.request(origin, &req)).await;
+            if let Ok(Err(e)) = r {
+                tracing::debug!("p2p: tracker: {e}");
+            }
+        });
+    }
+
+    async fn fetch(self: Arc<Self>, origin: SocketAddr, blob: &Digest) -> Result<FetchReport> {
+        let started = Instant::now();
+        if self.store.has(blob) {
+            return Ok(FetchReport::default());
+        }
+        let table = match self
+            .request(origin, &Request::Pieces { blob: blob.clone() })
+            .await?
+        {
+            (Response::Pieces { table }, _) if table.digest == *blob && table.is_consistent() => table,
+            (Response::Error { message }, _) => {
+                return Err(NodeError::NoTable {
+                    blob: blob.clone(),
+                    why: message,
+                });
+            }
+            (other, _) => {
+                return Err(NodeError::NoTable {
+                    blob: blob.clone(),
+                    why: format!("unexpected answer {other:?}"),
+                });
+            }
+        };
+        let n = table.count();
+        let dir = self.partial_dir.clone();
+        let partial = tokio::task::spawn_blocking(move || Partial::open(&dir, table))
+            .await
+            .map_err(|e| fetch_err(blob, e))??;
+        let mut report = FetchReport {
+            pieces: n,
+            resumed: partial.have().count(),
+            ..Default::default()
+        };
+        let partial = Arc::new(Mutex::new(partial));
+        self.partials
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(blob.clone(), partial.clone());
+        let result = self.download(origin, blob, &partial, &mut report).await;
+        self.partials
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(blob);
+        if result.is_ok() {
+            // A peer being served may hold it for a moment longer.
+            let mut p = partial;
+            let mut tries = 0;
+            let p = loop {
+                match Arc::try_unwrap(p) {
+                    Ok(m) => break m.into_inner().unwrap_or_else(|e| e.into_inner()),
+                    Err(_) if tries >= 500 => return Err(fetch_err(blob, "the partial blob stayed in use")),
+                    Err(back) => {
+                        p = back;
+                        tries += 1;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            };
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || p.finish(&store))
+                .await
+                .map_err(|e| fetch_err(blob, e))??;
+        }
+        report.seconds = started.elapsed().as_secs_f64();
+        result.map(|_| report)
+    }
+
+    async fn download(
+        self: &Arc<Self>,
+        origin: SocketAddr,
+        blob: &Digest,
+        partial: &Arc<Mutex<Partial>>,
+        report: &mut FetchReport,
+    ) -> Result<()> {
+        let n = report.pieces;
+        let have = |p: &Arc<Mutex<Partial>>| p.lock().unwrap_or_else(|e| e.into_inner()).have().clone();
+        let origin_have = Bitfield::full(n);
+        // Known peers: name → (addr, their pieces, requests in flight).
+        let mut peers: HashMap<String, (SocketAddr, Bitfield, u32)> = HashMap::new();
+        let mut banned: HashMap<String, Instant> = HashMap::new();
+        let mut holders: Vec<u32> = vec![0; n];
+        let mut pending = Bitfield::new(n);
+        let mut origin_load = 0u32;
+        let mut rng = Rng::new(
+            u64::from_le_bytes(blob.hex().as_bytes()[..8].try_into().unwrap_or([0; 8]))
+                ^ self.addr.port() as u64,
+        );
+        let mut tasks: JoinSet<PieceResult> = JoinSet::new();
+        let mut last_refresh: Option<Instant> = None;
+        let deadline = Instant::now() + Duration::from_secs(3600);
+        while !have(partial).is_full() {
+            if Instant::now() > deadline {
+                return Err(fetch_err(blob, "no completion within an hour"));
+            }
+            // Refresh: announce ourselves, learn peers and what they hold.
+            if last_refresh.is_none_or(|t| t.elapsed() > Duration::from_millis(300)) {
+                last_refresh = Some(Instant::now());
+                self.tell(
+                    origin,
+                    Request::Announce {
+                        blob: blob.clone(),
+                        node: self.name.clone(),
+                        addr: self.addr.to_string(),
+                        zone: self.zone,
+                        have: have(partial).to_bytes(),
+                    },
+                )
+                .await;
+                let asked = Request::Peers {
+                    blob: blob.clone(),
+                    node: self.name.clone(),
+                    want: 16,
+                };
+                let answer = tokio::time::timeout(TRACKER_TIMEOUT, self.request(origin, &asked)).await;
+                if let Ok(Ok((
+                    Response::Peers {
+                        peers: list,
+                        holders: h,
+                    },
+                    _,
+                ))) = answer
+                {
+                    if h.len() == n {
+                        holders = h;
+                    }
+                    for p in list {
+                        if p.name == self.name || banned.get(&p.name).is_some_and(|t| t.elapsed() < BAN) {
+                            continue;
+                        }
+                        if let Ok(a) = p.addr.parse() {
+                            peers.entry(p.name).or_insert((a, Bitfield::new(n), 0));
+                        }
+                    }
+                }
+                // Ask every known peer what it holds, all at once.
+                let mut asks = JoinSet::new();
+                for (name, (addr, _, _)) in &peers {
+                    let (node, name, addr, blob) = (self.clone(), name.clone(), *addr, blob.clone());
+                    asks.spawn(async move { (name, node.request(addr, &Request::Have { blob }).await) });
+                }
+                let mut gone = Vec::new();
+                while let Some(Ok((name, answer))) = asks.join_next().await {
+                    match answer {
+                        Ok((Response::Have { pieces, have: bytes }, _)) if pieces == n => {
+                            if let (Some(b), Some(e)) =
+                                (Bitfield::from_bytes(n, &bytes), peers.get_mut(&name))
+                            {
+                                e.1 = b;
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(_) => gone.push(name),
+                    }
+                }
+                for name in gone {
+                    peers.remove(&name);
+                    self.tell(
+                        origin,
+                        Request::Gone {
+                            blob: blob.clone(),
+                            peer: name,
+                        },
+                    )
+                    .await;
+                }
+            }
+            // Fill the request slots.
+            let own = have(partial);
+            while tasks.len() < IN_FLIGHT {
+                let names: Vec<&String> = peers.keys().collect();
+                let views: Vec<PeerView<'_>> = names
+                    .iter()
+                    .map(|name| {
+                        let (_, b, load) = &peers[*name];
+                        PeerView {
+                            have: b,
+                            free: *load < PER_PEER,
+                            load: *load,
+                            origin: false,
+                        }
+                    })
+                    .chain(std::iter::once(PeerView {
+                        have: &origin_have,
+                        free: origin_load < PER_PEER,
+                        load: origin_load,
+                        origin: true,
+                    }))
+                    .collect();
+                let origin_ok = |i: usize| holders[i] == 0;
+                let Some((idx, piece)) = pick(&own, &pending, &views, &origin_ok, &mut rng) else {
+                    break;
+                };
+                let target = if idx == names.len() {
+                    None
+                } else {
+                    Some(names[idx].clone())
+                };
+                drop(views);
+                let addr = match &target {
+                    Some(name) => {
+                        let e = peers.get_mut(name).expect("picked from the map");
+                        e.2 += 1;
+                        e.0
+                    }
+                    None => {
+                        origin_load += 1;
+                        origin
+                    }
+                };
+                pending.set(piece);
+                let node = self.clone();
+                let req = Request::Piece {
+                    blob: blob.clone(),
+                    index: piece,
+                };
+                tasks.spawn(async move {
+                    let r = match node.request(addr, &req).await {
+                        Ok((_, Some(bytes))) => Ok(bytes),
+                        Ok((Response::Error { message }, _)) => Err(message),
+                        Ok((other, _)) => Err(format!("unexpected answer {other:?}")),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    (target, piece, r)
+                });
+            }
+            if tasks.is_empty() {
+                // Nothing to ask anyone right now: wait for the swarm.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                last_refresh = None;
+                continue;
+            }
+            let Ok(Some(joined)) = tokio::time::timeout(Duration::from_millis(300), tasks.join_next()).await
+            else {
+                continue;
+            };
+            let (target, piece, result) = joined.map_err(|e| fetch_err(blob, e))?;
+            match &target {
+                Some(name) => {
+                    if let Some(e) = peers.get_mut(name) {
+                        e.2 = e.2.saturating_sub(1);
+                    }
+                }
+                None => origin_load = origin_load.saturating_sub(1),
+            }
+            pending.unset(piece);
+            match result {
+                Ok(bytes) => {
+                    let p = partial.clone();
+                    let written = tokio::task::spawn_blocking(move || {
+                        let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
+                        if p.have().get(piece) {
+                            return Ok(false); // an endgame duplicate
+                        }
+                        p.write_piece(piece, &bytes).map(|_| true)
+                    })
+                    .await
+                    .map_err(|e| fetch_err(blob, e))?;
+                    match written {
+                        Ok(true) => {
+                            match &target {
+                                Some(name) => {
+                                    report.from_peers += 1;
+                                    if let Some(e) = peers.get_mut(name) {
+                                        e.1.set(piece);
+                                    }
+                                }
+                                None => report.from_origin += 1,
+                            }
+                            self.tell(
+                                origin,
+                                Request::Got {
+                                    blob: blob.clone(),
+                                    node: self.name.clone(),
+                                    index: piece,
+                                },
+                            )
+                            .await;
+                        }
+                        Ok(false) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                            // A piece that fails its hash: ban whoever sent it.
+                            let who = target.clone().unwrap_or_else(|| "origin".into());
+                            tracing::warn!("p2p: {who} sent a bad piece {piece} of {blob}; banned");
+                            if !report.banned.contains(&who) {
+                                report.banned.push(who.clone());
+                            }
+                            banned.insert(who.clone(), Instant::now());
+                            if target.is_some() {
+                                peers.remove(&who);
+                                self.tell(
+                                    origin,
+                                    Request::Gone {
+                                        blob: blob.clone(),
+                                        peer: who,
+                                    },
+                                )
+                                .await;
+                            }
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Err(why) => {
+                    tracing::debug!("p2p: piece {piece} from {target:?}: {why}");
+                    if why.starts_with("busy") {
+                        last_refresh = None;
+                    } else if let Some(name) = target {
+                        // Unreachable or not holding what it said: forget it.
+                        peers.remove(&name);
+                        self.tell(
+                            origin,
+                            Request::Gone {
+                                blob: blob.clone(),
+                                peer: name,
+                            },
+                        )
+                        .await;
+                    }
+                }
+            }
+        }
+        // Drain duplicates still in flight.
+        tasks.abort_all();
+        Ok(())
+    }
+}

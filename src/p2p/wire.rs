@@ -1,0 +1,102 @@
+//! Messages between agents and the origin, one request per QUIC stream:
+//! a 4-byte big-endian length, a JSON header, and for a piece its bytes.
+
+use serde::{Deserialize, Serialize};
+
+use super::pieces::PieceTable;
+use crate::digest::Digest;
+
+/// Largest JSON header accepted (a piece table of a 64 GiB blob in 1 MiB
+/// pieces is about 4.5 MiB).
+pub const MAX_HEADER: usize = 16 << 20;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// The piece table of a blob (the origin answers).
+    Pieces { blob: Digest },
+    /// Which pieces of a blob the node holds.
+    Have { blob: Digest },
+    /// One piece's bytes.
+    Piece { blob: Digest, index: usize },
+    /// To the tracker: what `node` holds, and where it listens.
+    Announce {
+        blob: Digest,
+        node: String,
+        addr: String,
+        zone: u32,
+        have: Vec<u8>,
+    },
+    /// To the tracker: `node` verified one more piece.
+    Got {
+        blob: Digest,
+        node: String,
+        index: usize,
+    },
+    /// To the tracker: peers for `node`, and how many peers hold each piece.
+    Peers { blob: Digest, node: String, want: usize },
+    /// To the tracker: `peer` failed or misbehaved; stop handing it out.
+    Gone { blob: Digest, peer: String },
+    /// Counters of the node (origin egress for the benchmarks).
+    Stats,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Response {
+    Ok,
+    Pieces {
+        table: PieceTable,
+    },
+    Have {
+        pieces: usize,
+        have: Vec<u8>,
+    },
+    /// `len` raw bytes follow the header.
+    Piece {
+        len: u64,
+    },
+    Peers {
+        peers: Vec<PeerAddr>,
+        holders: Vec<u32>,
+    },
+    Stats {
+        piece_bytes_served: u64,
+        pieces_served: u64,
+    },
+    Error {
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerAddr {
+    pub name: String,
+    pub addr: String,
+}
+
+pub async fn write_msg<T: Serialize>(s: &mut quinn::SendStream, msg: &T) -> std::io::Result<()> {
+    let body = serde_json::to_vec(msg).map_err(std::io::Error::other)?;
+    s.write_all(&(body.len() as u32).to_be_bytes()).await?;
+    s.write_all(&body).await?;
+    Ok(())
+}
+
+pub async fn read_msg<T: for<'de> Deserialize<'de>>(r: &mut quinn::RecvStream) -> std::io::Result<T> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len)
+        .await
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, e))?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_HEADER {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("message of {len} bytes is over the limit"),
+        ));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)
+        .await
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, e))?;
+    serde_json::from_slice(&body).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}

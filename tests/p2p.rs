@@ -1,0 +1,410 @@
+//! P2P fan-out with real processes and real QUIC on loopback: an origin
+//! (`strata serve --p2p-listen`) and several `strata agent`s, uplinks
+//! shaped by their own caps so downloads take long enough to interfere
+//! with. Also a malicious peer (test code with a valid cluster
+//! certificate) and a client from another CA.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+use strata::digest::Digest;
+use strata::p2p::node::{Node, NodeConfig};
+use strata::p2p::tls::Identity;
+use strata::p2p::wire::{Request, Response};
+
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A child process whose stdout lines arrive on a channel; killed on drop.
+struct Proc {
+    child: Child,
+    lines: Receiver<String>,
+}
+
+impl Proc {
+    fn spawn(cmd: &mut Command) -> Proc {
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc { child, lines }
+    }
+
+    /// The next line starting with `prefix`, within `wait`.
+    fn line(&self, prefix: &str, wait: Duration) -> Option<String> {
+        let deadline = Instant::now() + wait;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.starts_with(prefix) => return Some(l),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A cluster CA and certificates, an origin with one blob, agents.
+struct Swarm {
+    dir: PathBuf,
+    origin: Proc,
+    registry: u16,
+    p2p: SocketAddr,
+    blob: Vec<u8>,
+    digest: Digest,
+}
+
+fn certs(dir: &Path, ca: &str, names: &[&str]) -> PathBuf {
+    let out = dir.join(format!("{ca}-certs"));
+    let o = strata()
+        .args(["cluster", "init", "--dir"])
+        .arg(dir.join(ca))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    for n in names {
+        let o = strata()
+            .args(["cluster", "issue", n, "--dir"])
+            .arg(dir.join(ca))
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    out
+}
+
+impl Swarm {
+    /// An origin whose P2P egress is capped at `origin_mbit`, holding a
+    /// blob of `mib` MiB.
+    fn start(dir: &Path, agents: usize, mib: usize, origin_mbit: f64) -> Swarm {
+        let mut names = vec!["origin".to_string(), "probe".to_string(), "evil".to_string()];
+        names.extend((0..agents).map(|i| format!("agent-{i}")));
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let certs = certs(dir, "ca", &refs);
+        let origin = Proc::spawn(
+            strata()
+                .args(["serve", "--open-push", "--listen", "127.0.0.1:0", "--data"])
+                .arg(dir.join("origin"))
+                .args(["--p2p-listen", "127.0.0.1:0", "--p2p-certs"])
+                .arg(&certs)
+                .args(["--p2p-upload-mbit", &origin_mbit.to_string()]),
+        );
+        let http = origin
+            .line("listening on", Duration::from_secs(20))
+            .expect("registry");
+        let registry: u16 = http.rsplit(':').next().unwrap().parse().unwrap();
+        let p2p = origin
+            .line("p2p listening on", Duration::from_secs(20))
+            .expect("p2p");
+        let p2p: SocketAddr = p2p.rsplit(' ').next().unwrap().parse().unwrap();
+        let blob = noise(mib << 20, mib as u64);
+        let digest = Digest::sha256_of(&blob);
+        let r = reqwest::blocking::Client::new()
+            .post(format!(
+                "http://127.0.0.1:{registry}/v2/app/blobs/uploads/?digest={digest}"
+            ))
+            .body(blob.clone())
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        Swarm {
+            dir: dir.to_path_buf(),
+            origin,
+            registry,
+            p2p,
+            blob,
+            digest,
+        }
+    }
+
+    fn certs(&self) -> PathBuf {
+        self.dir.join("ca-certs")
+    }
+
+    fn agent(&self, i: usize, upload_mbit: f64) -> Proc {
+        let name = format!("agent-{i}");
+        let p = Proc::spawn(
+            strata()
+                .args(["agent", "--name", &name, "--certs"])
+                .arg(self.certs())
+                .args([
+                    "--origin",
+                    &self.p2p.to_string(),
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--data",
+                ])
+                .arg(self.dir.join(&name))
+                .args([
+                    "--upload-mbit",
+                    &upload_mbit.to_string(),
+                    "--zone",
+                    &(i % 2).to_string(),
+                ])
+                .args(["--fetch", &self.digest.to_string()]),
+        );
+        assert!(
+            p.line("p2p listening on", Duration::from_secs(20)).is_some(),
+            "{name} started"
+        );
+        p
+    }
+
+    /// The agent's report, once it completed.
+    fn completed(&self, p: &Proc, wait: Duration) -> Value {
+        let l = p
+            .line("{\"complete\"", wait)
+            .unwrap_or_else(|| panic!("no completion within {wait:?}"));
+        let v: Value = serde_json::from_str(&l).unwrap();
+        assert_eq!(v["complete"], self.digest.to_string());
+        v["report"].clone()
+    }
+
+    fn assert_holds(&self, i: usize) {
+        let path = self
+            .dir
+            .join(format!("agent-{i}/store/blobs/sha256/{}", self.digest.hex()));
+        let got = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(got == self.blob, "agent-{i} holds different bytes");
+    }
+
+    /// An in-process node of this cluster (name `probe` or `evil`).
+    fn node(&self, rt: &tokio::runtime::Runtime, name: &str) -> Node {
+        let id = Identity::from_dir(&self.certs(), name).unwrap();
+        rt.block_on(Node::start(NodeConfig {
+            name: name.into(),
+            zone: 0,
+            listen: "127.0.0.1:0".parse().unwrap(),
+            store: strata::store::Store::open(self.dir.join(format!("{name}-store"))).unwrap(),
+            partial_dir: self.dir.join(format!("{name}-partial")),
+            origin: false,
+            identity: id,
+            upload_rate: None,
+        }))
+        .unwrap()
+    }
+
+    fn origin_bytes(&self, rt: &tokio::runtime::Runtime, probe: &Node) -> u64 {
+        rt.block_on(probe.stats(self.p2p)).unwrap().0
+    }
+}
+
+#[test]
+fn every_agent_ends_with_the_blob_and_the_origin_sends_about_one_copy() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Swarm::start(d.path(), 6, 16, 80.0);
+    let agents: Vec<Proc> = (0..6).map(|i| s.agent(i, 80.0)).collect();
+    let mut from_peers = 0;
+    for (i, a) in agents.iter().enumerate() {
+        let r = s.completed(a, Duration::from_secs(90));
+        from_peers += r["from_peers"].as_u64().unwrap();
+        s.assert_holds(i);
+    }
+    assert!(from_peers > 0, "peers served pieces");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let probe = s.node(&rt, "probe");
+    let sent = s.origin_bytes(&rt, &probe);
+    let size = s.blob.len() as u64;
+    assert!(sent >= size, "the origin sent at least one copy ({sent})");
+    assert!(
+        sent as f64 <= 1.2 * size as f64,
+        "origin egress {sent} > 1.2 × {size}"
+    );
+    let _ = s.registry;
+}
+
+#[test]
+fn a_peer_sending_bad_pieces_is_banned_and_the_download_still_completes() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Swarm::start(d.path(), 1, 4, 0.0);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // "evil" has a valid cluster certificate and claims every piece, but
+    // every piece it sends is garbage.
+    let evil = evil_peer(&rt, &s);
+    let probe = s.node(&rt, "probe");
+    let announce = Request::Announce {
+        blob: s.digest.clone(),
+        node: "evil".into(),
+        addr: evil.to_string(),
+        zone: 0,
+        have: strata::p2p::Bitfield::full(4).to_bytes(),
+    };
+    assert!(matches!(
+        rt.block_on(probe.ask(s.p2p, &announce)).unwrap().0,
+        Response::Ok
+    ));
+    let a = s.agent(0, 0.0);
+    let r = s.completed(&a, Duration::from_secs(60));
+    assert_eq!(r["banned"], serde_json::json!(["evil"]), "{r}");
+    s.assert_holds(0);
+}
+
+/// A QUIC server with the `evil` certificate that answers `Have` with
+/// every piece and `Piece` with the right number of wrong bytes.
+fn evil_peer(rt: &tokio::runtime::Runtime, s: &Swarm) -> SocketAddr {
+    let id = Identity::from_dir(&s.certs(), "evil").unwrap();
+    let _guard = rt.enter();
+    let ep = quinn::Endpoint::server(id.server_config().unwrap(), "127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = ep.local_addr().unwrap();
+    let pieces = s.blob.len().div_ceil(1 << 20);
+    rt.spawn(async move {
+        while let Some(inc) = ep.accept().await {
+            let Ok(conn) = inc.await else { continue };
+            tokio::spawn(async move {
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    let Ok(req) = strata::p2p::wire::read_msg::<Request>(&mut recv).await else {
+                        continue;
+                    };
+                    let (resp, body) = match req {
+                        Request::Have { .. } => (
+                            Response::Have {
+                                pieces,
+                                have: strata::p2p::Bitfield::full(pieces).to_bytes(),
+                            },
+                            None,
+                        ),
+                        Request::Piece { .. } => {
+                            (Response::Piece { len: 1 << 20 }, Some(vec![0xEE; 1 << 20]))
+                        }
+                        _ => (Response::Ok, None),
+                    };
+                    let _ = strata::p2p::wire::write_msg(&mut send, &resp).await;
+                    if let Some(b) = body {
+                        let _ = send.write_all(&b).await;
+                    }
+                    let _ = send.finish();
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn killed_agents_and_a_stopped_origin_do_not_stop_the_rest() {
+    let d = tempfile::tempdir().unwrap();
+    let mut s = Swarm::start(d.path(), 6, 12, 40.0);
+    let mut agents: Vec<Proc> = (0..6).map(|i| s.agent(i, 40.0)).collect();
+    // A third of the agents die in the middle of the download.
+    std::thread::sleep(Duration::from_millis(800));
+    agents[4].kill();
+    agents[5].kill();
+    // The origin stops as soon as one full copy exists in the swarm.
+    let first = (0..4)
+        .find_map(|i| {
+            agents[i]
+                .line("{\"complete\"", Duration::from_secs(60))
+                .map(|_| i)
+        })
+        .expect("a first agent completes");
+    s.origin.kill();
+    for (i, a) in agents.iter().enumerate().take(4) {
+        if i != first {
+            s.completed(a, Duration::from_secs(90));
+        }
+        s.assert_holds(i);
+    }
+}
+
+#[test]
+fn a_restarted_agent_resumes_from_the_verified_pieces_on_disk() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Swarm::start(d.path(), 1, 12, 24.0);
+    let mut a = s.agent(0, 0.0);
+    // 12 MiB at 3 MB/s: kill it a little after a second.
+    let have = d.path().join(format!("agent-0/partial/{}.have", s.digest.hex()));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read(&have).is_ok_and(|b| b.iter().map(|x| x.count_ones()).sum::<u32>() >= 3) {
+        assert!(Instant::now() < deadline, "no pieces written");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    a.kill();
+    let a = s.agent(0, 0.0);
+    let r = s.completed(&a, Duration::from_secs(60));
+    let resumed = r["resumed"].as_u64().unwrap();
+    assert!(resumed >= 3, "{r}");
+    let fetched = r["from_origin"].as_u64().unwrap() + r["from_peers"].as_u64().unwrap();
+    assert_eq!(
+        resumed + fetched,
+        r["pieces"].as_u64().unwrap(),
+        "nothing fetched twice: {r}"
+    );
+    s.assert_holds(0);
+}
+
+#[test]
+fn a_process_without_a_cluster_certificate_gets_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Swarm::start(d.path(), 0, 1, 0.0);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // A certificate from another CA, with the same node name.
+    let other = certs(d.path(), "other-ca", &["probe"]);
+    let id = Identity::from_dir(&other, "probe").unwrap();
+    let stranger = rt
+        .block_on(Node::start(NodeConfig {
+            name: "probe".into(),
+            zone: 0,
+            listen: "127.0.0.1:0".parse().unwrap(),
+            store: strata::store::Store::open(d.path().join("stranger")).unwrap(),
+            partial_dir: d.path().join("stranger-partial"),
+            origin: false,
+            identity: id,
+            upload_rate: None,
+        }))
+        .unwrap();
+    let r = rt.block_on(stranger.ask(
+        s.p2p,
+        &Request::Pieces {
+            blob: s.digest.clone(),
+        },
+    ));
+    assert!(r.is_err(), "a stranger got an answer: {:?}", r.map(|x| x.0));
+    // The same request with a cluster certificate works.
+    let probe = s.node(&rt, "probe");
+    let r = rt
+        .block_on(probe.ask(
+            s.p2p,
+            &Request::Pieces {
+                blob: s.digest.clone(),
+            },
+        ))
+        .unwrap();
+    assert!(matches!(r.0, Response::Pieces { .. }));
+}
