@@ -14,6 +14,7 @@
 //! bound of any schedule.
 
 pub mod bitfield;
+pub mod mirror;
 pub mod node;
 pub mod picker;
 pub mod pieces;

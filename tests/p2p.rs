@@ -159,6 +159,10 @@ impl Swarm {
     }
 
     fn agent(&self, i: usize, upload_mbit: f64) -> Proc {
+        self.agent_with(i, upload_mbit, &["--fetch", &self.digest.to_string()])
+    }
+
+    fn agent_with(&self, i: usize, upload_mbit: f64, extra: &[&str]) -> Proc {
         let name = format!("agent-{i}");
         let p = Proc::spawn(
             strata()
@@ -178,7 +182,7 @@ impl Swarm {
                     "--zone",
                     &(i % 2).to_string(),
                 ])
-                .args(["--fetch", &self.digest.to_string()]),
+                .args(extra),
         );
         assert!(
             p.line("p2p listening on", Duration::from_secs(20)).is_some(),
@@ -407,4 +411,67 @@ fn a_process_without_a_cluster_certificate_gets_nothing() {
         ))
         .unwrap();
     assert!(matches!(r.0, Response::Pieces { .. }));
+}
+
+#[test]
+fn the_engine_pulls_through_an_agent_and_runs_the_image() {
+    if !have_docker() {
+        return;
+    }
+    let Some(_) = debs() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let s = Swarm::start(d.path(), 1, 1, 0.0);
+    let o = strata()
+        .env("STRATA_STORE", d.path().join("store"))
+        .args(["build", "-c"])
+        .arg(repo().join("deploy/examples/offline.toml"))
+        .args(["--tier", "tools", "--layout"])
+        .arg(d.path().join("oci"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    // gzip layers: Debian's Docker 20.10 cannot read zstd ones.
+    let repo_name = unique("tools").replace("strata-test-", "p2p/");
+    let target = format!("127.0.0.1:{}/{repo_name}:1", s.registry);
+    let o = strata()
+        .env("STRATA_STORE", d.path().join("store"))
+        .args([
+            "push",
+            "--gzip",
+            &format!("oci:{}:tools", d.path().join("oci").display()),
+            &target,
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let registry = format!("http://127.0.0.1:{}", s.registry);
+    let agent = s.agent_with(
+        0,
+        0.0,
+        &["--registry", &registry, "--mirror-listen", "127.0.0.1:0"],
+    );
+    let mirror = agent
+        .line("mirror listening on", Duration::from_secs(20))
+        .expect("mirror");
+    let port = mirror.rsplit(':').next().unwrap().to_string();
+    let image = format!("127.0.0.1:{port}/{repo_name}:1");
+    let _cleanup = DockerCleanup {
+        containers: vec![],
+        images: vec![image.clone()],
+    };
+    let o = Command::new("docker").args(["pull", &image]).output().unwrap();
+    assert!(
+        o.status.success(),
+        "docker pull through the agent: {}",
+        stderr(&o)
+    );
+    let o = Command::new("docker")
+        .args(["run", "--rm", "--entrypoint", "/bin/cat", &image, "/etc/timezone"])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&o), "Asia/Shanghai\n", "{}", stderr(&o));
+    // The layers came over QUIC from the origin's seeder.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let probe = s.node(&rt, "probe");
+    assert!(s.origin_bytes(&rt, &probe) > 1 << 20, "blobs travelled over P2P");
 }

@@ -47,6 +47,14 @@ pub struct Args {
     /// Blobs to fetch at start (repeatable); each prints a JSON line when done.
     #[arg(long)]
     pub fetch: Vec<Digest>,
+    /// The origin registry's URL (`strata serve`), e.g. http://10.0.0.1:5000:
+    /// with it the agent runs a read-only registry on --mirror-listen that
+    /// the local engine pulls through (`docker pull 127.0.0.1:5002/app:1`).
+    #[arg(long)]
+    pub registry: Option<String>,
+    /// Where the pull-through registry listens (loopback by default).
+    #[arg(long, default_value = "127.0.0.1:5002")]
+    pub mirror_listen: SocketAddr,
     /// Cap on what this agent uploads to peers, Mbit/s (0: none).
     #[arg(long, default_value_t = 0.0)]
     pub upload_mbit: f64,
@@ -74,8 +82,26 @@ pub fn run(a: Args) -> Result<()> {
         })
         .await?;
         println!("p2p listening on {}", node.local_addr());
-        std::io::stdout().flush()?;
         let node = std::sync::Arc::new(node);
+        if let Some(upstream) = &a.registry {
+            let mirror = std::sync::Arc::new(strata::p2p::mirror::Mirror {
+                node: node.clone(),
+                origin: a.origin,
+                upstream: upstream.trim_end_matches('/').to_string(),
+                store: Store::open(a.data.join("store"))?,
+                http: reqwest::Client::new(),
+            });
+            let listener = tokio::net::TcpListener::bind(a.mirror_listen)
+                .await
+                .with_context(|| format!("binding the pull-through registry on {}", a.mirror_listen))?;
+            println!("mirror listening on http://{}", listener.local_addr()?);
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, strata::p2p::mirror::router(mirror)).await {
+                    eprintln!("strata agent: pull-through registry: {e}");
+                }
+            });
+        }
+        std::io::stdout().flush()?;
         let mut fetches = tokio::task::JoinSet::new();
         for blob in a.fetch.clone() {
             let node = node.clone();
