@@ -8,6 +8,7 @@ mod diff;
 mod gc;
 mod images;
 mod inspect;
+mod prewarm;
 mod serve;
 mod token;
 mod transfer;
@@ -49,6 +50,7 @@ pub enum Command {
     Bench(bench::Args),
     Agent(agent::Args),
     Cluster(agent::ClusterArgs),
+    Prewarm(prewarm::Args),
 }
 
 /// Options shared by commands that read images.
@@ -97,6 +99,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(a) => bench::run(a),
         Command::Agent(a) => agent::run(a),
         Command::Cluster(a) => agent::cluster(a),
+        Command::Prewarm(a) => prewarm::run(a),
     }
 }
 

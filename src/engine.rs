@@ -11,8 +11,8 @@ use std::path::Path;
 use bollard::Docker;
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{
-    CommitContainerOptionsBuilder, CreateContainerOptionsBuilder, ImportImageOptionsBuilder,
-    LogsOptionsBuilder, RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder,
+    CommitContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
+    ImportImageOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder,
     UploadToContainerOptionsBuilder,
 };
 use futures_util::{StreamExt, TryStreamExt};
@@ -62,6 +62,16 @@ pub async fn load(docker: &Docker, archive: &Path) -> Result<(), EngineError> {
     let body = bollard::body_try_stream(file_stream(archive).await?);
     let opts = ImportImageOptionsBuilder::default().quiet(true).build();
     let mut s = docker.import_image(opts, body, None);
+    while let Some(item) = s.next().await {
+        item?;
+    }
+    Ok(())
+}
+
+/// `docker pull IMAGE` (e.g. from the agent's loopback registry).
+pub async fn pull(docker: &Docker, image: &str) -> Result<(), EngineError> {
+    let opts = CreateImageOptionsBuilder::default().from_image(image).build();
+    let mut s = docker.create_image(Some(opts), None, None);
     while let Some(item) = s.next().await {
         item?;
     }

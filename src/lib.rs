@@ -9,6 +9,7 @@
 // they travel on the cold path only, so their size does not matter.
 #![allow(clippy::result_large_err)]
 
+pub mod api;
 pub mod build;
 pub mod client;
 pub mod digest;

@@ -38,6 +38,8 @@ pub struct Server {
     registry: Arc<Registry>,
     access: Arc<Access>,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    /// More routes served beside the registry (the server's API).
+    extra: Option<axum::Router>,
 }
 
 /// A certificate chain and key, PEM files, for HTTPS.
@@ -93,6 +95,7 @@ impl Server {
             registry,
             access: Arc::new(access),
             tls,
+            extra: None,
         })
     }
 
@@ -100,11 +103,23 @@ impl Server {
         self.listener.local_addr()
     }
 
+    /// Serves `routes` beside the registry's.
+    pub fn with_routes(mut self, routes: axum::Router) -> Server {
+        self.extra = Some(match self.extra.take() {
+            Some(r) => r.merge(routes),
+            None => routes,
+        });
+        self
+    }
+
     pub async fn run(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let app = http::router(self.registry, self.access);
+        let mut app = http::router(self.registry, self.access);
+        if let Some(extra) = self.extra {
+            app = app.merge(extra);
+        }
         let Some(acceptor) = self.tls else {
             return axum::serve(self.listener, app)
                 .with_graceful_shutdown(shutdown)

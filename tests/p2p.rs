@@ -475,3 +475,156 @@ fn the_engine_pulls_through_an_agent_and_runs_the_image() {
     let probe = s.node(&rt, "probe");
     assert!(s.origin_bytes(&rt, &probe) > 1 << 20, "blobs travelled over P2P");
 }
+
+#[test]
+fn prewarm_puts_an_image_on_the_chosen_hosts_and_a_pull_then_costs_the_origin_nothing() {
+    if !have_docker() {
+        return;
+    }
+    let Some(_) = debs() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let s = Swarm::start(d.path(), 3, 1, 0.0);
+    let o = strata()
+        .env("STRATA_STORE", d.path().join("store"))
+        .args(["build", "-c"])
+        .arg(repo().join("deploy/examples/offline.toml"))
+        .args(["--tier", "tools", "--layout"])
+        .arg(d.path().join("oci"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let repo_name = unique("pre").replace("strata-test-", "p2p/");
+    let image = format!("{repo_name}:1");
+    let o = strata()
+        .env("STRATA_STORE", d.path().join("store"))
+        .args([
+            "push",
+            "--gzip",
+            &format!("oci:{}:tools", d.path().join("oci").display()),
+        ])
+        .arg(format!("127.0.0.1:{}/{image}", s.registry))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let server = format!("http://127.0.0.1:{}", s.registry);
+    let mut mirrors = Vec::new();
+    let agents: Vec<Proc> = (0..3)
+        .map(|i| {
+            let rack = if i < 2 { "rack=a" } else { "rack=b" };
+            let p = s.agent_with(
+                i,
+                0.0,
+                &[
+                    "--registry",
+                    &server,
+                    "--mirror-listen",
+                    "127.0.0.1:0",
+                    "--label",
+                    rack,
+                ],
+            );
+            let m = p
+                .line("mirror listening on", Duration::from_secs(20))
+                .expect("mirror");
+            mirrors.push(m.rsplit("//").next().unwrap().to_string());
+            p
+        })
+        .collect();
+    // Every agent registers with the server.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let hosts: Value = reqwest::blocking::get(format!("{server}/strata/api/hosts"))
+            .unwrap()
+            .json_value();
+        if hosts.as_array().is_some_and(|h| h.len() == 3) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "agents did not register: {hosts}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _cleanup = DockerCleanup {
+        containers: vec![],
+        images: mirrors.iter().map(|m| format!("{m}/{image}")).collect(),
+    };
+
+    // Prewarm rack a only.
+    let o = strata()
+        .args([
+            "prewarm", &image, "--server", &server, "--label", "rack=a", "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let job: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let hosts = job["hosts"].as_object().unwrap();
+    assert_eq!(hosts.keys().collect::<Vec<_>>(), ["agent-0", "agent-1"], "{job}");
+    assert!(
+        hosts
+            .values()
+            .all(|h| h["state"] == "done" && h["total"].as_u64() > Some(0)),
+        "{job}"
+    );
+
+    // A pull through a prewarmed host's agent costs the origin nothing.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let probe = s.node(&rt, "probe");
+    let before = s.origin_bytes(&rt, &probe);
+    let pulled = format!("{}/{image}", mirrors[0]);
+    let o = Command::new("docker").args(["pull", &pulled]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        s.origin_bytes(&rt, &probe),
+        before,
+        "the origin sent pieces after the prewarm"
+    );
+    let o = Command::new("docker")
+        .args([
+            "run",
+            "--rm",
+            "--entrypoint",
+            "/bin/cat",
+            &pulled,
+            "/etc/timezone",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&o), "Asia/Shanghai\n", "{}", stderr(&o));
+
+    // --load on the other rack: the engine has the image afterwards.
+    let o = strata()
+        .args([
+            "prewarm", &image, "--server", &server, "--hosts", "agent-2", "--load",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let loaded = format!("{}/{image}", mirrors[2]);
+    let o = Command::new("docker")
+        .args(["image", "inspect", &loaded])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "not loaded: {}", stderr(&o));
+
+    // An unknown host: refused, saying which hosts exist.
+    let o = strata()
+        .args(["prewarm", &image, "--server", &server, "--hosts", "nope"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("nope") && stderr(&o).contains("agent-0"),
+        "{}",
+        stderr(&o)
+    );
+    drop(agents);
+}
+
+trait JsonValue {
+    fn json_value(self) -> Value;
+}
+
+impl JsonValue for reqwest::blocking::Response {
+    fn json_value(self) -> Value {
+        serde_json::from_slice(&self.bytes().unwrap()).unwrap_or(Value::Null)
+    }
+}

@@ -55,6 +55,9 @@ pub struct Args {
     /// Where the pull-through registry listens (loopback by default).
     #[arg(long, default_value = "127.0.0.1:5002")]
     pub mirror_listen: SocketAddr,
+    /// Labels for prewarm targeting, KEY=VALUE (repeatable), e.g. rack=a.
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
     /// Cap on what this agent uploads to peers, Mbit/s (0: none).
     #[arg(long, default_value_t = 0.0)]
     pub upload_mbit: f64,
@@ -94,13 +97,20 @@ pub fn run(a: Args) -> Result<()> {
             let listener = tokio::net::TcpListener::bind(a.mirror_listen)
                 .await
                 .with_context(|| format!("binding the pull-through registry on {}", a.mirror_listen))?;
-            println!("mirror listening on http://{}", listener.local_addr()?);
+            let mirror_addr = listener.local_addr()?;
+            println!("mirror listening on http://{mirror_addr}");
+            node.set_agent(strata::p2p::node::AgentSide {
+                origin: a.origin,
+                upstream: upstream.trim_end_matches('/').to_string(),
+                mirror: Some(mirror_addr),
+            });
             tokio::spawn(async move {
                 if let Err(e) = axum::serve(listener, strata::p2p::mirror::router(mirror)).await {
                     eprintln!("strata agent: pull-through registry: {e}");
                 }
             });
         }
+        node.register_with(a.origin, a.labels.clone());
         std::io::stdout().flush()?;
         let mut fetches = tokio::task::JoinSet::new();
         for blob in a.fetch.clone() {

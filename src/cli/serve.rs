@@ -115,7 +115,8 @@ pub fn run(mut a: Args) -> Result<()> {
         };
         let tls = a.tls_cert.clone().zip(a.tls_key.clone()).map(|(cert, key)| strata::registry::TlsFiles { cert, key });
         let scheme = if tls.is_some() { "https" } else { "http" };
-        let server = strata::registry::Server::bind(listen, data.clone(), access, tls)
+        let api_access = std::sync::Arc::new(access.clone());
+        let mut server = strata::registry::Server::bind(listen, data.clone(), access, tls)
             .await
             .with_context(|| {
                 format!(
@@ -142,6 +143,8 @@ pub fn run(mut a: Args) -> Result<()> {
                 })
                 .await?;
                 println!("p2p listening on {}", node.local_addr());
+                let node = std::sync::Arc::new(node);
+                server = server.with_routes(strata::api::router(node.clone(), api_access));
                 Some(node)
             }
             _ => None,

@@ -38,6 +38,8 @@ pub enum NodeError {
     Fetch { blob: Digest, why: String },
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error("prewarm: {0}")]
+    Prewarm(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -92,6 +94,33 @@ struct Inner {
     upload_rate: Option<f64>,
     /// When the shaped uplink is free again.
     upload_free_at: Mutex<Instant>,
+    /// Agents that registered with this origin.
+    hosts: Mutex<HashMap<String, (HostInfo, Instant)>>,
+    /// What an agent needs to answer a prewarm.
+    agent: Mutex<Option<AgentSide>>,
+    closing: std::sync::atomic::AtomicBool,
+}
+
+/// An agent as the origin knows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HostInfo {
+    pub name: String,
+    pub addr: String,
+    pub zone: u32,
+    pub labels: Vec<String>,
+    /// Seconds since its last heartbeat.
+    pub seen_seconds_ago: f64,
+}
+
+/// An agent's link to the origin registry, for prewarms.
+#[derive(Clone)]
+pub struct AgentSide {
+    /// The origin's P2P address.
+    pub origin: SocketAddr,
+    /// The origin registry's base URL.
+    pub upstream: String,
+    /// The agent's pull-through registry, for loading into the engine.
+    pub mirror: Option<SocketAddr>,
 }
 
 /// The tracker: one swarm per blob.
@@ -181,6 +210,9 @@ impl Node {
             pieces_served: AtomicU64::new(0),
             upload_rate: cfg.upload_rate.filter(|r| *r > 0.0),
             upload_free_at: Mutex::new(Instant::now()),
+            hosts: Mutex::new(HashMap::new()),
+            agent: Mutex::new(None),
+            closing: std::sync::atomic::AtomicBool::new(false),
         });
         let serving = inner.clone();
         tokio::spawn(async move {
@@ -226,12 +258,92 @@ impl Node {
         }
     }
 
+    /// Agents that registered, newest heartbeat first.
+    pub fn hosts(&self) -> Vec<HostInfo> {
+        let hosts = self.inner.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<HostInfo> = hosts
+            .values()
+            .map(|(h, seen)| HostInfo {
+                seen_seconds_ago: seen.elapsed().as_secs_f64(),
+                ..h.clone()
+            })
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Makes this node answer prewarms from the origin registry.
+    pub fn set_agent(&self, side: AgentSide) {
+        *self.inner.agent.lock().unwrap_or_else(|e| e.into_inner()) = Some(side);
+    }
+
+    /// Registers with the origin now and every few seconds, for as long
+    /// as the node runs.
+    pub fn register_with(&self, origin: SocketAddr, labels: Vec<String>) {
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            loop {
+                let req = Request::Register {
+                    node: inner.name.clone(),
+                    addr: inner.addr.to_string(),
+                    zone: inner.zone,
+                    labels: labels.clone(),
+                };
+                if let Ok(Err(e)) = tokio::time::timeout(TRACKER_TIMEOUT, inner.request(origin, &req)).await {
+                    tracing::debug!("p2p: registering with {origin}: {e}");
+                }
+                if inner.closing.load(Ordering::Relaxed) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
+        });
+    }
+
+    /// Asks the agent at `addr` to prewarm `image`; `progress` gets
+    /// (bytes held, bytes in all, what it is doing).
+    pub async fn prewarm(
+        &self,
+        addr: SocketAddr,
+        image: &str,
+        load: bool,
+        progress: &(dyn Fn(u64, u64, &str) + Send + Sync),
+    ) -> Result<()> {
+        let peer = |why: String| NodeError::Peer { addr, why };
+        let conn = self.inner.connection(addr).await?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| peer(e.to_string()))?;
+        let req = Request::Prewarm {
+            image: image.to_string(),
+            load,
+        };
+        write_msg(&mut send, &req)
+            .await
+            .map_err(|e| peer(e.to_string()))?;
+        let _ = send.finish();
+        // Each frame within a minute, and the whole within a day.
+        let deadline = Instant::now() + Duration::from_secs(24 * 3600);
+        while Instant::now() < deadline {
+            let frame = tokio::time::timeout(Duration::from_secs(60), read_msg::<Response>(&mut recv))
+                .await
+                .map_err(|_| peer("no progress for a minute".into()))?
+                .map_err(|e| peer(e.to_string()))?;
+            match frame {
+                Response::Progress { done, total, message } => progress(done, total, &message),
+                Response::Ok => return Ok(()),
+                Response::Error { message } => return Err(peer(message)),
+                other => return Err(peer(format!("unexpected answer {other:?}"))),
+            }
+        }
+        Err(peer("the prewarm took over a day".into()))
+    }
+
     /// Sends one request to a node (for tools and tests).
     pub async fn ask(&self, addr: SocketAddr, req: &Request) -> Result<(Response, Option<Vec<u8>>)> {
         self.inner.request(addr, req).await
     }
 
     pub fn close(&self) {
+        self.inner.closing.store(true, Ordering::Relaxed);
         self.inner.endpoint.close(0u32.into(), b"bye");
     }
 }
@@ -252,6 +364,18 @@ impl Inner {
                     Ok(r) => r,
                     Err(_) => return,
                 };
+                if let Request::Prewarm { image, load } = req {
+                    let last = match node.prewarm_here(&image, load, &mut send).await {
+                        Ok(()) => Response::Ok,
+                        Err(e) => Response::Error {
+                            message: e.to_string(),
+                        },
+                    };
+                    let _ = write_msg(&mut send, &last).await;
+                    let _ = send.finish();
+                    let _ = send.stopped().await;
+                    return;
+                }
                 let (resp, body) = node.answer(req).await;
                 if let (Some(b), Some(rate)) = (&body, node.upload_rate) {
                     // Reserve the uplink for this piece, then wait for it.
@@ -280,6 +404,29 @@ impl Inner {
     async fn answer(self: &Arc<Self>, req: Request) -> (Response, Option<Vec<u8>>) {
         let err = |m: String| (Response::Error { message: m }, None);
         match req {
+            Request::Register {
+                node,
+                addr,
+                zone,
+                labels,
+            } => {
+                if self.tracker.is_none() {
+                    return err("this node is not the origin".into());
+                }
+                let info = HostInfo {
+                    name: node.clone(),
+                    addr,
+                    zone,
+                    labels,
+                    seen_seconds_ago: 0.0,
+                };
+                self.hosts
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(node, (info, Instant::now()));
+                (Response::Ok, None)
+            }
+            Request::Prewarm { .. } => err("prewarm is answered on its own stream".into()),
             Request::Stats => (
                 Response::Stats {
                     piece_bytes_served: self.piece_bytes_served.load(Ordering::Relaxed),
@@ -454,6 +601,95 @@ impl Inner {
         let mut buf = vec![0u8; (size - start).min(DEFAULT_PIECE) as usize];
         f.read_exact_at(&mut buf, start).map_err(|e| e.to_string())?;
         Ok(buf)
+    }
+
+    /// An agent's side of a prewarm: resolve the image at the origin
+    /// registry, fetch every blob through the swarm, report progress on
+    /// `send`, and pull the image into the local engine when asked.
+    async fn prewarm_here(
+        self: &Arc<Self>,
+        image: &str,
+        load: bool,
+        send: &mut quinn::SendStream,
+    ) -> Result<()> {
+        let side = self
+            .agent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| NodeError::Prewarm("this agent runs without --registry".into()))?;
+        let (repo, reference) = match image.split_once('@') {
+            Some((r, d)) => (r, d),
+            None => match image.rsplit_once(':') {
+                Some((r, t)) if !t.contains('/') => (r, t),
+                _ => (image, "latest"),
+            },
+        };
+        let http = reqwest::Client::new();
+        let manifest = fetch_manifest(&http, &side.upstream, repo, reference).await?;
+        let _ = self.store.put(&manifest, None);
+        let m: crate::oci::Manifest = serde_json::from_slice(&manifest)
+            .map_err(|e| NodeError::Prewarm(format!("{image}: not an image manifest: {e}")))?;
+        let blobs: Vec<(Digest, u64)> = std::iter::once((m.config.digest.clone(), m.config.size))
+            .chain(m.layers.iter().map(|l| (l.digest.clone(), l.size)))
+            .collect();
+        let total: u64 = blobs.iter().map(|b| b.1).sum();
+        let held = |node: &Inner| -> u64 {
+            blobs
+                .iter()
+                .map(|(d, size)| {
+                    if node.store.has(d) {
+                        *size
+                    } else {
+                        let partial = node
+                            .partials
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get(d)
+                            .cloned();
+                        partial.map_or(0, |p| {
+                            let n = p.lock().unwrap_or_else(|e| e.into_inner()).have().count() as u64;
+                            (n * DEFAULT_PIECE).min(*size)
+                        })
+                    }
+                })
+                .sum()
+        };
+        let frame = |done: u64, message: String| Response::Progress { done, total, message };
+        write_msg(send, &frame(held(self), format!("{} blobs", blobs.len()))).await?;
+        let mut fetches = JoinSet::new();
+        for (d, _) in blobs.iter().filter(|(d, _)| !self.store.has(d)) {
+            let (node, d) = (self.clone(), d.clone());
+            fetches.spawn(async move { node.fetch(side.origin, &d).await });
+        }
+        let mut tick = tokio::time::interval(Duration::from_millis(300));
+        while !fetches.is_empty() {
+            tokio::select! {
+                joined = fetches.join_next() => {
+                    if let Some(r) = joined {
+                        r.map_err(|e| NodeError::Prewarm(e.to_string()))??;
+                    }
+                }
+                _ = tick.tick() => {
+                    write_msg(send, &frame(held(self), "fetching".into())).await?;
+                }
+            }
+        }
+        write_msg(send, &frame(total, "all blobs held".into())).await?;
+        if load {
+            let mirror = side.mirror.ok_or_else(|| {
+                NodeError::Prewarm("loading needs the agent's pull-through registry".into())
+            })?;
+            let name = format!("{mirror}/{image}");
+            write_msg(send, &frame(total, format!("loading {name} into the engine"))).await?;
+            let docker = crate::engine::connect()
+                .await
+                .map_err(|e| NodeError::Prewarm(e.to_string()))?;
+            crate::engine::pull(&docker, &name)
+                .await
+                .map_err(|e| NodeError::Prewarm(format!("docker pull {name}: {e}")))?;
+        }
+        Ok(())
     }
 
     async fn connection(&self, addr: SocketAddr) -> Result<quinn::Connection> {
@@ -839,4 +1075,56 @@ impl Inner {
         tasks.abort_all();
         Ok(())
     }
+}
+
+/// A manifest from the origin registry (an index resolves to linux/amd64).
+async fn fetch_manifest(
+    http: &reqwest::Client,
+    upstream: &str,
+    repo: &str,
+    reference: &str,
+) -> Result<Vec<u8>> {
+    use crate::oci::{MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST, MEDIA_INDEX, MEDIA_MANIFEST};
+    let accept = [
+        MEDIA_MANIFEST,
+        MEDIA_INDEX,
+        MEDIA_DOCKER_MANIFEST,
+        MEDIA_DOCKER_LIST,
+    ]
+    .join(", ");
+    let mut reference = reference.to_string();
+    for _ in 0..2 {
+        let url = format!("{upstream}/v2/{repo}/manifests/{reference}");
+        let r = http
+            .get(&url)
+            .header(reqwest::header::ACCEPT, accept.as_str())
+            .send()
+            .await
+            .map_err(|e| NodeError::Prewarm(format!("{url}: {e}")))?;
+        if !r.status().is_success() {
+            return Err(NodeError::Prewarm(format!(
+                "{url}: the registry answered {}",
+                r.status()
+            )));
+        }
+        let bytes = r
+            .bytes()
+            .await
+            .map_err(|e| NodeError::Prewarm(format!("{url}: {e}")))?
+            .to_vec();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        let Some(list) = v["manifests"].as_array() else {
+            return Ok(bytes);
+        };
+        let pick = list
+            .iter()
+            .find(|m| m["platform"]["os"] == "linux" && m["platform"]["architecture"] == "amd64");
+        reference = pick
+            .and_then(|m| m["digest"].as_str())
+            .ok_or_else(|| NodeError::Prewarm(format!("{url}: no linux/amd64 image in the index")))?
+            .to_string();
+    }
+    Err(NodeError::Prewarm(format!(
+        "{repo}:{reference}: an index inside an index"
+    )))
 }

@@ -39,6 +39,17 @@ pub enum Request {
     Gone { blob: Digest, peer: String },
     /// Counters of the node (origin egress for the benchmarks).
     Stats,
+    /// To the origin: this agent is alive, where it listens, its labels.
+    Register {
+        node: String,
+        addr: String,
+        zone: u32,
+        labels: Vec<String>,
+    },
+    /// To an agent: fetch every blob of `image` (REPO:TAG or REPO@DIGEST
+    /// of the origin registry) and, with `load`, pull it into the local
+    /// engine. The agent answers with `Progress` frames, then `Ok`/`Error`.
+    Prewarm { image: String, load: bool },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -63,6 +74,12 @@ pub enum Response {
     Stats {
         piece_bytes_served: u64,
         pieces_served: u64,
+    },
+    /// Prewarm progress: bytes of the image held so far, of `total`.
+    Progress {
+        done: u64,
+        total: u64,
+        message: String,
     },
     Error {
         message: String,

@@ -1,0 +1,246 @@
+//! The server's HTTP API beside the registry (`/strata/api/...`): hosts
+//! known to the origin and prewarm jobs with per-host progress.
+//!
+//! Reading is open; starting a job needs a push credential (the
+//! registry's credentials file) unless the server runs with open pushes.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+
+use crate::p2p::node::Node;
+use crate::registry::Access;
+
+#[derive(Clone)]
+struct Api {
+    node: Arc<Node>,
+    access: Arc<Access>,
+    jobs: Arc<Mutex<BTreeMap<u64, Job>>>,
+}
+
+/// A prewarm request.
+#[derive(Debug, Deserialize)]
+pub struct PrewarmRequest {
+    /// REPO:TAG or REPO@DIGEST in this registry.
+    pub image: String,
+    /// Host names; empty with no label means every registered host.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Only hosts with this KEY=VALUE label.
+    #[serde(default)]
+    pub label: Option<String>,
+    /// Also pull the image into each host's engine.
+    #[serde(default)]
+    pub load: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Job {
+    pub id: u64,
+    pub image: String,
+    pub load: bool,
+    pub hosts: BTreeMap<String, HostProgress>,
+    pub done: bool,
+    pub ok: bool,
+    pub seconds: f64,
+    #[serde(skip)]
+    started: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HostProgress {
+    /// queued, running, done, failed
+    pub state: String,
+    pub done: u64,
+    pub total: u64,
+    pub message: String,
+    pub seconds: f64,
+}
+
+pub fn router(node: Arc<Node>, access: Arc<Access>) -> Router {
+    Router::new()
+        .route("/strata/api/hosts", get(hosts))
+        .route("/strata/api/prewarm", post(start).get(list))
+        .route("/strata/api/prewarm/{id}", get(show))
+        .with_state(Api {
+            node,
+            access,
+            jobs: Default::default(),
+        })
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    (status, Json(serde_json::json!({ "error": message.to_string() }))).into_response()
+}
+
+async fn hosts(State(api): State<Api>) -> Response {
+    Json(api.node.hosts()).into_response()
+}
+
+async fn list(State(api): State<Api>) -> Response {
+    let jobs = api.jobs.lock().unwrap_or_else(|e| e.into_inner());
+    Json(jobs.values().map(snapshot).collect::<Vec<_>>()).into_response()
+}
+
+async fn show(State(api): State<Api>, Path(id): Path<u64>) -> Response {
+    let jobs = api.jobs.lock().unwrap_or_else(|e| e.into_inner());
+    match jobs.get(&id) {
+        Some(j) => Json(snapshot(j)).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("no prewarm job {id}")),
+    }
+}
+
+fn snapshot(j: &Job) -> Job {
+    let mut j = j.clone();
+    if !j.done {
+        j.seconds = j.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+    }
+    j
+}
+
+async fn start(State(api): State<Api>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if !api.access.open_push {
+        let presented = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        if api.access.credentials.check(presented).is_none() {
+            let mut r = error(
+                StatusCode::UNAUTHORIZED,
+                "starting a prewarm needs a push token (strata token create)",
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"strata\""),
+            );
+            return r;
+        }
+    }
+    let req: PrewarmRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("not a prewarm request: {e}")),
+    };
+    if req.image.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "`image` is empty");
+    }
+    let known = api.node.hosts();
+    let targets: Vec<_> = if !req.hosts.is_empty() {
+        let missing: Vec<_> = req
+            .hosts
+            .iter()
+            .filter(|h| !known.iter().any(|k| &k.name == *h))
+            .collect();
+        if !missing.is_empty() {
+            let names: Vec<_> = known.iter().map(|k| k.name.as_str()).collect();
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("unknown host(s) {missing:?}; registered: {names:?}"),
+            );
+        }
+        known
+            .into_iter()
+            .filter(|k| req.hosts.contains(&k.name))
+            .collect()
+    } else if let Some(l) = &req.label {
+        known.into_iter().filter(|k| k.labels.contains(l)).collect()
+    } else {
+        known
+    };
+    if targets.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "no registered host matches");
+    }
+    let id = {
+        let mut jobs = api.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        let id = jobs.keys().next_back().map_or(1, |k| k + 1);
+        let hosts = targets
+            .iter()
+            .map(|h| {
+                let p = HostProgress {
+                    state: "queued".into(),
+                    done: 0,
+                    total: 0,
+                    message: String::new(),
+                    seconds: 0.0,
+                };
+                (h.name.clone(), p)
+            })
+            .collect();
+        jobs.insert(
+            id,
+            Job {
+                id,
+                image: req.image.clone(),
+                load: req.load,
+                hosts,
+                done: false,
+                ok: false,
+                seconds: 0.0,
+                started: Some(Instant::now()),
+            },
+        );
+        id
+    };
+    let runner = api.clone();
+    tokio::spawn(async move {
+        let mut all = tokio::task::JoinSet::new();
+        for h in targets {
+            let api = runner.clone();
+            let image = req.image.clone();
+            let load = req.load;
+            all.spawn(async move {
+                let started = Instant::now();
+                let update = |f: &dyn Fn(&mut HostProgress)| {
+                    let mut jobs = api.jobs.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(p) = jobs.get_mut(&id).and_then(|j| j.hosts.get_mut(&h.name)) {
+                        f(p);
+                        p.seconds = started.elapsed().as_secs_f64();
+                    }
+                };
+                update(&|p| p.state = "running".into());
+                let result = match h.addr.parse() {
+                    Ok(addr) => {
+                        let progress = |done: u64, total: u64, msg: &str| {
+                            update(&|p| {
+                                p.done = done;
+                                p.total = total;
+                                p.message = msg.to_string();
+                            })
+                        };
+                        api.node
+                            .prewarm(addr, &image, load, &progress)
+                            .await
+                            .map_err(|e| e.to_string())
+                    }
+                    Err(e) => Err(format!("bad address {}: {e}", h.addr)),
+                };
+                match result {
+                    Ok(()) => update(&|p| {
+                        p.state = "done".into();
+                        p.done = p.total;
+                    }),
+                    Err(e) => update(&|p| {
+                        p.state = "failed".into();
+                        p.message = e.clone();
+                    }),
+                }
+            });
+        }
+        while all.join_next().await.is_some() {}
+        let mut jobs = runner.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(j) = jobs.get_mut(&id) {
+            j.done = true;
+            j.ok = j.hosts.values().all(|p| p.state == "done");
+            j.seconds = j.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+        }
+    });
+    let mut r = (StatusCode::ACCEPTED, Json(serde_json::json!({ "id": id }))).into_response();
+    if let Ok(v) = header::HeaderValue::from_str(&format!("/strata/api/prewarm/{id}")) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
