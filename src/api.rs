@@ -68,6 +68,7 @@ pub struct HostProgress {
 pub fn router(node: Arc<Node>, access: Arc<Access>) -> Router {
     Router::new()
         .route("/strata/api/hosts", get(hosts))
+        .route("/strata/api/p2p/stats", get(stats))
         .route("/strata/api/prewarm", post(start).get(list))
         .route("/strata/api/prewarm/{id}", get(show))
         .with_state(Api {
@@ -83,6 +84,11 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
 
 async fn hosts(State(api): State<Api>) -> Response {
     Json(api.node.hosts()).into_response()
+}
+
+/// The origin's P2P counters (egress in pieces and bytes).
+async fn stats(State(api): State<Api>) -> Response {
+    Json(serde_json::json!({ "origin_piece_bytes_served": api.node.piece_bytes_served() })).into_response()
 }
 
 async fn list(State(api): State<Api>) -> Response {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
 use super::Bitfield;
-use super::picker::{PeerView, pick};
+use super::picker::{PeerView, pick, unseeded};
 use super::pieces::{DEFAULT_PIECE, Partial, PieceTable};
 use super::rng::Rng;
 use super::tls::{CLUSTER_NAME, Identity};
@@ -65,8 +65,8 @@ pub struct NodeConfig {
 }
 
 /// Requests in flight to one peer, and in all.
-const PER_PEER: u32 = 4;
-const IN_FLIGHT: usize = 16;
+const PER_PEER: u32 = 2;
+const IN_FLIGHT: usize = 6;
 /// How long a peer that sent a bad piece is not asked again.
 const BAN: Duration = Duration::from_secs(120);
 /// An origin reservation of a piece for one requester expires after this.
@@ -173,6 +173,13 @@ impl BlobSwarm {
 /// A piece request's outcome: who was asked (None: the origin), which
 /// piece, its bytes or why not.
 type PieceResult = (Option<String>, usize, Result<Vec<u8>, String>);
+
+/// What a background refresh learnt: holders per piece (from the
+/// tracker) and each peer's pieces (None: it did not answer).
+struct Refresh {
+    holders: Option<Vec<u32>>,
+    haves: Vec<(String, SocketAddr, Option<Bitfield>)>,
+}
 
 /// What a fetch did.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -603,6 +610,54 @@ impl Inner {
         Ok(buf)
     }
 
+    /// Asks the tracker for peers and every known or new peer for its
+    /// pieces. A peer that does not answer comes back with `None`.
+    async fn refresh(
+        self: Arc<Self>,
+        origin: SocketAddr,
+        blob: Digest,
+        n: usize,
+        known: Vec<(String, SocketAddr)>,
+    ) -> Refresh {
+        let asked = Request::Peers {
+            blob: blob.clone(),
+            node: self.name.clone(),
+            want: 16,
+        };
+        let mut out = Refresh {
+            holders: None,
+            haves: Vec::new(),
+        };
+        let mut targets = known;
+        if let Ok(Ok((Response::Peers { peers, holders }, _))) =
+            tokio::time::timeout(TRACKER_TIMEOUT, self.request(origin, &asked)).await
+        {
+            out.holders = Some(holders);
+            for p in peers {
+                if let Ok(a) = p.addr.parse()
+                    && !targets.iter().any(|(name, _)| *name == p.name)
+                {
+                    targets.push((p.name, a));
+                }
+            }
+        }
+        let mut asks = JoinSet::new();
+        for (name, addr) in targets {
+            let (node, blob) = (self.clone(), blob.clone());
+            asks.spawn(async move { (name, addr, node.request(addr, &Request::Have { blob }).await) });
+        }
+        while let Some(Ok((name, addr, answer))) = asks.join_next().await {
+            let b = match answer {
+                Ok((Response::Have { pieces, have }, _)) if pieces == n => Bitfield::from_bytes(n, &have),
+                // Holds nothing of it (yet): still a peer.
+                Ok(_) => Some(Bitfield::new(n)),
+                Err(_) => None,
+            };
+            out.haves.push((name, addr, b));
+        }
+        out
+    }
+
     /// An agent's side of a prewarm: resolve the image at the origin
     /// registry, fetch every blob through the swarm, report progress on
     /// `send`, and pull the image into the local engine when asked.
@@ -839,13 +894,15 @@ impl Inner {
         );
         let mut tasks: JoinSet<PieceResult> = JoinSet::new();
         let mut last_refresh: Option<Instant> = None;
+        let mut refreshing: Option<tokio::task::JoinHandle<Refresh>> = None;
         let deadline = Instant::now() + Duration::from_secs(3600);
         while !have(partial).is_full() {
             if Instant::now() > deadline {
                 return Err(fetch_err(blob, "no completion within an hour"));
             }
-            // Refresh: announce ourselves, learn peers and what they hold.
-            if last_refresh.is_none_or(|t| t.elapsed() > Duration::from_millis(300)) {
+            // Refresh in the background: announce ourselves, learn peers and
+            // what they hold, without stalling the requests in flight.
+            if refreshing.is_none() && last_refresh.is_none_or(|t| t.elapsed() > Duration::from_millis(100)) {
                 last_refresh = Some(Instant::now());
                 self.tell(
                     origin,
@@ -858,62 +915,44 @@ impl Inner {
                     },
                 )
                 .await;
-                let asked = Request::Peers {
-                    blob: blob.clone(),
-                    node: self.name.clone(),
-                    want: 16,
-                };
-                let answer = tokio::time::timeout(TRACKER_TIMEOUT, self.request(origin, &asked)).await;
-                if let Ok(Ok((
-                    Response::Peers {
-                        peers: list,
-                        holders: h,
-                    },
-                    _,
-                ))) = answer
+                let known: Vec<(String, SocketAddr)> = peers.iter().map(|(k, v)| (k.clone(), v.0)).collect();
+                let (node, b) = (self.clone(), blob.clone());
+                refreshing = Some(tokio::spawn(
+                    async move { node.refresh(origin, b, n, known).await },
+                ));
+            }
+            if refreshing.as_ref().is_some_and(|h| h.is_finished())
+                && let Some(h) = refreshing.take()
+            {
+                let r = h.await.map_err(|e| fetch_err(blob, e))?;
+                if let Some(h) = r.holders
+                    && h.len() == n
                 {
-                    if h.len() == n {
-                        holders = h;
-                    }
-                    for p in list {
-                        if p.name == self.name || banned.get(&p.name).is_some_and(|t| t.elapsed() < BAN) {
-                            continue;
-                        }
-                        if let Ok(a) = p.addr.parse() {
-                            peers.entry(p.name).or_insert((a, Bitfield::new(n), 0));
-                        }
-                    }
-                }
-                // Ask every known peer what it holds, all at once.
-                let mut asks = JoinSet::new();
-                for (name, (addr, _, _)) in &peers {
-                    let (node, name, addr, blob) = (self.clone(), name.clone(), *addr, blob.clone());
-                    asks.spawn(async move { (name, node.request(addr, &Request::Have { blob }).await) });
+                    holders = h;
                 }
                 let mut gone = Vec::new();
-                while let Some(Ok((name, answer))) = asks.join_next().await {
+                for (name, addr, answer) in r.haves {
+                    if name == self.name || banned.get(&name).is_some_and(|t| t.elapsed() < BAN) {
+                        continue;
+                    }
                     match answer {
-                        Ok((Response::Have { pieces, have: bytes }, _)) if pieces == n => {
-                            if let (Some(b), Some(e)) =
-                                (Bitfield::from_bytes(n, &bytes), peers.get_mut(&name))
-                            {
-                                e.1 = b;
-                            }
+                        Some(b) => {
+                            peers.entry(name).or_insert((addr, Bitfield::new(n), 0)).1 = b;
                         }
-                        Ok(_) => {}
-                        Err(_) => gone.push(name),
+                        None => gone.push(name),
                     }
                 }
                 for name in gone {
-                    peers.remove(&name);
-                    self.tell(
-                        origin,
-                        Request::Gone {
-                            blob: blob.clone(),
-                            peer: name,
-                        },
-                    )
-                    .await;
+                    if peers.remove(&name).is_some() {
+                        self.tell(
+                            origin,
+                            Request::Gone {
+                                blob: blob.clone(),
+                                peer: name,
+                            },
+                        )
+                        .await;
+                    }
                 }
             }
             // Fill the request slots.
@@ -975,13 +1014,34 @@ impl Inner {
                     (target, piece, r)
                 });
             }
+            // Keep the origin busy with pieces no peer holds yet.
+            if origin_load == 0
+                && tasks.len() < IN_FLIGHT + 1
+                && let Some(piece) = unseeded(&own, &pending, &|i| holders[i] == 0, &mut rng)
+            {
+                origin_load += 1;
+                pending.set(piece);
+                let node = self.clone();
+                let req = Request::Piece {
+                    blob: blob.clone(),
+                    index: piece,
+                };
+                tasks.spawn(async move {
+                    let r = match node.request(origin, &req).await {
+                        Ok((_, Some(bytes))) => Ok(bytes),
+                        Ok((Response::Error { message }, _)) => Err(message),
+                        Ok((other, _)) => Err(format!("unexpected answer {other:?}")),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    (None, piece, r)
+                });
+            }
             if tasks.is_empty() {
                 // Nothing to ask anyone right now: wait for the swarm.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                last_refresh = None;
+                tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
             }
-            let Ok(Some(joined)) = tokio::time::timeout(Duration::from_millis(300), tasks.join_next()).await
+            let Ok(Some(joined)) = tokio::time::timeout(Duration::from_millis(20), tasks.join_next()).await
             else {
                 continue;
             };

@@ -68,6 +68,25 @@ pub fn pick(
     Some((origin, piece))
 }
 
+/// A piece no peer holds yet (`unseeded(i)`), not held or requested here,
+/// chosen at random: what a downloader asks the origin for *besides* its
+/// peer requests, so the origin's uplink keeps putting new pieces into the
+/// swarm instead of idling while peers trade (with few hosts, "origin as
+/// last resort" alone leaves it idle most of the time).
+pub fn unseeded(
+    own: &Bitfield,
+    pending: &Bitfield,
+    unseeded: &dyn Fn(usize) -> bool,
+    rng: &mut Rng,
+) -> Option<usize> {
+    let zero = vec![0u32; own.len()];
+    rarest(
+        &zero,
+        (0..own.len()).filter(|&i| !own.get(i) && !pending.get(i) && unseeded(i)),
+        rng,
+    )
+}
+
 /// The candidate with the lowest availability; ties at random.
 fn rarest(availability: &[u32], candidates: impl Iterator<Item = usize>, rng: &mut Rng) -> Option<usize> {
     let mut best: Option<(u32, usize)> = None;
@@ -189,6 +208,18 @@ mod tests {
         let q = bf(3, &[1]);
         let peers = [view(&q, true, 0, false)];
         assert_eq!(pick(&own, &bf(3, &[1]), &peers, &|_| true, &mut rng), None);
+    }
+
+    #[test]
+    fn unseeded_pieces_only() {
+        let own = bf(4, &[0]);
+        let pending = bf(4, &[1]);
+        let mut rng = Rng::new(5);
+        for _ in 0..20 {
+            let i = unseeded(&own, &pending, &|i| i != 3, &mut rng).unwrap();
+            assert_eq!(i, 2);
+        }
+        assert_eq!(unseeded(&own, &bf(4, &[1, 2]), &|i| i != 3, &mut rng), None);
     }
 
     #[test]
