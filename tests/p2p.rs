@@ -221,6 +221,7 @@ impl Swarm {
             origin: false,
             identity: id,
             upload_rate: None,
+            cache: None,
         }))
         .unwrap()
     }
@@ -391,6 +392,7 @@ fn a_process_without_a_cluster_certificate_gets_nothing() {
             origin: false,
             identity: id,
             upload_rate: None,
+            cache: None,
         }))
         .unwrap();
     let r = rt.block_on(stranger.ask(
@@ -627,4 +629,61 @@ impl JsonValue for reqwest::blocking::Response {
     fn json_value(self) -> Value {
         serde_json::from_slice(&self.bytes().unwrap()).unwrap_or(Value::Null)
     }
+}
+
+#[test]
+fn the_cache_evicts_least_recently_used_blobs_between_its_watermarks() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Swarm::start(d.path(), 0, 4, 0.0);
+    let mut digests = vec![s.digest.clone()];
+    for seed in [11u64, 12] {
+        let blob = noise(4 << 20, seed);
+        let dg = Digest::sha256_of(&blob);
+        let r = reqwest::blocking::Client::new()
+            .post(format!(
+                "http://127.0.0.1:{}/v2/app/blobs/uploads/?digest={dg}",
+                s.registry
+            ))
+            .body(blob)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        digests.push(dg);
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = strata::store::Store::open(d.path().join("cached")).unwrap();
+    let cached = rt
+        .block_on(Node::start(NodeConfig {
+            name: "probe".into(),
+            zone: 0,
+            listen: "127.0.0.1:0".parse().unwrap(),
+            store: store.clone(),
+            partial_dir: d.path().join("cached-partial"),
+            origin: false,
+            identity: Identity::from_dir(&s.certs(), "probe").unwrap(),
+            upload_rate: None,
+            cache: Some((10 << 20, 9 << 20)),
+        }))
+        .unwrap();
+    for dg in &digests[..2] {
+        let r = rt.block_on(cached.fetch(s.p2p, dg)).unwrap();
+        assert!(r.evicted.is_empty(), "8 MiB is under the 10 MiB mark");
+    }
+    // The first blob is used again (a peer reads a piece of it): the second
+    // is now the least recently used.
+    std::thread::sleep(Duration::from_millis(20));
+    let other = s.node(&rt, "evil");
+    let piece = Request::Piece {
+        blob: digests[0].clone(),
+        index: 0,
+    };
+    let (_, body) = rt.block_on(other.ask(cached.local_addr(), &piece)).unwrap();
+    assert_eq!(body.map(|b| b.len()), Some(1 << 20));
+    let r = rt.block_on(cached.fetch(s.p2p, &digests[2])).unwrap();
+    assert_eq!(
+        r.evicted,
+        vec![digests[1].to_string()],
+        "12 MiB > 10: down to 8 ≤ 9"
+    );
+    assert!(store.has(&digests[0]) && !store.has(&digests[1]) && store.has(&digests[2]));
 }

@@ -58,12 +58,24 @@ pub struct Args {
     /// Labels for prewarm targeting, KEY=VALUE (repeatable), e.g. rack=a.
     #[arg(long = "label")]
     pub labels: Vec<String>,
+    /// Evict least recently used blobs when the cache grows past this (MiB).
+    #[arg(long)]
+    pub cache_high_mib: Option<u64>,
+    /// ... down to this (MiB; default 80 % of the high watermark).
+    #[arg(long, requires = "cache_high_mib")]
+    pub cache_low_mib: Option<u64>,
     /// Cap on what this agent uploads to peers, Mbit/s (0: none).
     #[arg(long, default_value_t = 0.0)]
     pub upload_mbit: f64,
 }
 
 pub fn run(a: Args) -> Result<()> {
+    if let (Some(h), Some(l)) = (a.cache_high_mib, a.cache_low_mib) {
+        anyhow::ensure!(
+            l < h,
+            "--cache-low-mib ({l}) must be below --cache-high-mib ({h})"
+        );
+    }
     let identity = Identity::from_dir(&a.certs, &a.name).with_context(|| {
         format!(
             "loading the certificate of `{}` (strata cluster issue {})",
@@ -82,6 +94,9 @@ pub fn run(a: Args) -> Result<()> {
             origin: false,
             identity,
             upload_rate: Some(a.upload_mbit * 1e6 / 8.0),
+            cache: a
+                .cache_high_mib
+                .map(|h| (h << 20, a.cache_low_mib.unwrap_or(h * 8 / 10) << 20)),
         })
         .await?;
         println!("p2p listening on {}", node.local_addr());

@@ -140,6 +140,7 @@ pub fn run(mut a: Args) -> Result<()> {
                     origin: true,
                     identity,
                     upload_rate: Some(a.p2p_upload_mbit * 1e6 / 8.0),
+                    cache: None,
                 })
                 .await?;
                 println!("p2p listening on {}", node.local_addr());

@@ -62,6 +62,10 @@ pub struct NodeConfig {
     /// Upload cap in bytes per second (None: unlimited). Pieces are paced
     /// on one timeline, like a link shaped by a token bucket.
     pub upload_rate: Option<f64>,
+    /// Cache watermarks in bytes (high, low): when complete blobs take more
+    /// than high, least recently used ones go until they take at most low.
+    /// Blobs in use (being served or downloaded) are never evicted.
+    pub cache: Option<(u64, u64)>,
 }
 
 /// Requests in flight to one peer, and in all.
@@ -99,6 +103,9 @@ struct Inner {
     /// What an agent needs to answer a prewarm.
     agent: Mutex<Option<AgentSide>>,
     closing: std::sync::atomic::AtomicBool,
+    cache: Option<(u64, u64)>,
+    /// Blobs being read for a peer right now (count of readers).
+    in_use: Mutex<HashMap<Digest, usize>>,
 }
 
 /// An agent as the origin knows it.
@@ -191,6 +198,8 @@ pub struct FetchReport {
     pub from_peers: usize,
     /// Peers banned for a piece that failed its hash.
     pub banned: Vec<String>,
+    /// Blobs evicted from the cache afterwards (least recently used).
+    pub evicted: Vec<String>,
     pub seconds: f64,
 }
 
@@ -220,7 +229,10 @@ impl Node {
             hosts: Mutex::new(HashMap::new()),
             agent: Mutex::new(None),
             closing: std::sync::atomic::AtomicBool::new(false),
+            cache: cfg.cache,
+            in_use: Mutex::new(HashMap::new()),
         });
+        inner.evict();
         let serving = inner.clone();
         tokio::spawn(async move {
             while let Some(incoming) = serving.endpoint.accept().await {
@@ -599,7 +611,10 @@ impl Inner {
             return Err(format!("{blob} is not held here"));
         }
         use std::os::unix::fs::FileExt;
+        let _in_use = InUse::new(self, blob);
         let f = self.store.open_blob(blob).map_err(|e| e.to_string())?;
+        // Recently served blobs are the last to be evicted.
+        let _ = f.set_modified(std::time::SystemTime::now());
         let size = f.metadata().map_err(|e| e.to_string())?.len();
         let start = index as u64 * DEFAULT_PIECE;
         if start >= size {
@@ -608,6 +623,60 @@ impl Inner {
         let mut buf = vec![0u8; (size - start).min(DEFAULT_PIECE) as usize];
         f.read_exact_at(&mut buf, start).map_err(|e| e.to_string())?;
         Ok(buf)
+    }
+
+    /// Evicts least recently used complete blobs while the cache is over
+    /// its high watermark, down to the low one; never a blob in use.
+    fn evict(&self) -> Vec<Digest> {
+        let Some((high, low)) = self.cache else {
+            return Vec::new();
+        };
+        let mut blobs = Vec::new();
+        for alg in ["sha256", "sha512"] {
+            let Ok(rd) = std::fs::read_dir(self.store.root().join("blobs").join(alg)) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let (Ok(md), Ok(d)) = (
+                    e.metadata(),
+                    format!("{alg}:{}", e.file_name().to_string_lossy()).parse::<Digest>(),
+                ) else {
+                    continue;
+                };
+                let used = md.modified().unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+                blobs.push((used, md.len(), d));
+            }
+        }
+        let mut total: u64 = blobs.iter().map(|b| b.1).sum();
+        if total <= high {
+            return Vec::new();
+        }
+        blobs.sort();
+        let mut evicted = Vec::new();
+        for (_, size, d) in blobs {
+            if total <= low {
+                break;
+            }
+            let busy = self
+                .in_use
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(&d)
+                || self
+                    .partials
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains_key(&d);
+            if busy {
+                continue;
+            }
+            if std::fs::remove_file(self.store.blob_path(&d)).is_ok() {
+                total -= size;
+                tracing::info!("p2p: evicted {d} ({size} bytes)");
+                evicted.push(d);
+            }
+        }
+        evicted
     }
 
     /// Asks the tracker for peers and every known or new peer for its
@@ -867,6 +936,11 @@ impl Inner {
             tokio::task::spawn_blocking(move || p.finish(&store))
                 .await
                 .map_err(|e| fetch_err(blob, e))??;
+            let node = self.clone();
+            let evicted = tokio::task::spawn_blocking(move || node.evict())
+                .await
+                .map_err(|e| fetch_err(blob, e))?;
+            report.evicted = evicted.iter().map(|d| d.to_string()).collect();
         }
         report.seconds = started.elapsed().as_secs_f64();
         result.map(|_| report)
@@ -1187,4 +1261,37 @@ async fn fetch_manifest(
     Err(NodeError::Prewarm(format!(
         "{repo}:{reference}: an index inside an index"
     )))
+}
+
+/// Marks a blob in use for as long as it lives.
+struct InUse<'a> {
+    node: &'a Inner,
+    blob: Digest,
+}
+
+impl<'a> InUse<'a> {
+    fn new(node: &'a Inner, blob: &Digest) -> InUse<'a> {
+        *node
+            .in_use
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(blob.clone())
+            .or_insert(0) += 1;
+        InUse {
+            node,
+            blob: blob.clone(),
+        }
+    }
+}
+
+impl Drop for InUse<'_> {
+    fn drop(&mut self) {
+        let mut map = self.node.in_use.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.blob) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.blob);
+            }
+        }
+    }
 }
