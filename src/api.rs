@@ -21,6 +21,9 @@ use crate::registry::Access;
 
 #[derive(Clone)]
 struct Api {
+    /// The cluster CA directory, when the server issues certificates to
+    /// agents that join with a token.
+    ca_dir: Option<Arc<std::path::PathBuf>>,
     node: Arc<Node>,
     access: Arc<Access>,
     jobs: Arc<Mutex<BTreeMap<u64, Job>>>,
@@ -65,13 +68,15 @@ pub struct HostProgress {
     pub seconds: f64,
 }
 
-pub fn router(node: Arc<Node>, access: Arc<Access>) -> Router {
+pub fn router(node: Arc<Node>, access: Arc<Access>, ca_dir: Option<std::path::PathBuf>) -> Router {
     Router::new()
+        .route("/strata/api/join", post(join))
         .route("/strata/api/hosts", get(hosts))
         .route("/strata/api/p2p/stats", get(stats))
         .route("/strata/api/prewarm", post(start).get(list))
         .route("/strata/api/prewarm/{id}", get(show))
         .with_state(Api {
+            ca_dir: ca_dir.map(Arc::new),
             node,
             access,
             jobs: Default::default(),
@@ -80,6 +85,64 @@ pub fn router(node: Arc<Node>, access: Arc<Access>) -> Router {
 
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
     (status, Json(serde_json::json!({ "error": message.to_string() }))).into_response()
+}
+
+/// An agent joining the cluster.
+#[derive(Debug, Deserialize)]
+pub struct JoinRequest {
+    pub name: String,
+    pub token: String,
+    /// PEM certificate signing request; only its public key is used.
+    pub csr: String,
+}
+
+/// Signs an agent's certificate when its join token is valid.
+async fn join(State(api): State<Api>, body: axum::body::Bytes) -> Response {
+    let Some(ca) = api.ca_dir.clone() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "this server does not issue certificates (strata serve --cluster-ca DIR)",
+        );
+    };
+    let req: JoinRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("not a join request: {e}")),
+    };
+    let name_ok = !req.name.is_empty()
+        && req.name.len() <= 64
+        && req
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        && req.name != "origin";
+    if !name_ok {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("node name `{}` is not allowed", req.name),
+        );
+    }
+    if !crate::p2p::tls::check_join_token(&ca, &req.token) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "the join token is not valid (strata cluster token)",
+        );
+    }
+    let signed = tokio::task::spawn_blocking(move || {
+        let cert = crate::p2p::tls::sign_csr(&ca, &req.name, &req.csr)?;
+        let ca_pem =
+            std::fs::read_to_string(ca.join("ca.pem")).map_err(|source| crate::p2p::tls::TlsError::Io {
+                path: ca.join("ca.pem"),
+                source,
+            })?;
+        tracing::info!("cluster: issued a certificate to `{}`", req.name);
+        Ok::<_, crate::p2p::tls::TlsError>((cert, ca_pem))
+    })
+    .await;
+    match signed {
+        Ok(Ok((cert, ca))) => Json(serde_json::json!({ "cert": cert, "ca": ca })).into_response(),
+        Ok(Err(e)) => error(StatusCode::BAD_REQUEST, e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
 }
 
 async fn hosts(State(api): State<Api>) -> Response {

@@ -124,7 +124,8 @@ impl Swarm {
                 .arg(dir.join("origin"))
                 .args(["--p2p-listen", "127.0.0.1:0", "--p2p-certs"])
                 .arg(&certs)
-                .args(["--p2p-upload-mbit", &origin_mbit.to_string()]),
+                .args(["--p2p-upload-mbit", &origin_mbit.to_string(), "--cluster-ca"])
+                .arg(dir.join("ca")),
         );
         let http = origin
             .line("listening on", Duration::from_secs(20))
@@ -686,4 +687,64 @@ fn the_cache_evicts_least_recently_used_blobs_between_its_watermarks() {
         "12 MiB > 10: down to 8 ≤ 9"
     );
     assert!(store.has(&digests[0]) && !store.has(&digests[1]) && store.has(&digests[2]));
+}
+
+#[test]
+fn an_agent_joins_with_a_token_and_its_key_stays_home() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Swarm::start(d.path(), 0, 2, 0.0);
+    let o = strata()
+        .args(["cluster", "token", "--dir"])
+        .arg(d.path().join("ca"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let token = stdout(&o).trim().to_string();
+    let registry = format!("http://127.0.0.1:{}", s.registry);
+    let join = |name: &str, token: &str| {
+        let mut c = strata();
+        c.args(["agent", "--name", name, "--certs"])
+            .arg(d.path().join("joined"))
+            .args([
+                "--origin",
+                &s.p2p.to_string(),
+                "--listen",
+                "127.0.0.1:0",
+                "--data",
+            ])
+            .arg(d.path().join(name))
+            .args([
+                "--registry",
+                &registry,
+                "--mirror-listen",
+                "127.0.0.1:0",
+                "--join",
+                token,
+            ])
+            .args(["--fetch", &s.digest.to_string()]);
+        c
+    };
+    // A wrong token: refused, nothing written.
+    let o = join("newbie", "join_wrong").output().unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("join token is not valid"), "{}", stderr(&o));
+    assert!(!d.path().join("joined/newbie.pem").exists());
+    // The origin's name cannot be taken.
+    let o = join("origin", &token).output().unwrap();
+    assert!(
+        !o.status.success() && stderr(&o).contains("not allowed"),
+        "{}",
+        stderr(&o)
+    );
+    // The right token: a certificate, and the agent fetches through the swarm.
+    let a = Proc::spawn(&mut join("newbie", &token));
+    assert!(a.line("p2p listening on", Duration::from_secs(20)).is_some());
+    s.completed(&a, Duration::from_secs(60));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(d.path().join("joined/newbie.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(d.path().join("joined/ca.pem").is_file());
 }

@@ -55,6 +55,16 @@ pub struct Args {
     /// Where the pull-through registry listens (loopback by default).
     #[arg(long, default_value = "127.0.0.1:5002")]
     pub mirror_listen: SocketAddr,
+    /// Join the cluster with this token when --certs has no certificate
+    /// for --name yet: a key is made here, the server (--registry URL)
+    /// signs it. See `strata cluster token`.
+    #[arg(
+        long,
+        env = "STRATA_JOIN_TOKEN",
+        hide_env_values = true,
+        requires = "registry"
+    )]
+    pub join: Option<String>,
     /// Labels for prewarm targeting, KEY=VALUE (repeatable), e.g. rack=a.
     #[arg(long = "label")]
     pub labels: Vec<String>,
@@ -75,6 +85,11 @@ pub fn run(a: Args) -> Result<()> {
             l < h,
             "--cache-low-mib ({l}) must be below --cache-high-mib ({h})"
         );
+    }
+    if let Some(token) = &a.join
+        && !a.certs.join(format!("{}.pem", a.name)).is_file()
+    {
+        join(&a, token)?;
     }
     let identity = Identity::from_dir(&a.certs, &a.name).with_context(|| {
         format!(
@@ -178,6 +193,13 @@ pub enum Cluster {
     },
     /// Issue a certificate for node NAME (`origin` for the server) into
     /// --out: NAME.pem, NAME.key (0600) and ca.pem.
+    /// Create a join token: an agent started with `--join TOKEN` gets its
+    /// certificate from the server (`strata serve --cluster-ca DIR`); its
+    /// private key never leaves the host. Only the token's hash is kept.
+    Token {
+        #[arg(long, default_value = "strata-data/cluster")]
+        dir: PathBuf,
+    },
     Issue {
         name: String,
         #[arg(long, default_value = "strata-data/cluster")]
@@ -194,6 +216,11 @@ pub fn cluster(a: ClusterArgs) -> Result<()> {
             println!("{}", p.display());
             eprintln!("cluster CA created; keep {} secret", dir.join("ca.key").display());
         }
+        Cluster::Token { dir } => {
+            let t = strata::p2p::tls::create_join_token(&dir)?;
+            println!("{t}");
+            eprintln!("join token created (shown once); agents: strata agent --join TOKEN --registry URL …");
+        }
         Cluster::Issue { name, dir, out } => {
             anyhow::ensure!(
                 !name.is_empty()
@@ -206,5 +233,52 @@ pub fn cluster(a: ClusterArgs) -> Result<()> {
             println!("{}\n{}", c.display(), k.display());
         }
     }
+    Ok(())
+}
+
+/// Gets this agent's certificate from the server with a join token.
+fn join(a: &Args, token: &str) -> Result<()> {
+    let server = a
+        .registry
+        .as_deref()
+        .context("--join needs --registry URL (the server)")?;
+    let (key, csr) = strata::p2p::tls::make_csr(&a.name)?;
+    let body = serde_json::json!({ "name": a.name, "token": token, "csr": csr });
+    let url = format!("{}/strata/api/join", server.trim_end_matches('/'));
+    let r = reqwest::blocking::Client::new()
+        .post(&url)
+        .header("Content-Type", "application/json")
+        .body(body.to_string())
+        .send()
+        .with_context(|| format!("joining the cluster at {url}"))?;
+    let status = r.status();
+    let v: serde_json::Value = serde_json::from_slice(&r.bytes()?).unwrap_or_default();
+    if !status.is_success() {
+        anyhow::bail!(
+            "joining the cluster at {url}: {status}: {}",
+            v["error"].as_str().unwrap_or("no reason given")
+        );
+    }
+    let (Some(cert), Some(ca)) = (v["cert"].as_str(), v["ca"].as_str()) else {
+        anyhow::bail!("joining the cluster at {url}: the answer has no certificate");
+    };
+    std::fs::create_dir_all(&a.certs)?;
+    let write = |file: String, bytes: &str, mode: u32| -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let p = a.certs.join(file);
+        strata::store::write_atomic(&p, bytes.as_bytes())
+            .with_context(|| format!("writing {}", p.display()))?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))?;
+        Ok(())
+    };
+    strata::p2p::tls::write_private(&a.certs.join(format!("{}.key", a.name)), key.as_bytes())?;
+    write("ca.pem".into(), ca, 0o644)?;
+    // The certificate last: its presence means the join completed.
+    write(format!("{}.pem", a.name), cert, 0o644)?;
+    eprintln!(
+        "joined the cluster as `{}`; certificate in {}",
+        a.name,
+        a.certs.display()
+    );
     Ok(())
 }

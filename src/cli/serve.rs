@@ -65,6 +65,10 @@ pub struct Args {
     /// cluster issue origin`).
     #[arg(long)]
     pub p2p_certs: Option<PathBuf>,
+    /// The cluster CA directory (`strata cluster init`): agents may then
+    /// join with a token (`strata cluster token`) and get a certificate.
+    #[arg(long)]
+    pub cluster_ca: Option<PathBuf>,
     /// Cap on the origin's P2P egress, Mbit/s (0: none).
     #[arg(long, default_value_t = 0.0)]
     pub p2p_upload_mbit: f64,
@@ -145,7 +149,7 @@ pub fn run(mut a: Args) -> Result<()> {
                 .await?;
                 println!("p2p listening on {}", node.local_addr());
                 let node = std::sync::Arc::new(node);
-                server = server.with_routes(strata::api::router(node.clone(), api_access));
+                server = server.with_routes(strata::api::router(node.clone(), api_access, a.cluster_ca.clone()));
                 Some(node)
             }
             _ => None,

@@ -13,6 +13,7 @@ use rcgen::{
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::Digest as _;
 
 /// Every node certificate names this host, and every client expects it:
 /// peers are reached by address, identity is the cluster signature.
@@ -71,21 +72,8 @@ pub fn init_ca(dir: &Path) -> Result<PathBuf, TlsError> {
 /// Issues a node certificate named `name` into `out/NAME.pem` and
 /// `out/NAME.key`, with `ca.pem` copied beside them: what a node needs.
 pub fn issue(ca_dir: &Path, name: &str, out: &Path) -> Result<(PathBuf, PathBuf), TlsError> {
-    let key_path = ca_dir.join("ca.key");
-    let ca_key_pem = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
-    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(|e| TlsError::Bad {
-        path: key_path.clone(),
-        why: e.to_string(),
-    })?;
-    let issuer = Issuer::new(ca_params()?, ca_key);
-    let mut p = CertificateParams::new(vec![CLUSTER_NAME.to_string()])?;
-    p.distinguished_name.push(DnType::CommonName, name);
-    p.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    p.not_before = rcgen::date_time_ymd(2024, 1, 1);
-    p.not_after = rcgen::date_time_ymd(2124, 1, 1);
+    let issuer = load_issuer(ca_dir)?;
+    let p = node_params(name)?;
     let key = KeyPair::generate()?;
     let cert = p.signed_by(&key, &issuer)?;
     std::fs::create_dir_all(out).map_err(io(out))?;
@@ -100,7 +88,89 @@ pub fn issue(ca_dir: &Path, name: &str, out: &Path) -> Result<(PathBuf, PathBuf)
     Ok((c, k))
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
+/// What every node certificate says: its name, the cluster host name,
+/// server and client use. Nothing of it comes from the requester but the
+/// name (and, for a CSR, the public key).
+fn node_params(name: &str) -> Result<CertificateParams, TlsError> {
+    let mut p = CertificateParams::new(vec![CLUSTER_NAME.to_string()])?;
+    p.distinguished_name.push(DnType::CommonName, name);
+    p.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    p.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    p.not_after = rcgen::date_time_ymd(2124, 1, 1);
+    Ok(p)
+}
+
+fn load_issuer(ca_dir: &Path) -> Result<Issuer<'static, KeyPair>, TlsError> {
+    let key_path = ca_dir.join("ca.key");
+    let pem = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
+    let key = KeyPair::from_pem(&pem).map_err(|e| TlsError::Bad {
+        path: key_path.clone(),
+        why: e.to_string(),
+    })?;
+    Ok(Issuer::new(ca_params()?, key))
+}
+
+/// A new key and a certificate signing request for node `name`: the key
+/// stays on the host, the request goes to the server with a join token.
+pub fn make_csr(name: &str) -> Result<(String, String), TlsError> {
+    let key = KeyPair::generate()?;
+    let csr = node_params(name)?.serialize_request(&key)?;
+    Ok((key.serialize_pem(), csr.pem()?))
+}
+
+/// Signs a node certificate for `name` with the public key of `csr_pem`.
+/// Everything else in the request is ignored.
+pub fn sign_csr(ca_dir: &Path, name: &str, csr_pem: &str) -> Result<String, TlsError> {
+    let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
+    let issuer = load_issuer(ca_dir)?;
+    Ok(node_params(name)?.signed_by(&csr.public_key, &issuer)?.pem())
+}
+
+/// A new join token for agents (`strata cluster token`); only its
+/// sha256 is kept, in `ca_dir/join-tokens`.
+pub fn create_join_token(ca_dir: &Path) -> Result<String, TlsError> {
+    use std::io::Write;
+    let token = format!(
+        "join_{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let path = ca_dir.join("join-tokens");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(io(&path))?;
+    writeln!(f, "{}", hex::encode(sha2::Sha256::digest(token.as_bytes()))).map_err(io(&path))?;
+    f.sync_all().map_err(io(&path))?;
+    Ok(token)
+}
+
+/// Whether `token` is one of the join tokens (constant time per entry).
+pub fn check_join_token(ca_dir: &Path, token: &str) -> bool {
+    let presented = hex::encode(sha2::Sha256::digest(token.as_bytes()));
+    let Ok(list) = std::fs::read_to_string(ca_dir.join("join-tokens")) else {
+        return false;
+    };
+    let mut ok = false;
+    for line in list.lines() {
+        let l = line.trim().as_bytes();
+        if l.len() == presented.len() {
+            let diff = l
+                .iter()
+                .zip(presented.as_bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+            ok |= diff == 0;
+        }
+    }
+    ok
+}
+
+/// Writes a private key: mode 0600 from the start, then renamed in place.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
@@ -222,6 +292,28 @@ fn transport() -> quinn::TransportConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn join_tokens_and_csrs() {
+        let d = tempfile::tempdir().unwrap();
+        let ca = d.path().join("ca");
+        init_ca(&ca).unwrap();
+        assert!(!check_join_token(&ca, "join_nothing"));
+        let t = create_join_token(&ca).unwrap();
+        assert!(check_join_token(&ca, &t) && !check_join_token(&ca, &format!("{t}x")));
+        let (key, csr) = make_csr("host-9").unwrap();
+        let cert = sign_csr(&ca, "host-9", &csr).unwrap();
+        let out = d.path().join("node");
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::write(out.join("host-9.pem"), cert).unwrap();
+        std::fs::write(out.join("host-9.key"), key).unwrap();
+        std::fs::copy(ca.join("ca.pem"), out.join("ca.pem")).unwrap();
+        Identity::from_dir(&out, "host-9")
+            .unwrap()
+            .client_config()
+            .unwrap();
+        assert!(sign_csr(&ca, "x", "not a csr").is_err());
+    }
 
     #[test]
     fn init_issue_and_load() {
