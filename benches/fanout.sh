@@ -31,7 +31,7 @@ cleanup() {
     done
     ip link del "$br" 2>/dev/null || true
     iptables -D FORWARD -i "$br" -o "$br" -j ACCEPT 2>/dev/null || true
-    rm -rf "$work"
+    [ -n "${KEEP:-}" ] || rm -rf "$work"
 }
 trap cleanup EXIT
 
@@ -59,8 +59,11 @@ done
 for i in $(seq 1 "$n"); do "$strata" cluster issue "a$i" --dir "$work/ca" --out "$work/certs" >/dev/null; done
 
 origin=10.203.1.1
+# Uploads are paced just under the link rate (UPLOAD_CAP percent of B), so
+# pieces leave one at a time instead of queueing in tbf.
+cap=$(python3 -c "print($mbit * ${UPLOAD_CAP:-95} / 100)")
 ip netns exec "sf$$-0" "$strata" serve --open-push --listen "$origin:5000" --data "$work/origin" \
-    --p2p-listen "$origin:5001" --p2p-certs "$work/certs" >"$work/origin.out" 2>"$work/origin.err" &
+    --p2p-listen "$origin:5001" --p2p-certs "$work/certs" --p2p-upload-mbit "$cap" >"$work/origin.out" 2>"$work/origin.err" &
 pids+=($!)
 for _ in $(seq 1 100); do curl -sf "http://$origin:5000/v2/" >/dev/null && break; sleep 0.1; done
 head -c "$((size_mib << 20))" /dev/urandom >"$work/blob"
@@ -76,6 +79,7 @@ for i in $(seq 1 "$n"); do
     ip netns exec "sf$$-$i" /usr/bin/env time -f "%U %S" -o "$work/cpu-$i" \
         "$strata" agent --name "a$i" --certs "$work/certs" --origin "$origin:5001" \
         --listen "10.203.1.$((i + 1)):5001" --data "$work/a$i" --zone $((i % 4)) --fetch "$digest" \
+        --upload-mbit "$cap" \
         >"$work/a$i.out" 2>"$work/a$i.err" &
     agent_pids+=($!)
     pids+=($!)
@@ -97,9 +101,11 @@ for i in $(seq 1 "$n"); do
         || { echo "a$i holds wrong bytes" >&2; exit 1; }
 done
 
-# Baseline: every host pulls the blob from the origin registry at once.
+# Baseline: every host pulls the blob from the origin registry at once
+# (BASELINE=0 skips it: at N=32 it takes N × S/B).
 base_pids=()
 for i in $(seq 1 "$n"); do
+    if [ "${BASELINE:-1}" = 0 ]; then echo 0 >"$work/base-$i"; continue; fi
     ip netns exec "sf$$-$i" curl -sf -o /dev/null -w '%{time_total}\n' \
         "http://$origin:5000/v2/bench/blobs/$digest" >"$work/base-$i" &
     base_pids+=($!)

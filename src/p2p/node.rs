@@ -69,7 +69,11 @@ pub struct NodeConfig {
 }
 
 /// Requests in flight to one peer, and in all.
-const PER_PEER: u32 = 2;
+const PER_PEER: u32 = 1;
+/// Piece times of work an uplink queues before it answers "busy".
+const UPLINK_QUEUE_PIECES: f64 = 1.0;
+/// How long a peer that answered "busy" is not asked again.
+const BUSY_COOLDOWN: Duration = Duration::from_millis(150);
 const IN_FLIGHT: usize = 6;
 /// How long a peer that sent a bad piece is not asked again.
 const BAN: Duration = Duration::from_secs(120);
@@ -395,16 +399,31 @@ impl Inner {
                     let _ = send.stopped().await;
                     return;
                 }
+                // Backpressure: a piece request that would wait long for
+                // this uplink is refused at once, so the asker goes to
+                // another holder instead of queueing here.
+                if matches!(req, Request::Piece { .. }) && node.uplink_full() {
+                    let busy = Response::Error {
+                        message: "busy: the uplink is full; ask another peer".into(),
+                    };
+                    let _ = write_msg(&mut send, &busy).await;
+                    let _ = send.finish();
+                    return;
+                }
                 let (resp, body) = node.answer(req).await;
                 if let (Some(b), Some(rate)) = (&body, node.upload_rate) {
-                    // Reserve the uplink for this piece, then wait for it.
-                    let done = {
+                    // Reserve the uplink for this piece and send it when its
+                    // slot starts: pieces leave one after another at the
+                    // capped rate instead of sharing the link, so each one
+                    // arrives (and becomes useful to the swarm) as early as
+                    // possible.
+                    let start = {
                         let mut free = node.upload_free_at.lock().unwrap_or_else(|e| e.into_inner());
                         let start = (*free).max(Instant::now());
                         *free = start + Duration::from_secs_f64(b.len() as f64 / rate);
-                        *free
+                        start
                     };
-                    tokio::time::sleep_until(done.into()).await;
+                    tokio::time::sleep_until(start.into()).await;
                 }
                 if write_msg(&mut send, &resp).await.is_ok() {
                     if let Some(b) = body {
@@ -623,6 +642,19 @@ impl Inner {
         let mut buf = vec![0u8; (size - start).min(DEFAULT_PIECE) as usize];
         f.read_exact_at(&mut buf, start).map_err(|e| e.to_string())?;
         Ok(buf)
+    }
+
+    /// Whether the uplink already has about two pieces' worth of work
+    /// queued (with a cap: on its timeline; without: pieces being sent).
+    fn uplink_full(&self) -> bool {
+        match self.upload_rate {
+            Some(rate) => {
+                let free = *self.upload_free_at.lock().unwrap_or_else(|e| e.into_inner());
+                let queued = free.saturating_duration_since(Instant::now()).as_secs_f64();
+                queued > UPLINK_QUEUE_PIECES * DEFAULT_PIECE as f64 / rate
+            }
+            None => false,
+        }
     }
 
     /// Evicts least recently used complete blobs while the cache is over
@@ -969,6 +1001,9 @@ impl Inner {
         let mut tasks: JoinSet<PieceResult> = JoinSet::new();
         let mut last_refresh: Option<Instant> = None;
         let mut refreshing: Option<tokio::task::JoinHandle<Refresh>> = None;
+        let started = Instant::now();
+        // Peers that answered "busy", and until when they are left alone.
+        let mut cooldown: HashMap<String, Instant> = HashMap::new();
         let deadline = Instant::now() + Duration::from_secs(3600);
         while !have(partial).is_full() {
             if Instant::now() > deadline {
@@ -1039,7 +1074,8 @@ impl Inner {
                         let (_, b, load) = &peers[*name];
                         PeerView {
                             have: b,
-                            free: *load < PER_PEER,
+                            free: *load < PER_PEER
+                                && cooldown.get(*name).is_none_or(|t| *t <= Instant::now()),
                             load: *load,
                             origin: false,
                         }
@@ -1143,6 +1179,11 @@ impl Inner {
                     .map_err(|e| fetch_err(blob, e))?;
                     match written {
                         Ok(true) => {
+                            tracing::debug!(
+                                "p2p: piece {piece} from {} at {:.3}",
+                                target.as_deref().unwrap_or("origin"),
+                                started.elapsed().as_secs_f64()
+                            );
                             match &target {
                                 Some(name) => {
                                     report.from_peers += 1;
@@ -1189,7 +1230,12 @@ impl Inner {
                 Err(why) => {
                     tracing::debug!("p2p: piece {piece} from {target:?}: {why}");
                     if why.starts_with("busy") {
-                        last_refresh = None;
+                        match &target {
+                            Some(name) => {
+                                cooldown.insert(name.clone(), Instant::now() + BUSY_COOLDOWN);
+                            }
+                            None => last_refresh = None,
+                        }
                     } else if let Some(name) = target {
                         // Unreachable or not holding what it said: forget it.
                         peers.remove(&name);
