@@ -222,6 +222,7 @@ impl Swarm {
             origin: false,
             identity: id,
             upload_rate: None,
+            download_rate: None,
             cache: None,
         }))
         .unwrap()
@@ -393,6 +394,7 @@ fn a_process_without_a_cluster_certificate_gets_nothing() {
             origin: false,
             identity: id,
             upload_rate: None,
+            download_rate: None,
             cache: None,
         }))
         .unwrap();
@@ -663,6 +665,7 @@ fn the_cache_evicts_least_recently_used_blobs_between_its_watermarks() {
             origin: false,
             identity: Identity::from_dir(&s.certs(), "probe").unwrap(),
             upload_rate: None,
+            download_rate: None,
             cache: Some((10 << 20, 9 << 20)),
         }))
         .unwrap();
@@ -747,4 +750,20 @@ fn an_agent_joins_with_a_token_and_its_key_stays_home() {
         .mode();
     assert_eq!(mode & 0o777, 0o600);
     assert!(d.path().join("joined/ca.pem").is_file());
+}
+
+#[test]
+fn the_download_cap_holds() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Swarm::start(d.path(), 1, 4, 0.0);
+    let a = s.agent_with(
+        0,
+        0.0,
+        &["--download-mbit", "16", "--fetch", &s.digest.to_string()],
+    );
+    let r = s.completed(&a, Duration::from_secs(60));
+    // 4 MiB at 16 Mbit/s is 2.1 s; the first piece goes at once.
+    let secs = r["seconds"].as_f64().unwrap();
+    assert!(secs >= 1.5, "4 MiB under a 16 Mbit/s cap took {secs} s");
+    s.assert_holds(0);
 }

@@ -74,6 +74,9 @@ pub struct Args {
     /// ... down to this (MiB; default 80 % of the high watermark).
     #[arg(long, requires = "cache_high_mib")]
     pub cache_low_mib: Option<u64>,
+    /// Cap on what this agent downloads, Mbit/s (0: none).
+    #[arg(long, default_value_t = 0.0)]
+    pub download_mbit: f64,
     /// Cap on what this agent uploads to peers, Mbit/s (0: none).
     #[arg(long, default_value_t = 0.0)]
     pub upload_mbit: f64,
@@ -109,6 +112,7 @@ pub fn run(a: Args) -> Result<()> {
             origin: false,
             identity,
             upload_rate: Some(a.upload_mbit * 1e6 / 8.0),
+            download_rate: Some(a.download_mbit * 1e6 / 8.0),
             cache: a
                 .cache_high_mib
                 .map(|h| (h << 20, a.cache_low_mib.unwrap_or(h * 8 / 10) << 20)),

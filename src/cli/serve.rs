@@ -145,6 +145,7 @@ pub fn run(mut a: Args) -> Result<()> {
                     identity,
                     upload_rate: Some(a.p2p_upload_mbit * 1e6 / 8.0),
                     cache: None,
+                    download_rate: None,
                 })
                 .await?;
                 println!("p2p listening on {}", node.local_addr());

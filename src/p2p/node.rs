@@ -62,6 +62,9 @@ pub struct NodeConfig {
     /// Upload cap in bytes per second (None: unlimited). Pieces are paced
     /// on one timeline, like a link shaped by a token bucket.
     pub upload_rate: Option<f64>,
+    /// Download cap in bytes per second (None: unlimited): piece requests
+    /// wait for their slot on one timeline.
+    pub download_rate: Option<f64>,
     /// Cache watermarks in bytes (high, low): when complete blobs take more
     /// than high, least recently used ones go until they take at most low.
     /// Blobs in use (being served or downloaded) are never evicted.
@@ -108,6 +111,8 @@ struct Inner {
     agent: Mutex<Option<AgentSide>>,
     closing: std::sync::atomic::AtomicBool,
     cache: Option<(u64, u64)>,
+    download_rate: Option<f64>,
+    download_free_at: Mutex<Instant>,
     /// Blobs being read for a peer right now (count of readers).
     in_use: Mutex<HashMap<Digest, usize>>,
 }
@@ -234,6 +239,8 @@ impl Node {
             agent: Mutex::new(None),
             closing: std::sync::atomic::AtomicBool::new(false),
             cache: cfg.cache,
+            download_rate: cfg.download_rate.filter(|r| *r > 0.0),
+            download_free_at: Mutex::new(Instant::now()),
             in_use: Mutex::new(HashMap::new()),
         });
         inner.evict();
@@ -644,7 +651,19 @@ impl Inner {
         Ok(buf)
     }
 
-    /// Whether the uplink already has about two pieces' worth of work
+    /// Waits for this piece's slot under the download cap, if any.
+    async fn download_slot(&self) {
+        let Some(rate) = self.download_rate else { return };
+        let start = {
+            let mut free = self.download_free_at.lock().unwrap_or_else(|e| e.into_inner());
+            let start = (*free).max(Instant::now());
+            *free = start + Duration::from_secs_f64(DEFAULT_PIECE as f64 / rate);
+            start
+        };
+        tokio::time::sleep_until(start.into()).await;
+    }
+
+    /// Whether the uplink already has about a piece's worth of work
     /// queued (with a cap: on its timeline; without: pieces being sent).
     fn uplink_full(&self) -> bool {
         match self.upload_rate {
@@ -1115,6 +1134,7 @@ impl Inner {
                     index: piece,
                 };
                 tasks.spawn(async move {
+                    node.download_slot().await;
                     let r = match node.request(addr, &req).await {
                         Ok((_, Some(bytes))) => Ok(bytes),
                         Ok((Response::Error { message }, _)) => Err(message),
@@ -1137,6 +1157,7 @@ impl Inner {
                     index: piece,
                 };
                 tasks.spawn(async move {
+                    node.download_slot().await;
                     let r = match node.request(origin, &req).await {
                         Ok((_, Some(bytes))) => Ok(bytes),
                         Ok((Response::Error { message }, _)) => Err(message),
