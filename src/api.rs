@@ -19,6 +19,9 @@ use serde::{Deserialize, Serialize};
 use crate::p2p::node::Node;
 use crate::registry::Access;
 
+/// Prewarm jobs remembered at most.
+const MAX_JOBS: usize = 200;
+
 #[derive(Clone)]
 struct Api {
     /// The cluster CA directory, when the server issues certificates to
@@ -226,6 +229,14 @@ async fn start(State(api): State<Api>, headers: HeaderMap, body: axum::body::Byt
     let id = {
         let mut jobs = api.jobs.lock().unwrap_or_else(|e| e.into_inner());
         let id = jobs.keys().next_back().map_or(1, |k| k + 1);
+        // Keep the last jobs only; finished ones go first.
+        while jobs.len() >= MAX_JOBS {
+            let oldest_done = jobs.iter().find(|(_, j)| j.done).map(|(k, _)| *k);
+            match oldest_done.or_else(|| jobs.keys().next().copied()) {
+                Some(k) => jobs.remove(&k),
+                None => break,
+            };
+        }
         let hosts = targets
             .iter()
             .map(|h| {
