@@ -8,6 +8,7 @@ mod diff;
 mod gc;
 mod images;
 mod inspect;
+mod lease;
 mod prewarm;
 mod serve;
 mod token;
@@ -51,6 +52,7 @@ pub enum Command {
     Agent(agent::Args),
     Cluster(agent::ClusterArgs),
     Prewarm(prewarm::Args),
+    Lease(lease::Args),
 }
 
 /// Options shared by commands that read images.
@@ -100,6 +102,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Agent(a) => agent::run(a),
         Command::Cluster(a) => agent::cluster(a),
         Command::Prewarm(a) => prewarm::run(a),
+        Command::Lease(a) => lease::run(a),
     }
 }
 

@@ -15,6 +15,7 @@ pub mod client;
 pub mod digest;
 pub mod engine;
 pub mod fetch;
+pub mod lease;
 pub mod oci;
 pub mod p2p;
 pub mod registry;

@@ -1,0 +1,220 @@
+//! IP leases under concurrency: three `strata lease` processes lease 200
+//! addresses at once through a real etcd (Debian's etcd-server, started
+//! here), and through the file store; no address twice, none lost.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+struct Etcd {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn etcd(dir: &Path) -> Etcd {
+    let (client, peer) = (free_port(), free_port());
+    let child = Command::new("etcd")
+        .arg("--data-dir")
+        .arg(dir.join("etcd"))
+        .args(["--name", "strata-test"])
+        .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
+        .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
+        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+        .args([
+            "--initial-advertise-peer-urls",
+            &format!("http://127.0.0.1:{peer}"),
+        ])
+        .args([
+            "--initial-cluster",
+            &format!("strata-test=http://127.0.0.1:{peer}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let e = Etcd { child, port: client };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let up = TcpStream::connect(("127.0.0.1", client)).is_ok()
+            && reqwest::blocking::Client::new()
+                .post(format!("http://127.0.0.1:{client}/v3/kv/range"))
+                .body(r#"{"key":"AA=="}"#)
+                .send()
+                .is_ok_and(|r| r.status().is_success());
+        if up {
+            return e;
+        }
+        assert!(Instant::now() < deadline, "etcd did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Three processes take 66/67/67 owners each from a pool of 200 at once.
+fn race(store: &str, data: &Path) -> BTreeMap<String, String> {
+    let range = "10.90.0.10-10.90.0.209";
+    let children: Vec<_> = [(0, 66), (66, 133), (133, 200)]
+        .iter()
+        .map(|&(a, b)| {
+            let owners: Vec<String> = (a..b).map(|i| format!("app-{i}")).collect();
+            strata()
+                .args([
+                    "lease", "take", "web", "--range", range, "--store", store, "--data",
+                ])
+                .arg(data)
+                .args(&owners)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut leases = BTreeMap::new();
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        for line in stdout(&o).lines() {
+            let (owner, ip) = line.split_once(' ').unwrap();
+            leases.insert(owner.to_string(), ip.to_string());
+        }
+    }
+    assert_eq!(leases.len(), 200, "every owner got an address");
+    let distinct: HashSet<_> = leases.values().collect();
+    assert_eq!(distinct.len(), 200, "no address twice");
+    // What the store lists is what the processes were told; the pool is full.
+    let o = strata()
+        .args([
+            "lease", "list", "web", "--range", range, "--store", store, "--data",
+        ])
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let listed: BTreeMap<String, String> = stdout(&o)
+        .lines()
+        .map(|l| {
+            let (ip, owner) = l.split_once(' ').unwrap();
+            (owner.to_string(), ip.to_string())
+        })
+        .collect();
+    assert_eq!(listed, leases, "no lease lost");
+    let o = strata()
+        .args([
+            "lease", "take", "web", "--range", range, "--store", store, "--data",
+        ])
+        .arg(data)
+        .arg("one-too-many")
+        .output()
+        .unwrap();
+    assert!(
+        !o.status.success() && stderr(&o).contains("exhausted"),
+        "{}",
+        stderr(&o)
+    );
+    // Taking again keeps the address; a released one is reused.
+    let o = strata()
+        .args([
+            "lease", "take", "web", "--range", range, "--store", store, "--data",
+        ])
+        .arg(data)
+        .arg("app-7")
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&o).trim(), format!("app-7 {}", leases["app-7"]));
+    let o = strata()
+        .args([
+            "lease", "release", "web", "--range", range, "--store", store, "--data",
+        ])
+        .arg(data)
+        .arg("app-7")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = strata()
+        .args([
+            "lease", "take", "web", "--range", range, "--store", store, "--data",
+        ])
+        .arg(data)
+        .arg("newcomer")
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&o).trim(), format!("newcomer {}", leases["app-7"]));
+    leases
+}
+
+#[test]
+fn three_processes_lease_200_addresses_through_etcd() {
+    if !have_tool("etcd") {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let e = etcd(d.path());
+    race(&format!("etcd://127.0.0.1:{}", e.port), d.path());
+}
+
+#[test]
+fn three_processes_lease_200_addresses_through_the_file_store() {
+    let d = tempfile::tempdir().unwrap();
+    race("file", d.path());
+}
+
+#[test]
+fn a_bad_pool_or_store_is_a_clear_error() {
+    let d = tempfile::tempdir().unwrap();
+    let o = strata()
+        .args([
+            "lease",
+            "take",
+            "web",
+            "--range",
+            "10.0.0.9-10.0.0.1",
+            "x",
+            "--data",
+        ])
+        .arg(d.path())
+        .output()
+        .unwrap();
+    assert!(
+        !o.status.success() && stderr(&o).contains("comes after"),
+        "{}",
+        stderr(&o)
+    );
+    let o = strata()
+        .args([
+            "lease",
+            "take",
+            "web",
+            "--range",
+            "10.0.0.1-10.0.0.9",
+            "--store",
+            "redis://x",
+            "x",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !o.status.success() && stderr(&o).contains("etcd://"),
+        "{}",
+        stderr(&o)
+    );
+}
