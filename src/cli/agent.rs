@@ -10,8 +10,10 @@ use strata::p2p::node::{Node, NodeConfig};
 use strata::p2p::tls::Identity;
 use strata::store::Store;
 
-/// Run a host's P2P agent: fetch blobs piece by piece from peers (the
-/// origin only as a last resort) and serve what it holds to others.
+/// Run a host's P2P agent: fetch and serve blobs piece by piece.
+///
+/// Pieces come from peers first, the origin only as a last resort, and
+/// the agent serves what it holds to others.
 ///
 /// All traffic is QUIC with mutual TLS: the agent presents
 /// CERTS/NAME.pem and trusts only peers signed by CERTS/ca.pem (make them
