@@ -26,9 +26,7 @@ use reqwest::header::{self, HeaderMap};
 pub use self::auth::Credential;
 pub use self::reference::{BadReference, Reference};
 use crate::digest::Digest;
-use crate::oci::{
-    Descriptor, Index, MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST, MEDIA_INDEX, MEDIA_MANIFEST, Manifest,
-};
+use crate::oci::{Descriptor, Index, MEDIA_DOCKER_LIST, MEDIA_INDEX, Manifest};
 use crate::store::{Store, StoreError};
 
 /// Manifests larger than this are refused (the registry side has the same limit).
@@ -157,6 +155,17 @@ pub struct Report {
 }
 
 impl Report {
+    fn new(manifest: Descriptor, blobs: &[(&'static str, Descriptor)], outcomes: Vec<BlobOutcome>) -> Report {
+        Report {
+            manifest,
+            blobs: blobs
+                .iter()
+                .zip(outcomes)
+                .map(|((_, d), o)| (d.digest.clone(), d.size, o))
+                .collect(),
+        }
+    }
+
     /// Bytes that travelled over the network.
     pub fn transferred(&self) -> u64 {
         self.blobs
@@ -365,12 +374,7 @@ impl Client {
             reference: manifest.digest.to_string(),
             why: e.to_string(),
         })?;
-        let mut blobs: Vec<(&'static str, Descriptor)> = vec![("config", m.config.clone())];
-        for l in &m.layers {
-            if !blobs.iter().any(|(_, d)| d.digest == l.digest) {
-                blobs.push(("layer", l.clone()));
-            }
-        }
+        let blobs = image_blobs(&m);
         for (_, d) in &blobs {
             if !store.has(&d.digest) {
                 return Err(StoreError::NotFound(d.digest.clone()).into());
@@ -386,14 +390,7 @@ impl Client {
             candidates.retain(|r| r != &target.repository);
             candidates.dedup();
             let outcome = self.push_blob(store, &target.repository, d, &candidates, events)?;
-            events(Event::Blob {
-                digest: d.digest.clone(),
-                role,
-                size: d.size,
-                outcome: outcome.clone(),
-                elapsed: started.elapsed(),
-            });
-            Ok(outcome)
+            Ok(settled(events, role, d, outcome, started))
         })?;
         self.remember(store, &target.repository, blobs.iter().map(|(_, d)| &d.digest));
 
@@ -430,14 +427,7 @@ impl Client {
                 actual: d,
             });
         }
-        Ok(Report {
-            manifest: manifest.clone(),
-            blobs: blobs
-                .iter()
-                .zip(results)
-                .map(|((_, d), o)| (d.digest.clone(), d.size, o))
-                .collect(),
-        })
+        Ok(Report::new(manifest.clone(), &blobs, results))
     }
 
     /// Runs `f` over `blobs` with up to `jobs` threads; the first error wins.
@@ -814,12 +804,7 @@ impl Client {
             reference: source.to_string(),
             why: format!("not an image manifest: {e}"),
         })?;
-        let mut blobs: Vec<(&'static str, Descriptor)> = vec![("config", m.config.clone())];
-        for l in &m.layers {
-            if !blobs.iter().any(|(_, d)| d.digest == l.digest) {
-                blobs.push(("layer", l.clone()));
-            }
-        }
+        let blobs = image_blobs(&m);
         let results = self.parallel(&blobs, |role, d| {
             let started = Instant::now();
             let outcome = if store.has(&d.digest) {
@@ -828,25 +813,11 @@ impl Client {
                 self.pull_blob(store, &source.repository, d, events)?;
                 BlobOutcome::Transferred
             };
-            events(Event::Blob {
-                digest: d.digest.clone(),
-                role,
-                size: d.size,
-                outcome: outcome.clone(),
-                elapsed: started.elapsed(),
-            });
-            Ok(outcome)
+            Ok(settled(events, role, d, outcome, started))
         })?;
         // The manifest last: a store holding it holds the whole image.
         store.put(&bytes, Some(&desc.digest))?;
-        Ok(Report {
-            manifest: desc,
-            blobs: blobs
-                .iter()
-                .zip(results)
-                .map(|((_, d), o)| (d.digest.clone(), d.size, o))
-                .collect(),
-        })
+        Ok(Report::new(desc, &blobs, results))
     }
 
     fn fetch_manifest(
@@ -858,19 +829,12 @@ impl Client {
     ) -> Result<(Descriptor, Vec<u8>)> {
         let url = self.url(&format!("/v2/{}/manifests/{reference}", source.repository));
         let scopes = [pull_scope(&source.repository)];
-        let accept = [
-            MEDIA_MANIFEST,
-            MEDIA_INDEX,
-            MEDIA_DOCKER_MANIFEST,
-            MEDIA_DOCKER_LIST,
-        ]
-        .join(", ");
         let mut r = self.expect(
             &Req {
                 method: reqwest::Method::GET,
                 url: url.clone(),
                 scopes: &scopes,
-                build: &|b| b.header(header::ACCEPT, accept.as_str()),
+                build: &|b| b.header(header::ACCEPT, crate::oci::MANIFEST_ACCEPT),
                 retry: true,
             },
             &[StatusCode::OK],
@@ -1005,6 +969,35 @@ impl Client {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// The config and the distinct layers of an image, with their roles.
+fn image_blobs(m: &Manifest) -> Vec<(&'static str, Descriptor)> {
+    let mut blobs: Vec<(&'static str, Descriptor)> = vec![("config", m.config.clone())];
+    for l in &m.layers {
+        if !blobs.iter().any(|(_, d)| d.digest == l.digest) {
+            blobs.push(("layer", l.clone()));
+        }
+    }
+    blobs
+}
+
+/// Reports a settled blob and hands its outcome back.
+fn settled(
+    events: &dyn Fn(Event),
+    role: &'static str,
+    d: &Descriptor,
+    outcome: BlobOutcome,
+    started: Instant,
+) -> BlobOutcome {
+    events(Event::Blob {
+        digest: d.digest.clone(),
+        role,
+        size: d.size,
+        outcome: outcome.clone(),
+        elapsed: started.elapsed(),
+    });
+    outcome
 }
 
 fn pull_scope(repo: &str) -> String {

@@ -26,6 +26,8 @@ pub const MEDIA_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.man
 pub const MEDIA_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 pub const MEDIA_DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 pub const MEDIA_DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+/// The `Accept` header for a manifest: image or index, OCI or Docker.
+pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
 
 /// The annotation holding a tag inside an image layout's `index.json`.
 pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";

@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -22,14 +22,6 @@ impl Drop for Etcd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn etcd(dir: &Path) -> Etcd {
@@ -70,19 +62,25 @@ fn etcd(dir: &Path) -> Etcd {
     }
 }
 
+const RANGE: &str = "10.90.0.10-10.90.0.209";
+
+/// `strata lease VERB web --range RANGE --store STORE --data DATA OWNERS…`
+fn lease(verb: &str, store: &str, data: &Path, owners: &[&str]) -> Command {
+    let mut c = strata();
+    c.args(["lease", verb, "web", "--range", RANGE, "--store", store, "--data"])
+        .arg(data)
+        .args(owners);
+    c
+}
+
 /// Three processes take 66/67/67 owners each from a pool of 200 at once.
 fn race(store: &str, data: &Path) -> BTreeMap<String, String> {
-    let range = "10.90.0.10-10.90.0.209";
     let children: Vec<_> = [(0, 66), (66, 133), (133, 200)]
         .iter()
         .map(|&(a, b)| {
             let owners: Vec<String> = (a..b).map(|i| format!("app-{i}")).collect();
-            strata()
-                .args([
-                    "lease", "take", "web", "--range", range, "--store", store, "--data",
-                ])
-                .arg(data)
-                .args(&owners)
+            let owners: Vec<&str> = owners.iter().map(String::as_str).collect();
+            lease("take", store, data, &owners)
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -102,13 +100,7 @@ fn race(store: &str, data: &Path) -> BTreeMap<String, String> {
     let distinct: HashSet<_> = leases.values().collect();
     assert_eq!(distinct.len(), 200, "no address twice");
     // What the store lists is what the processes were told; the pool is full.
-    let o = strata()
-        .args([
-            "lease", "list", "web", "--range", range, "--store", store, "--data",
-        ])
-        .arg(data)
-        .output()
-        .unwrap();
+    let o = lease("list", store, data, &[]).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let listed: BTreeMap<String, String> = stdout(&o)
         .lines()
@@ -118,46 +110,18 @@ fn race(store: &str, data: &Path) -> BTreeMap<String, String> {
         })
         .collect();
     assert_eq!(listed, leases, "no lease lost");
-    let o = strata()
-        .args([
-            "lease", "take", "web", "--range", range, "--store", store, "--data",
-        ])
-        .arg(data)
-        .arg("one-too-many")
-        .output()
-        .unwrap();
+    let o = lease("take", store, data, &["one-too-many"]).output().unwrap();
     assert!(
         !o.status.success() && stderr(&o).contains("exhausted"),
         "{}",
         stderr(&o)
     );
     // Taking again keeps the address; a released one is reused.
-    let o = strata()
-        .args([
-            "lease", "take", "web", "--range", range, "--store", store, "--data",
-        ])
-        .arg(data)
-        .arg("app-7")
-        .output()
-        .unwrap();
+    let o = lease("take", store, data, &["app-7"]).output().unwrap();
     assert_eq!(stdout(&o).trim(), format!("app-7 {}", leases["app-7"]));
-    let o = strata()
-        .args([
-            "lease", "release", "web", "--range", range, "--store", store, "--data",
-        ])
-        .arg(data)
-        .arg("app-7")
-        .output()
-        .unwrap();
+    let o = lease("release", store, data, &["app-7"]).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = strata()
-        .args([
-            "lease", "take", "web", "--range", range, "--store", store, "--data",
-        ])
-        .arg(data)
-        .arg("newcomer")
-        .output()
-        .unwrap();
+    let o = lease("take", store, data, &["newcomer"]).output().unwrap();
     assert_eq!(stdout(&o).trim(), format!("newcomer {}", leases["app-7"]));
     leases
 }

@@ -20,19 +20,6 @@ use strata::p2p::node::{Node, NodeConfig};
 use strata::p2p::tls::Identity;
 use strata::p2p::wire::{Request, Response};
 
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 /// A child process whose stdout lines arrive on a channel; killed on drop.
 struct Proc {
     child: Child,
@@ -208,6 +195,30 @@ impl Swarm {
             .join(format!("agent-{i}/store/blobs/sha256/{}", self.digest.hex()));
         let got = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert!(got == self.blob, "agent-{i} holds different bytes");
+    }
+
+    /// Builds the offline stack's tools tier and pushes it to the origin
+    /// registry as `image` (REPO:TAG), with gzip layers: Debian's Docker
+    /// 20.10 cannot read zstd ones.
+    fn push_tools_tier(&self, image: &str) {
+        let store = self.dir.join("store");
+        let layout = self.dir.join("oci");
+        let o = strata()
+            .env("STRATA_STORE", &store)
+            .args(["build", "-c"])
+            .arg(repo().join("deploy/examples/offline.toml"))
+            .args(["--tier", "tools", "--layout"])
+            .arg(&layout)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        let o = strata()
+            .env("STRATA_STORE", &store)
+            .args(["push", "--gzip", &format!("oci:{}:tools", layout.display())])
+            .arg(format!("127.0.0.1:{}/{image}", self.registry))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
     }
 
     /// An in-process node of this cluster (name `probe` or `evil`).
@@ -426,29 +437,8 @@ fn the_engine_pulls_through_an_agent_and_runs_the_image() {
     let Some(_) = debs() else { return };
     let d = tempfile::tempdir().unwrap();
     let s = Swarm::start(d.path(), 1, 1, 0.0);
-    let o = strata()
-        .env("STRATA_STORE", d.path().join("store"))
-        .args(["build", "-c"])
-        .arg(repo().join("deploy/examples/offline.toml"))
-        .args(["--tier", "tools", "--layout"])
-        .arg(d.path().join("oci"))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    // gzip layers: Debian's Docker 20.10 cannot read zstd ones.
     let repo_name = unique("tools").replace("strata-test-", "p2p/");
-    let target = format!("127.0.0.1:{}/{repo_name}:1", s.registry);
-    let o = strata()
-        .env("STRATA_STORE", d.path().join("store"))
-        .args([
-            "push",
-            "--gzip",
-            &format!("oci:{}:tools", d.path().join("oci").display()),
-            &target,
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
+    s.push_tools_tier(&format!("{repo_name}:1"));
     let registry = format!("http://127.0.0.1:{}", s.registry);
     let agent = s.agent_with(
         0,
@@ -489,28 +479,9 @@ fn prewarm_puts_an_image_on_the_chosen_hosts_and_a_pull_then_costs_the_origin_no
     let Some(_) = debs() else { return };
     let d = tempfile::tempdir().unwrap();
     let s = Swarm::start(d.path(), 3, 1, 0.0);
-    let o = strata()
-        .env("STRATA_STORE", d.path().join("store"))
-        .args(["build", "-c"])
-        .arg(repo().join("deploy/examples/offline.toml"))
-        .args(["--tier", "tools", "--layout"])
-        .arg(d.path().join("oci"))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
     let repo_name = unique("pre").replace("strata-test-", "p2p/");
     let image = format!("{repo_name}:1");
-    let o = strata()
-        .env("STRATA_STORE", d.path().join("store"))
-        .args([
-            "push",
-            "--gzip",
-            &format!("oci:{}:tools", d.path().join("oci").display()),
-        ])
-        .arg(format!("127.0.0.1:{}/{image}", s.registry))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
+    s.push_tools_tier(&image);
     let server = format!("http://127.0.0.1:{}", s.registry);
     let mut mirrors = Vec::new();
     let agents: Vec<Proc> = (0..3)

@@ -17,21 +17,6 @@ use common::serve::Serve;
 use common::*;
 use serde_json::Value;
 
-/// Incompressible bytes from a fixed seed (xorshift), so layers do not
-/// shrink under zstd and chunking really happens.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 /// Builds `base` (a 20 MiB incompressible file and a small one) and
 /// `app` on top of it into `dir/oci`; returns the store and layout.
 fn build_stack(dir: &Path) -> (PathBuf, PathBuf) {
@@ -100,14 +85,6 @@ fn layout_digest(layout: &Path, name: &str) -> String {
         .as_str()
         .unwrap()
         .to_string()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Debian's `docker-registry` on a free loopback port, killed on drop.

@@ -18,6 +18,15 @@ impl Bitfield {
         }
     }
 
+    /// The given pieces of `len`.
+    pub fn with(len: usize, pieces: &[usize]) -> Bitfield {
+        let mut b = Bitfield::new(len);
+        for &i in pieces {
+            b.set(i);
+        }
+        b
+    }
+
     /// Every piece of `len` (a seeder).
     pub fn full(len: usize) -> Bitfield {
         let mut b = Bitfield::new(len);

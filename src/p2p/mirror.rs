@@ -15,7 +15,7 @@ use axum::routing::{any, get};
 
 use super::node::Node;
 use crate::digest::Digest;
-use crate::oci::{MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST, MEDIA_INDEX, MEDIA_MANIFEST};
+use crate::oci::{MANIFEST_ACCEPT, MEDIA_MANIFEST};
 use crate::store::Store;
 
 pub struct Mirror {
@@ -90,15 +90,7 @@ async fn manifest(m: &Mirror, name: &str, reference: &str, h: &HeaderMap, head: 
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
-        .unwrap_or_else(|| {
-            [
-                MEDIA_MANIFEST,
-                MEDIA_INDEX,
-                MEDIA_DOCKER_MANIFEST,
-                MEDIA_DOCKER_LIST,
-            ]
-            .join(", ")
-        });
+        .unwrap_or_else(|| MANIFEST_ACCEPT.to_string());
     let url = format!("{}/v2/{name}/manifests/{reference}", m.upstream);
     let resp = match m.http.get(&url).header(header::ACCEPT, accept).send().await {
         Ok(r) => r,

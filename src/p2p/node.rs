@@ -588,22 +588,24 @@ impl Inner {
                 None,
             );
         };
-        let pieces = match PieceTable::of_blob(&self.store, blob, DEFAULT_PIECE) {
-            Ok(table) => table.count(),
-            Err(e) => {
-                return (
-                    Response::Error {
-                        message: e.to_string(),
-                    },
-                    None,
-                );
+        let mut t = t.lock().unwrap_or_else(|e| e.into_inner());
+        let s = match t.blobs.entry(blob.clone()) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            // First message about this blob: its piece count, once.
+            std::collections::hash_map::Entry::Vacant(e) => {
+                match PieceTable::of_blob(&self.store, blob, DEFAULT_PIECE) {
+                    Ok(table) => e.insert(BlobSwarm::new(table.count())),
+                    Err(err) => {
+                        return (
+                            Response::Error {
+                                message: err.to_string(),
+                            },
+                            None,
+                        );
+                    }
+                }
             }
         };
-        let mut t = t.lock().unwrap_or_else(|e| e.into_inner());
-        let s = t
-            .blobs
-            .entry(blob.clone())
-            .or_insert_with(|| BlobSwarm::new(pieces));
         (f(s), None)
     }
 
@@ -649,6 +651,26 @@ impl Inner {
         let mut buf = vec![0u8; (size - start).min(DEFAULT_PIECE) as usize];
         f.read_exact_at(&mut buf, start).map_err(|e| e.to_string())?;
         Ok(buf)
+    }
+
+    /// Requests one piece from `addr` (`target`: the peer's name, None for
+    /// the origin), after its slot under the download cap.
+    async fn piece_from(
+        self: Arc<Self>,
+        addr: SocketAddr,
+        target: Option<String>,
+        blob: Digest,
+        piece: usize,
+    ) -> PieceResult {
+        self.download_slot().await;
+        let req = Request::Piece { blob, index: piece };
+        let r = match self.request(addr, &req).await {
+            Ok((_, Some(bytes))) => Ok(bytes),
+            Ok((Response::Error { message }, _)) => Err(message),
+            Ok((other, _)) => Err(format!("unexpected answer {other:?}")),
+            Err(e) => Err(e.to_string()),
+        };
+        (target, piece, r)
     }
 
     /// Waits for this piece's slot under the download cap, if any.
@@ -1128,21 +1150,7 @@ impl Inner {
                     }
                 };
                 pending.set(piece);
-                let node = self.clone();
-                let req = Request::Piece {
-                    blob: blob.clone(),
-                    index: piece,
-                };
-                tasks.spawn(async move {
-                    node.download_slot().await;
-                    let r = match node.request(addr, &req).await {
-                        Ok((_, Some(bytes))) => Ok(bytes),
-                        Ok((Response::Error { message }, _)) => Err(message),
-                        Ok((other, _)) => Err(format!("unexpected answer {other:?}")),
-                        Err(e) => Err(e.to_string()),
-                    };
-                    (target, piece, r)
-                });
+                tasks.spawn(self.clone().piece_from(addr, target, blob.clone(), piece));
             }
             // Keep the origin busy with pieces no peer holds yet.
             if origin_load == 0
@@ -1151,21 +1159,7 @@ impl Inner {
             {
                 origin_load += 1;
                 pending.set(piece);
-                let node = self.clone();
-                let req = Request::Piece {
-                    blob: blob.clone(),
-                    index: piece,
-                };
-                tasks.spawn(async move {
-                    node.download_slot().await;
-                    let r = match node.request(origin, &req).await {
-                        Ok((_, Some(bytes))) => Ok(bytes),
-                        Ok((Response::Error { message }, _)) => Err(message),
-                        Ok((other, _)) => Err(format!("unexpected answer {other:?}")),
-                        Err(e) => Err(e.to_string()),
-                    };
-                    (None, piece, r)
-                });
+                tasks.spawn(self.clone().piece_from(origin, None, blob.clone(), piece));
             }
             if tasks.is_empty() {
                 // Nothing to ask anyone right now: wait for the swarm.
@@ -1285,20 +1279,12 @@ async fn fetch_manifest(
     repo: &str,
     reference: &str,
 ) -> Result<Vec<u8>> {
-    use crate::oci::{MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST, MEDIA_INDEX, MEDIA_MANIFEST};
-    let accept = [
-        MEDIA_MANIFEST,
-        MEDIA_INDEX,
-        MEDIA_DOCKER_MANIFEST,
-        MEDIA_DOCKER_LIST,
-    ]
-    .join(", ");
     let mut reference = reference.to_string();
     for _ in 0..2 {
         let url = format!("{upstream}/v2/{repo}/manifests/{reference}");
         let r = http
             .get(&url)
-            .header(reqwest::header::ACCEPT, accept.as_str())
+            .header(reqwest::header::ACCEPT, crate::oci::MANIFEST_ACCEPT)
             .send()
             .await
             .map_err(|e| NodeError::Prewarm(format!("{url}: {e}")))?;

@@ -140,11 +140,7 @@ mod tests {
     use super::*;
 
     fn bf(len: usize, pieces: &[usize]) -> Bitfield {
-        let mut b = Bitfield::new(len);
-        for &i in pieces {
-            b.set(i);
-        }
-        b
+        Bitfield::with(len, pieces)
     }
 
     fn view(have: &Bitfield, free: bool, load: u32, origin: bool) -> PeerView<'_> {

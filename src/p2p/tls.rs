@@ -13,7 +13,6 @@ use rcgen::{
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use sha2::Digest as _;
 
 /// Every node certificate names this host, and every client expects it:
 /// peers are reached by address, identity is the cluster signature.
@@ -144,26 +143,24 @@ pub fn create_join_token(ca_dir: &Path) -> Result<String, TlsError> {
         .append(true)
         .open(&path)
         .map_err(io(&path))?;
-    writeln!(f, "{}", hex::encode(sha2::Sha256::digest(token.as_bytes()))).map_err(io(&path))?;
+    writeln!(f, "{}", hex::encode(crate::registry::auth::sha(&token))).map_err(io(&path))?;
     f.sync_all().map_err(io(&path))?;
     Ok(token)
 }
 
-/// Whether `token` is one of the join tokens (constant time per entry).
+/// Whether `token` is one of the join tokens (compared in constant time,
+/// like the registry's push tokens).
 pub fn check_join_token(ca_dir: &Path, token: &str) -> bool {
-    let presented = hex::encode(sha2::Sha256::digest(token.as_bytes()));
+    use crate::registry::auth::{constant_time_eq, sha};
+    let presented = sha(token);
     let Ok(list) = std::fs::read_to_string(ca_dir.join("join-tokens")) else {
         return false;
     };
     let mut ok = false;
     for line in list.lines() {
-        let l = line.trim().as_bytes();
-        if l.len() == presented.len() {
-            let diff = l
-                .iter()
-                .zip(presented.as_bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-            ok |= diff == 0;
+        let mut stored = [0u8; 32];
+        if hex::decode_to_slice(line.trim(), &mut stored).is_ok() {
+            ok |= constant_time_eq(&stored, &presented);
         }
     }
     ok

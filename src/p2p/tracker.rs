@@ -163,11 +163,7 @@ mod tests {
     use super::*;
 
     fn bf(len: usize, pieces: &[usize]) -> Bitfield {
-        let mut b = Bitfield::new(len);
-        for &i in pieces {
-            b.set(i);
-        }
-        b
+        Bitfield::with(len, pieces)
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub struct Credentials {
     hashes: Vec<(String, [u8; 32])>,
 }
 
-fn sha(token: &str) -> [u8; 32] {
+pub(crate) fn sha(token: &str) -> [u8; 32] {
     let d = Digest::sha256_of(token.as_bytes());
     let mut out = [0u8; 32];
     hex::decode_to_slice(d.hex(), &mut out).expect("a sha256 digest is 32 bytes of hex");
@@ -37,7 +37,7 @@ fn sha(token: &str) -> [u8; 32] {
 }
 
 /// Equality whose time does not depend on where the inputs differ.
-fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -156,3 +156,27 @@ fn raw_name(h: &mut tar::Header, name: &str) {
 pub fn sha256_hex(bytes: &[u8]) -> String {
     strata::digest::Digest::sha256_of(bytes).hex().to_string()
 }
+
+/// Incompressible bytes from a fixed seed (xorshift): layers and blobs that
+/// do not shrink under zstd, so chunking and pieces really happen.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A loopback TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
