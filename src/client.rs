@@ -972,7 +972,7 @@ impl Client {
 }
 
 /// The config and the distinct layers of an image, with their roles.
-fn image_blobs(m: &Manifest) -> Vec<(&'static str, Descriptor)> {
+pub(crate) fn image_blobs(m: &Manifest) -> Vec<(&'static str, Descriptor)> {
     let mut blobs: Vec<(&'static str, Descriptor)> = vec![("config", m.config.clone())];
     for l in &m.layers {
         if !blobs.iter().any(|(_, d)| d.digest == l.digest) {

@@ -738,3 +738,24 @@ fn the_download_cap_holds() {
     assert!(secs >= 1.5, "4 MiB under a 16 Mbit/s cap took {secs} s");
     s.assert_holds(0);
 }
+
+#[test]
+fn two_fetches_of_one_blob_download_it_once() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Swarm::start(d.path(), 0, 4, 0.0);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let node = s.node(&rt, "probe");
+    let (a, b) =
+        rt.block_on(async { tokio::join!(node.fetch(s.p2p, &s.digest), node.fetch(s.p2p, &s.digest)) });
+    let (a, b) = (a.unwrap(), b.unwrap());
+    // One did the download, the other waited for it.
+    let mut pieces = [a.pieces, b.pieces];
+    pieces.sort();
+    assert_eq!(pieces, [0, 4], "{a:?} {b:?}");
+    let stored = std::fs::read(
+        d.path()
+            .join(format!("probe-store/blobs/sha256/{}", s.digest.hex())),
+    )
+    .unwrap();
+    assert!(stored == s.blob);
+}

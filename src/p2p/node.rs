@@ -113,6 +113,8 @@ struct Inner {
     cache: Option<(u64, u64)>,
     download_rate: Option<f64>,
     download_free_at: Mutex<Instant>,
+    /// Blobs being downloaded (one download per blob).
+    fetching: Mutex<std::collections::HashSet<Digest>>,
     /// Blobs being read for a peer right now (count of readers).
     in_use: Mutex<HashMap<Digest, usize>>,
 }
@@ -242,6 +244,7 @@ impl Node {
             download_rate: cfg.download_rate.filter(|r| *r > 0.0),
             download_free_at: Mutex::new(Instant::now()),
             in_use: Mutex::new(HashMap::new()),
+            fetching: Mutex::new(std::collections::HashSet::new()),
         });
         inner.evict();
         let serving = inner.clone();
@@ -827,8 +830,10 @@ impl Inner {
         let _ = self.store.put(&manifest, None);
         let m: crate::oci::Manifest = serde_json::from_slice(&manifest)
             .map_err(|e| NodeError::Prewarm(format!("{image}: not an image manifest: {e}")))?;
-        let blobs: Vec<(Digest, u64)> = std::iter::once((m.config.digest.clone(), m.config.size))
-            .chain(m.layers.iter().map(|l| (l.digest.clone(), l.size)))
+        // Distinct blobs only: two fetches of one blob would share a partial.
+        let blobs: Vec<(Digest, u64)> = crate::client::image_blobs(&m)
+            .into_iter()
+            .map(|(_, d)| (d.digest, d.size))
             .collect();
         let total: u64 = blobs.iter().map(|b| b.1).sum();
         let held = |node: &Inner| -> u64 {
@@ -949,9 +954,43 @@ impl Inner {
 
     async fn fetch(self: Arc<Self>, origin: SocketAddr, blob: &Digest) -> Result<FetchReport> {
         let started = Instant::now();
-        if self.store.has(blob) {
-            return Ok(FetchReport::default());
+        // One download per blob: a second caller (the mirror and a prewarm
+        // at once) waits for the first instead of sharing its partial file.
+        let deadline = Instant::now() + Duration::from_secs(3600);
+        loop {
+            if self.store.has(blob) {
+                return Ok(FetchReport::default());
+            }
+            if self
+                .fetching
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(blob.clone())
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(fetch_err(
+                    blob,
+                    "another download of it did not end within an hour",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let result = self.clone().fetch_claimed(origin, blob, started).await;
+        self.fetching
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(blob);
+        result
+    }
+
+    async fn fetch_claimed(
+        self: Arc<Self>,
+        origin: SocketAddr,
+        blob: &Digest,
+        started: Instant,
+    ) -> Result<FetchReport> {
         let table = match self
             .request(origin, &Request::Pieces { blob: blob.clone() })
             .await?
