@@ -4,6 +4,7 @@
 mod agent;
 mod bench;
 mod build;
+mod deploy;
 mod diff;
 mod gc;
 mod images;
@@ -53,6 +54,12 @@ pub enum Command {
     Cluster(agent::ClusterArgs),
     Prewarm(prewarm::Args),
     Lease(lease::Args),
+    Deploy(deploy::DeployArgs),
+    Hotfix(deploy::HotfixArgs),
+    Rollback(deploy::RollbackArgs),
+    Status(deploy::StatusArgs),
+    History(deploy::HistoryArgs),
+    Logs(deploy::LogsArgs),
 }
 
 /// Options shared by commands that read images.
@@ -103,6 +110,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster(a) => agent::cluster(a),
         Command::Prewarm(a) => prewarm::run(a),
         Command::Lease(a) => lease::run(a),
+        Command::Deploy(a) => deploy::deploy(a),
+        Command::Hotfix(a) => deploy::hotfix(a),
+        Command::Rollback(a) => deploy::rollback(a),
+        Command::Status(a) => deploy::status(a),
+        Command::History(a) => deploy::history(a),
+        Command::Logs(a) => deploy::logs(a),
     }
 }
 

@@ -30,6 +30,8 @@ pub enum LeaseError {
     Etcd { endpoint: String, why: String },
     #[error("lease store `{0}`: expected `file` or `etcd://HOST:PORT`")]
     BadStore(String),
+    #[error("`{name}` is locked by {holder}; try again when it has finished")]
+    Locked { name: String, holder: String },
 }
 
 pub type Result<T, E = LeaseError> = std::result::Result<T, E>;
@@ -102,7 +104,20 @@ pub trait LeaseStore: Send + Sync {
     fn release(&self, pool: &Pool, owner: &str) -> Result<bool>;
     /// Every lease of the pool, by address.
     fn list(&self, pool: &Pool) -> Result<BTreeMap<Ipv4Addr, String>>;
+    /// An exclusive lock named `name`, held until the guard is dropped (or
+    /// the holding process dies). A held lock is [`LeaseError::Locked`]
+    /// naming its `holder`: callers never wait silently.
+    fn lock(&self, name: &str, holder: &str) -> Result<Box<dyn LockGuard>>;
 }
+
+/// Holds a lock from [`LeaseStore::lock`]; dropping it releases the lock.
+pub trait LockGuard: Send {}
+
+struct FileLock {
+    _file: std::fs::File,
+}
+
+impl LockGuard for FileLock {}
 
 /// `file` (under `data`) or `etcd://HOST:PORT[,HOST:PORT…]`.
 pub fn open(spec: &str, data: &Path) -> Result<Box<dyn LeaseStore>> {
@@ -196,6 +211,48 @@ impl LeaseStore for FileStore {
 
     fn list(&self, pool: &Pool) -> Result<BTreeMap<Ipv4Addr, String>> {
         self.with(pool, |leases| Ok((leases.clone(), false)))
+    }
+
+    /// `flock` on `locks/NAME.lock`: the kernel drops it when the process
+    /// dies, so a crash never leaves a stale lock.
+    fn lock(&self, name: &str, holder: &str) -> Result<Box<dyn LockGuard>> {
+        let dir = self.dir.join("locks");
+        std::fs::create_dir_all(&dir).map_err(|source| LeaseError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let path = dir.join(format!("{name}.lock"));
+        let io = |source| LeaseError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                return Err(LeaseError::Locked {
+                    name: name.to_string(),
+                    holder: if holder.trim().is_empty() {
+                        "another process".into()
+                    } else {
+                        holder.trim().to_string()
+                    },
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+        }
+        use std::io::{Seek, Write};
+        file.set_len(0).map_err(io)?;
+        file.seek(std::io::SeekFrom::Start(0)).map_err(io)?;
+        file.write_all(holder.as_bytes()).map_err(io)?;
+        Ok(Box::new(FileLock { _file: file }))
     }
 }
 
@@ -346,6 +403,80 @@ impl LeaseStore for EtcdStore {
         }
         Ok(out)
     }
+
+    /// `strata/locks/NAME`, attached to an etcd lease of [`LOCK_TTL`] that
+    /// a thread keeps alive: if the holder dies the lock expires.
+    fn lock(&self, name: &str, holder: &str) -> Result<Box<dyn LockGuard>> {
+        let grant = self.call(
+            "/v3/lease/grant",
+            serde_json::json!({ "TTL": LOCK_TTL.as_secs() }),
+        )?;
+        let id = grant["ID"].as_str().map(str::to_string).unwrap_or_default();
+        if id.is_empty() {
+            return Err(LeaseError::Etcd {
+                endpoint: self.endpoints.join(","),
+                why: format!("lease grant answered {grant}"),
+            });
+        }
+        let key = format!("strata/locks/{name}");
+        let txn = serde_json::json!({
+            "compare": [{ "key": b64(&key), "result": "EQUAL", "target": "CREATE", "create_revision": "0" }],
+            "success": [{ "request_put": { "key": b64(&key), "value": b64(holder), "lease": id } }],
+        });
+        let v = self.call("/v3/kv/txn", txn)?;
+        if v["succeeded"].as_bool() != Some(true) {
+            let _ = self.call("/v3/lease/revoke", serde_json::json!({ "ID": id }));
+            let holder = self.get(&key)?.unwrap_or_else(|| "another orchestrator".into());
+            return Err(LeaseError::Locked {
+                name: name.to_string(),
+                holder,
+            });
+        }
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let keeper = EtcdStore {
+            endpoints: self.endpoints.clone(),
+            http: self.http.clone(),
+        };
+        let (flag, lease) = (stop.clone(), id.clone());
+        let thread = std::thread::spawn(move || {
+            let tick = Duration::from_millis(200);
+            let mut waited = Duration::ZERO;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(tick);
+                waited += tick;
+                if waited >= LOCK_TTL / 3 {
+                    waited = Duration::ZERO;
+                    if let Err(e) = keeper.call("/v3/lease/keepalive", serde_json::json!({ "ID": lease })) {
+                        tracing::warn!("keeping the deploy lock alive: {e}");
+                    }
+                }
+            }
+            let _ = keeper.call("/v3/lease/revoke", serde_json::json!({ "ID": lease }));
+        });
+        Ok(Box::new(EtcdLock {
+            stop,
+            thread: Some(thread),
+        }))
+    }
+}
+
+/// How long an etcd lock outlives a holder that stopped refreshing it.
+pub const LOCK_TTL: Duration = Duration::from_secs(15);
+
+struct EtcdLock {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LockGuard for EtcdLock {}
+
+impl Drop for EtcdLock {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 #[cfg(test)]
@@ -376,5 +507,10 @@ mod tests {
         assert_eq!(s.acquire(&p, "app-4").unwrap(), b);
         assert_eq!(s.list(&p).unwrap().len(), 3);
         assert_eq!(range_end("a/b/"), "a/b0");
+        let held = s.lock("deploy-shop", "pid 1").unwrap();
+        let e = s.lock("deploy-shop", "pid 2").err().expect("held").to_string();
+        assert!(e.contains("locked by pid 1"), "{e}");
+        drop(held);
+        assert!(s.lock("deploy-shop", "pid 2").is_ok());
     }
 }

@@ -12,6 +12,7 @@
 pub mod api;
 pub mod build;
 pub mod client;
+pub mod deploy;
 pub mod digest;
 pub mod engine;
 pub mod fetch;

@@ -133,7 +133,26 @@ fn three_processes_lease_200_addresses_through_etcd() {
     }
     let d = tempfile::tempdir().unwrap();
     let e = etcd(d.path());
-    race(&format!("etcd://127.0.0.1:{}", e.port), d.path());
+    let store = format!("etcd://127.0.0.1:{}", e.port);
+    race(&store, d.path());
+
+    // The deploy lock: one holder at a time, across orchestrators.
+    let (a, b) = (
+        strata::lease::open(&store, d.path()).unwrap(),
+        strata::lease::open(&store, d.path()).unwrap(),
+    );
+    let held = a.lock("deploy-shop", "orchestrator A").unwrap();
+    let refused = b
+        .lock("deploy-shop", "orchestrator B")
+        .err()
+        .expect("the lock is held");
+    assert!(
+        refused.to_string().contains("locked by orchestrator A"),
+        "{refused}"
+    );
+    drop(held);
+    let again = b.lock("deploy-shop", "orchestrator B").expect("released on drop");
+    drop(again);
 }
 
 #[test]

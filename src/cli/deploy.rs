@@ -1,0 +1,312 @@
+//! `strata deploy`, `strata hotfix`, `strata rollback`, `strata status`,
+//! `strata history` and `strata logs`: an app's instances on its Docker
+//! hosts, as declared in `deploy/apps/APP.toml`.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use strata::deploy::plan::Mode;
+use strata::deploy::{Orchestrator, Report, Target, spec};
+use strata::lease::{self, LeaseStore};
+use strata::store::Store;
+
+use super::{StoreArgs, images};
+
+/// Where apps are declared and where their state lives.
+#[derive(Debug, clap::Args)]
+pub struct AppArgs {
+    /// The app's name: its spec is APPS/NAME.toml.
+    pub app: String,
+    /// Folder of app specs.
+    #[arg(long, env = "STRATA_APPS", default_value = "deploy/apps")]
+    pub apps: PathBuf,
+    /// Data directory: deploy state, history, file leases and locks.
+    #[arg(long, env = "STRATA_DATA", default_value = "strata-data")]
+    pub data: PathBuf,
+    /// IP leases and deploy locks: `file` (under --data) or
+    /// `etcd://HOST:PORT[,HOST:PORT…]` when several orchestrators share hosts.
+    #[arg(long, env = "STRATA_LEASES", default_value = "file")]
+    pub leases: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+pub struct Opened {
+    pub app: spec::App,
+    pub store: Store,
+    pub leases: Box<dyn LeaseStore>,
+}
+
+impl AppArgs {
+    pub fn open(&self) -> Result<Opened> {
+        let app = spec::find(&self.apps, &self.app)?;
+        let store = Store::open(&self.store.store)
+            .with_context(|| format!("opening the store at {}", self.store.store.display()))?;
+        let leases = lease::open(&self.leases, &self.data)?;
+        Ok(Opened { app, store, leases })
+    }
+}
+
+fn say(s: &str) {
+    eprintln!("{s}");
+}
+
+fn quiet(_: &str) {}
+
+pub fn orchestrator<'a>(a: &AppArgs, o: &'a Opened) -> Result<Orchestrator<'a>> {
+    let progress: &(dyn Fn(&str) + Sync) = if a.json { &quiet } else { &say };
+    Ok(Orchestrator::new(
+        o.app.clone(),
+        &a.data,
+        &o.store,
+        o.leases.as_ref(),
+        progress,
+    )?)
+}
+
+/// An image given on the command line (or the spec's default), from the
+/// store: a tag in --layout, `oci:DIR[:NAME]`, `docker-archive:FILE` or a
+/// manifest digest.
+fn target(a: &AppArgs, o: &Opened, image: Option<&str>) -> Result<Target> {
+    let name = image
+        .map(str::to_string)
+        .or_else(|| o.app.image.clone())
+        .ok_or_else(|| strata::deploy::DeployError::NoImage(o.app.name.clone()))?;
+    let img = images::resolve(&a.store, &o.store, &name)?;
+    Ok(Target::from_store(&o.store, &name, &img.descriptor.digest)?)
+}
+
+/// Deploy an image to every instance of an app.
+///
+/// Each instance gets the image as an in-place hotfix when only files
+/// matching the app's `[hotfix] paths` changed (no restart: the container,
+/// its PID 1 and the JVM stay), and as a full redeploy otherwise: a new
+/// container on the same IP (leased from the app's pool, kept across
+/// redeploys), a health check, and an automatic rollback to the previous
+/// container if it fails. One deploy per app runs at a time.
+///
+/// Examples:
+///   strata deploy shop --image shop                 # a tag in out/oci
+///   strata deploy shop --image oci:build/oci:shop --redeploy
+///   strata deploy shop --image sha256:4f1c… --json
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct DeployArgs {
+    #[command(flatten)]
+    pub app: AppArgs,
+    /// The image (default: the spec's `image`).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Always redeploy, even when a hotfix would do (also converges a
+    /// hotfixed instance to a clean container of its image).
+    #[arg(long, conflicts_with = "hotfix")]
+    pub redeploy: bool,
+    /// Hotfix or fail: never replace a container.
+    #[arg(long)]
+    pub hotfix: bool,
+}
+
+/// Apply an image's changed files into the running containers, without a
+/// restart.
+///
+/// Refused, with the reason and nothing changed, when the change is not
+/// hotfix-eligible (a path outside `[hotfix] paths`, or a different env,
+/// command or user). The affected files are backed up first and put back
+/// on any failure. Same as `strata deploy --hotfix`.
+///
+/// Examples:
+///   strata hotfix shop --image shop
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct HotfixArgs {
+    #[command(flatten)]
+    pub app: AppArgs,
+    /// The image whose files to apply.
+    #[arg(long)]
+    pub image: String,
+}
+
+/// Go back to an earlier deploy of an app.
+///
+/// Without --to, the last successful deploy whose image differs from the
+/// one running now. Hotfix or redeploy is chosen as for `strata deploy`.
+///
+/// Examples:
+///   strata rollback shop
+///   strata rollback shop --to 12      # a version from `strata history shop`
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    pub app: AppArgs,
+    /// The history version to return to.
+    #[arg(long)]
+    pub to: Option<u64>,
+}
+
+pub fn deploy(a: DeployArgs) -> Result<()> {
+    let mode = match (a.redeploy, a.hotfix) {
+        (true, _) => Mode::Redeploy,
+        (_, true) => Mode::Hotfix,
+        _ => Mode::Auto,
+    };
+    let o = a.app.open()?;
+    let t = target(&a.app, &o, a.image.as_deref())?;
+    let orch = orchestrator(&a.app, &o)?;
+    print_report(&a.app, orch.deploy(&t, mode, "deploy"))
+}
+
+pub fn hotfix(a: HotfixArgs) -> Result<()> {
+    let o = a.app.open()?;
+    let t = target(&a.app, &o, Some(&a.image))?;
+    let orch = orchestrator(&a.app, &o)?;
+    print_report(&a.app, orch.deploy(&t, Mode::Hotfix, "hotfix"))
+}
+
+pub fn rollback(a: RollbackArgs) -> Result<()> {
+    let o = a.app.open()?;
+    let orch = orchestrator(&a.app, &o)?;
+    print_report(&a.app, orch.rollback(a.to))
+}
+
+pub fn print_report(a: &AppArgs, r: strata::deploy::Result<Report>) -> Result<()> {
+    let r = r?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    println!(
+        "{} version {}: {} {} in {:.2}s",
+        r.app, r.version, r.action, r.image, r.seconds
+    );
+    for i in &r.instances {
+        let extra = match (i.gap_seconds, i.files) {
+            (Some(g), _) => format!("gap {g:.2}s"),
+            (_, Some(f)) => format!("{f} file(s)"),
+            _ => String::new(),
+        };
+        println!(
+            "  {:<16} {:<15} {:<9} {:<3} {:>6.2}s  {extra}",
+            i.instance, i.ip, i.mode, i.outcome, i.seconds
+        );
+    }
+    Ok(())
+}
+
+/// Show an app's instances: host, IP, image, hotfix, container state and
+/// a live health probe.
+///
+/// Also reports an operation a crashed orchestrator left unfinished (the
+/// next deploy finishes or undoes it).
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub app: AppArgs,
+}
+
+pub fn status(a: StatusArgs) -> Result<()> {
+    let o = a.app.open()?;
+    let orch = orchestrator(&a.app, &o)?;
+    let s = orch.status()?;
+    if a.app.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    println!("{} version {}", s.app, s.version);
+    if let Some(op) = &s.unfinished {
+        println!("  unfinished: {}", serde_json::to_string(op)?);
+    }
+    if s.instances.is_empty() {
+        println!("  no instances deployed yet (strata deploy {})", s.app);
+    }
+    for i in &s.instances {
+        let image = match &i.instance.hotfix {
+            Some(h) => format!("{} + hotfix {}", i.instance.image, h),
+            None => i.instance.image.to_string(),
+        };
+        println!(
+            "  {:<16} {:<15} {} {} {}\n      {image}\n      {} since {}",
+            i.instance.name,
+            i.instance.ip,
+            i.instance.host,
+            i.instance.container_name,
+            if i.running { "running" } else { "NOT RUNNING" },
+            i.health,
+            i.started_at
+        );
+    }
+    Ok(())
+}
+
+/// Every deploy, hotfix and rollback of an app: version, when, who, what
+/// and how it ended.
+#[derive(Debug, clap::Args)]
+pub struct HistoryArgs {
+    #[command(flatten)]
+    pub app: AppArgs,
+}
+
+pub fn history(a: HistoryArgs) -> Result<()> {
+    let o = a.app.open()?;
+    let orch = orchestrator(&a.app, &o)?;
+    let h = orch.history()?;
+    if a.app.json {
+        println!("{}", serde_json::to_string_pretty(&h)?);
+        return Ok(());
+    }
+    for e in &h {
+        println!(
+            "{:>4}  {}  {:<8} {:<16} {:<11} {:>6.1}s  {}  {}",
+            e.version, e.at, e.action, e.mode, e.outcome, e.seconds, e.image, e.by
+        );
+        if !e.detail.is_empty() {
+            println!("      {}", e.detail.lines().next().unwrap_or(""));
+        }
+    }
+    if h.is_empty() {
+        println!("no deploys of {} yet", o.app.name);
+    }
+    Ok(())
+}
+
+/// Stream an app's logs from every instance on every host (`NAME | line`).
+///
+/// Examples:
+///   strata logs shop --follow
+///   strata logs shop --instance 2 --tail 100
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct LogsArgs {
+    #[command(flatten)]
+    pub app: AppArgs,
+    /// Keep streaming new lines.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only this instance (1, 2, …).
+    #[arg(long)]
+    pub instance: Option<u32>,
+    /// Start with the last N lines of each instance.
+    #[arg(long)]
+    pub tail: Option<usize>,
+}
+
+pub fn logs(a: LogsArgs) -> Result<()> {
+    let o = a.app.open()?;
+    if let Some(i) = a.instance
+        && (i == 0 || i > o.app.instances)
+    {
+        bail!("{} has instances 1 to {}, not {i}", o.app.name, o.app.instances);
+    }
+    let orch = orchestrator(&a.app, &o)?;
+    let out = std::io::stdout();
+    let width = o.app.instance_name(o.app.instances).len();
+    orch.logs(a.instance, a.follow, a.tail, &|name, line| {
+        let mut w = out.lock();
+        let _ = writeln!(w, "{name:<width$} | {line}");
+    })?;
+    Ok(())
+}

@@ -1,0 +1,729 @@
+//! The orchestrator: puts an image onto an app's instances, either as an
+//! in-place hotfix (files moved into the running container, no restart)
+//! or as a full redeploy (a new container with the same IP), with health
+//! checks, automatic rollback, history and logs.
+//!
+//! Decisions are pure functions in [`plan`]; engine calls are in [`host`];
+//! [`redeploy`] and [`hotfix`] sequence them. Every step that changes a
+//! host is journaled in the app's state first ([`state`]), and one deploy
+//! per app runs at a time (a lock in the lease store), so a crash leaves
+//! something the next run can finish or undo. This module never changes a
+//! container it did not create, and never leaves a half-applied hotfix:
+//! on any failure the backup goes back.
+
+pub mod health;
+pub mod host;
+mod hotfix;
+pub mod plan;
+mod redeploy;
+pub mod spec;
+pub mod state;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::digest::Digest;
+use crate::lease::{LeaseError, LeaseStore};
+use crate::oci::diff::{Change, diff, image_files};
+use crate::oci::listing::Entry;
+use crate::oci::{ImageConfig, Manifest};
+use crate::store::Store;
+use host::Host;
+use plan::{Decision, Mode};
+use spec::App;
+use state::{AppDir, AppState, HistoryEntry, ImageRef, Instance, Operation};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error(transparent)]
+    Spec(#[from] spec::SpecError),
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Diff(#[from] crate::oci::diff::DiffError),
+    #[error("docker engine {host}: {what}: {reason}")]
+    Engine {
+        host: String,
+        what: String,
+        reason: String,
+    },
+    #[error(
+        "network `{network}` on {host} has subnet {have}, the app spec says {want}; remove the network or fix the spec"
+    )]
+    NetworkMismatch {
+        host: String,
+        network: String,
+        want: String,
+        have: String,
+    },
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{}: {why}", path.display())]
+    Corrupt { path: PathBuf, why: String },
+    #[error("a hotfix cannot apply {image}: {reason}")]
+    NotHotfixable { image: String, reason: String },
+    #[error("refusing the archive for {image}: {source}; nothing was changed")]
+    Hostile {
+        image: String,
+        source: plan::HostileEntry,
+    },
+    #[error("{instance}: hotfix failed ({why}); the backup was restored")]
+    HotfixRestored { instance: String, why: String },
+    #[error("{instance}: hotfix failed ({why}) and restoring the backup failed too ({restore}); backup kept in {}", backup.display())]
+    HotfixRestoreFailed {
+        instance: String,
+        why: String,
+        restore: String,
+        backup: PathBuf,
+    },
+    #[error(
+        "{instance}: the new container failed its health check ({why}); rolled back to {previous} on {ip}"
+    )]
+    RolledBack {
+        instance: String,
+        why: String,
+        previous: String,
+        ip: std::net::Ipv4Addr,
+    },
+    #[error(
+        "{instance}: the new container failed its health check ({why}) and there is nothing to roll back to"
+    )]
+    Unhealthy { instance: String, why: String },
+    #[error("{instance}: the container restarted during the hotfix (StartedAt {before} → {after})")]
+    Restarted {
+        instance: String,
+        before: String,
+        after: String,
+    },
+    #[error("app `{app}` has no deploy to roll back to{}", to.map(|v| format!(" (version {v} is unknown or was not a successful deploy)")).unwrap_or_default())]
+    NoRollback { app: String, to: Option<u64> },
+    #[error("no image given and app `{0}` declares none: pass --image")]
+    NoImage(String),
+    #[error("instance {instance}: {why}")]
+    Instance { instance: String, why: String },
+}
+
+pub type Result<T, E = DeployError> = std::result::Result<T, E>;
+
+/// An image in the local store, ready to deploy.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub image: ImageRef,
+    pub descriptor: crate::oci::Descriptor,
+    pub manifest: Manifest,
+    pub config: ImageConfig,
+}
+
+impl Target {
+    pub fn from_store(store: &Store, name: &str, manifest: &Digest) -> Result<Target> {
+        let m: Manifest = store.read_json(manifest)?;
+        let config: ImageConfig = store.read_json(&m.config.digest)?;
+        let size = store.size(manifest)?;
+        Ok(Target {
+            image: ImageRef {
+                name: name.to_string(),
+                manifest: manifest.clone(),
+                config: m.config.digest.clone(),
+            },
+            descriptor: crate::oci::Descriptor::new(crate::oci::MEDIA_MANIFEST, manifest.clone(), size),
+            manifest: m,
+            config,
+        })
+    }
+
+    /// The engine's name for this image: `strata-deploy/APP:HEX16`.
+    pub fn engine_tag(&self, app: &str) -> (String, String) {
+        (
+            format!("strata-deploy/{app}"),
+            self.image.manifest.hex()[..16].to_string(),
+        )
+    }
+}
+
+/// What one instance went through.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceReport {
+    pub instance: String,
+    pub host: String,
+    pub ip: String,
+    /// hotfix, redeploy, unchanged, removed.
+    pub mode: String,
+    pub outcome: String,
+    pub seconds: f64,
+    /// Redeploy: from stopping the old container to the new one healthy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gap_seconds: Option<f64>,
+    /// Hotfix: files written and deleted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files: Option<usize>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub app: String,
+    pub version: u64,
+    pub action: String,
+    pub image: String,
+    pub seconds: f64,
+    pub instances: Vec<InstanceReport>,
+}
+
+/// Fault injection for tests: `STRATA_FAULT=hotfix-upload` cuts the staged
+/// upload halfway, `hotfix-move` stops the move script halfway.
+fn fault(name: &str) -> bool {
+    std::env::var("STRATA_FAULT").is_ok_and(|f| f.split(',').any(|x| x == name))
+}
+
+/// One app's orchestrator: its spec, state, leases and the local store.
+pub struct Orchestrator<'a> {
+    pub app: App,
+    pub store: &'a Store,
+    pub leases: &'a dyn LeaseStore,
+    pub dir: AppDir,
+    rt: tokio::runtime::Runtime,
+    hosts: std::sync::Mutex<HashMap<String, Arc<Host>>>,
+    progress: &'a (dyn Fn(&str) + Sync),
+    trees: std::sync::Mutex<HashMap<Digest, Arc<BTreeMap<String, Entry>>>>,
+}
+
+impl<'a> Orchestrator<'a> {
+    pub fn new(
+        app: App,
+        data: &Path,
+        store: &'a Store,
+        leases: &'a dyn LeaseStore,
+        progress: &'a (dyn Fn(&str) + Sync),
+    ) -> Result<Orchestrator<'a>> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|source| DeployError::Io {
+                path: "tokio runtime".into(),
+                source,
+            })?;
+        let dir = AppDir::new(data, &app.name);
+        Ok(Orchestrator {
+            app,
+            store,
+            leases,
+            dir,
+            rt,
+            hosts: Default::default(),
+            progress,
+            trees: Default::default(),
+        })
+    }
+
+    fn say(&self, s: &str) {
+        (self.progress)(s)
+    }
+
+    fn block<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    fn host(&self, endpoint: &spec::Endpoint) -> Result<Arc<Host>> {
+        let key = endpoint.to_string();
+        if let Some(h) = self.hosts.lock().expect("not poisoned").get(&key) {
+            return Ok(h.clone());
+        }
+        let h = Arc::new(self.block(Host::connect(endpoint))?);
+        self.hosts.lock().expect("not poisoned").insert(key, h.clone());
+        Ok(h)
+    }
+
+    fn host_of_instance(&self, i: &Instance) -> Result<Arc<Host>> {
+        let e = spec::Endpoint::parse(&i.host).map_err(|why| DeployError::Instance {
+            instance: i.name.clone(),
+            why,
+        })?;
+        self.host(&e)
+    }
+
+    /// The visible file tree of an image in the store (cached).
+    fn tree(&self, manifest: &Digest) -> Result<Arc<BTreeMap<String, Entry>>> {
+        if let Some(t) = self.trees.lock().expect("not poisoned").get(manifest) {
+            return Ok(t.clone());
+        }
+        let m: Manifest = self.store.read_json(manifest)?;
+        let t = Arc::new(image_files(self.store, &m)?);
+        self.trees
+            .lock()
+            .expect("not poisoned")
+            .insert(manifest.clone(), t.clone());
+        Ok(t)
+    }
+
+    fn changes(&self, from: &ImageRef, to: &Target) -> Result<Vec<Change>> {
+        Ok(diff(
+            &*self.tree(&from.manifest)?,
+            &*self.tree(&to.image.manifest)?,
+        ))
+    }
+
+    fn lock(&self) -> Result<Box<dyn crate::lease::LockGuard>> {
+        let holder = format!(
+            "{} pid {} since {}",
+            state::whoami(),
+            std::process::id(),
+            state::now()
+        );
+        Ok(self.leases.lock(&format!("deploy-{}", self.app.name), &holder)?)
+    }
+
+    pub fn state(&self) -> Result<AppState> {
+        self.dir.load(&self.app.name)
+    }
+
+    pub fn history(&self) -> Result<Vec<HistoryEntry>> {
+        self.dir.history()
+    }
+
+    /// Deploys `target` to every instance: hotfix where eligible (or as
+    /// `mode` demands), redeploy otherwise. Stops at the first instance
+    /// that fails; that instance is rolled back or restored.
+    pub fn deploy(&self, target: &Target, mode: Mode, action: &str) -> Result<Report> {
+        let _lock = self.lock()?;
+        let started = Instant::now();
+        let mut st = self.state()?;
+        self.recover(&mut st)?;
+
+        // Reach every engine and decide for every instance before touching
+        // any: an unreachable host or a refused change leaves all as they are.
+        for index in 1..=self.app.instances {
+            self.host(self.app.host_of(index))?;
+        }
+        let mut plans: Vec<(u32, Decision)> = Vec::new();
+        for index in 1..=self.app.instances {
+            let live = match st.instances.get(&index) {
+                Some(i) => {
+                    let host = self.host_of_instance(i)?;
+                    self.block(host.inspect(&i.container))?.map(|c| (i.clone(), c))
+                }
+                None => None,
+            };
+            let d = match live {
+                None => Decision::Redeploy {
+                    reason: "no running instance yet".into(),
+                },
+                Some((_, c)) if !c.running => Decision::Redeploy {
+                    reason: "the container is not running".into(),
+                },
+                Some((i, _)) => {
+                    let old: ImageConfig = self.store.read_json(&i.effective().config)?;
+                    plan::decide(
+                        &old.config,
+                        &target.config.config,
+                        &self.changes(i.effective(), target)?,
+                        &self.app.hotfix,
+                    )
+                }
+            };
+            let d = match (mode, d) {
+                (Mode::Hotfix, Decision::Redeploy { reason }) => {
+                    return Err(DeployError::NotHotfixable {
+                        image: target.image.to_string(),
+                        reason: format!("{}: {reason}", self.app.instance_name(index)),
+                    });
+                }
+                (Mode::Redeploy, Decision::Hotfix | Decision::Nothing) => Decision::Redeploy {
+                    reason: "a redeploy was asked for".into(),
+                },
+                (_, d) => d,
+            };
+            if d == Decision::Hotfix {
+                let from = st.instances[&index].effective().clone();
+                self.check_hotfix(&from, target)?;
+            }
+            plans.push((index, d));
+        }
+
+        let version = st.version + 1;
+        let from = st.instances.get(&1).map(|i| i.effective().clone());
+        let mut reports = Vec::new();
+        let mut failure = None;
+        for (index, d) in plans {
+            let name = self.app.instance_name(index);
+            let t = Instant::now();
+            let r = match &d {
+                Decision::Nothing => {
+                    let i = &st.instances[&index];
+                    Ok(InstanceReport {
+                        instance: name.clone(),
+                        host: i.host.clone(),
+                        ip: i.ip.to_string(),
+                        mode: "unchanged".into(),
+                        outcome: "ok".into(),
+                        seconds: 0.0,
+                        gap_seconds: None,
+                        files: None,
+                        detail: format!("already runs {}", i.effective()),
+                    })
+                }
+                Decision::Hotfix => {
+                    self.say(&format!("{name}: hotfix in place"));
+                    self.hotfix_instance(&mut st, index, target)
+                }
+                Decision::Redeploy { reason } => {
+                    self.say(&format!("{name}: redeploy ({reason})"));
+                    self.redeploy_instance(&mut st, index, target)
+                }
+            };
+            match r {
+                Ok(mut rep) => {
+                    rep.seconds = t.elapsed().as_secs_f64();
+                    self.say(&format!(
+                        "{name}: {} {} in {:.2}s{}",
+                        rep.mode,
+                        rep.outcome,
+                        rep.seconds,
+                        rep.gap_seconds
+                            .map(|g| format!(", gap {g:.2}s"))
+                            .unwrap_or_default()
+                    ));
+                    reports.push(rep);
+                }
+                Err(e) => {
+                    reports.push(InstanceReport {
+                        instance: name.clone(),
+                        host: self.app.host_of(index).to_string(),
+                        ip: st
+                            .instances
+                            .get(&index)
+                            .map(|i| i.ip.to_string())
+                            .unwrap_or_default(),
+                        mode: match d {
+                            Decision::Hotfix => "hotfix".into(),
+                            _ => "redeploy".into(),
+                        },
+                        outcome: match &e {
+                            DeployError::RolledBack { .. } => "rolled-back".into(),
+                            DeployError::HotfixRestored { .. } => "restored".into(),
+                            _ => "failed".into(),
+                        },
+                        seconds: t.elapsed().as_secs_f64(),
+                        gap_seconds: None,
+                        files: None,
+                        detail: e.to_string(),
+                    });
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        if failure.is_none() {
+            reports.extend(self.scale_down(&mut st)?);
+        }
+
+        let modes: std::collections::BTreeSet<&str> = reports.iter().map(|r| r.mode.as_str()).collect();
+        let outcome = match &failure {
+            None => "ok".to_string(),
+            Some(DeployError::RolledBack { .. }) => "rolled-back".into(),
+            Some(DeployError::HotfixRestored { .. }) => "restored".into(),
+            Some(_) => "failed".into(),
+        };
+        let entry = HistoryEntry {
+            version,
+            at: state::now(),
+            action: action.to_string(),
+            mode: modes.into_iter().collect::<Vec<_>>().join("+"),
+            image: target.image.clone(),
+            from,
+            outcome,
+            detail: failure.as_ref().map(|e| e.to_string()).unwrap_or_default(),
+            seconds: started.elapsed().as_secs_f64(),
+            by: state::whoami(),
+        };
+        st.version = version;
+        self.dir.save(&st)?;
+        self.dir.append_history(&entry)?;
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(Report {
+                app: self.app.name.clone(),
+                version,
+                action: action.to_string(),
+                image: target.image.to_string(),
+                seconds: entry.seconds,
+                instances: reports,
+            }),
+        }
+    }
+
+    /// Instances above the spec's count: containers removed, leases freed.
+    fn scale_down(&self, st: &mut AppState) -> Result<Vec<InstanceReport>> {
+        let extra: Vec<u32> = st
+            .instances
+            .keys()
+            .copied()
+            .filter(|i| *i > self.app.instances)
+            .collect();
+        let mut out = Vec::new();
+        for index in extra {
+            let i = st.instances[&index].clone();
+            self.say(&format!("{}: removing (scaled down)", i.name));
+            let host = self.host_of_instance(&i)?;
+            self.block(host.stop(&i.container, self.app.stop_grace))?;
+            self.block(host.remove(&i.container))?;
+            self.leases.release(&self.app.network.pool, &i.name)?;
+            st.instances.remove(&index);
+            self.dir.save(st)?;
+            out.push(InstanceReport {
+                instance: i.name,
+                host: i.host,
+                ip: i.ip.to_string(),
+                mode: "removed".into(),
+                outcome: "ok".into(),
+                seconds: 0.0,
+                gap_seconds: None,
+                files: None,
+                detail: "lease released".into(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Redeploys the image of history `version` (default: the last
+    /// successful deploy before the current one).
+    pub fn rollback(&self, to: Option<u64>) -> Result<Report> {
+        let history = self.history()?;
+        let ok: Vec<&HistoryEntry> = history.iter().filter(|h| h.outcome == "ok").collect();
+        let entry = match to {
+            Some(v) => ok.iter().find(|h| h.version == v).copied(),
+            None => {
+                let st = self.state()?;
+                let current = st.instances.get(&1).map(|i| i.effective().manifest.clone());
+                ok.iter()
+                    .rev()
+                    .find(|h| Some(&h.image.manifest) != current.as_ref())
+                    .copied()
+            }
+        };
+        let entry = entry.ok_or_else(|| DeployError::NoRollback {
+            app: self.app.name.clone(),
+            to,
+        })?;
+        let target = Target::from_store(self.store, &entry.image.name, &entry.image.manifest)?;
+        self.say(&format!(
+            "rolling back to version {} ({})",
+            entry.version, target.image
+        ));
+        self.deploy(&target, Mode::Auto, "rollback")
+    }
+
+    /// Finishes or undoes an operation a crashed orchestrator left behind.
+    fn recover(&self, st: &mut AppState) -> Result<()> {
+        let Some(op) = st.operation.take() else {
+            return Ok(());
+        };
+        match op {
+            Operation::Redeploy {
+                index,
+                old,
+                new,
+                phase,
+                pid,
+                ..
+            } => {
+                self.say(&format!(
+                    "recovering: pid {pid} left a redeploy of {} in phase `{phase}`; undoing it",
+                    self.app.instance_name(index)
+                ));
+                let host = self.host(self.app.host_of(index))?;
+                if let Some(n) = new
+                    && st.instances.get(&index).map(|i| &i.container) != Some(&n)
+                {
+                    self.block(host.remove(&n))?;
+                }
+                if let Some(o) = old
+                    && let Some(c) = self.block(host.inspect(&o))?
+                    && !c.running
+                {
+                    self.block(host.start(&o))?;
+                }
+            }
+            Operation::Hotfix {
+                index,
+                container,
+                backup,
+                phase,
+                pid,
+                ..
+            } => {
+                self.say(&format!(
+                    "recovering: pid {pid} left a hotfix of {} in phase `{phase}`; restoring its backup",
+                    self.app.instance_name(index)
+                ));
+                let host = self.host(self.app.host_of(index))?;
+                hotfix::restore_from_dir(self, &host, &container, &backup)?;
+            }
+        }
+        self.dir.save(st)?;
+        Ok(())
+    }
+
+    /// The engine must have the image: load it from the store when not.
+    fn ensure_image(&self, host: &Host, target: &Target) -> Result<String> {
+        let (repo, tag) = target.engine_tag(&self.app.name);
+        let name = format!("{repo}:{tag}");
+        if self.block(host.image_exists(&name))? {
+            return Ok(name);
+        }
+        self.say(&format!("loading {} into {}", target.image, host.endpoint));
+        let tmp = self.store.temp_dir("deploy-load-")?;
+        let archive = tmp.path().join("image.tar");
+        crate::oci::archive::write(
+            &archive,
+            self.store,
+            &[(name.clone(), target.descriptor.clone())],
+            &|_| {},
+        )
+        .map_err(|e| DeployError::Instance {
+            instance: self.app.name.clone(),
+            why: format!("writing a docker-archive of {}: {e}", target.image),
+        })?;
+        self.block(host.load(&archive))?;
+        if !self.block(host.image_exists(&name))? {
+            return Err(DeployError::Engine {
+                host: host.endpoint.to_string(),
+                what: format!("load {name}"),
+                reason: "the engine accepted the archive but has no such image".into(),
+            });
+        }
+        Ok(name)
+    }
+
+    /// Every instance as the engines see it now.
+    pub fn status(&self) -> Result<Status> {
+        let st = self.state()?;
+        let mut instances = Vec::new();
+        for i in st.instances.values() {
+            let (running, started_at, health) = match self.host_of_instance(i) {
+                Err(e) => (false, String::new(), format!("engine unreachable: {e}")),
+                Ok(host) => match self.block(host.inspect(&i.container)) {
+                    Err(e) => (false, String::new(), e.to_string()),
+                    Ok(None) => (false, String::new(), "container missing".into()),
+                    Ok(Some(c)) if !c.running => (false, c.started_at, "stopped".into()),
+                    Ok(Some(c)) => {
+                        let h = self.block(health::probe(
+                            &host,
+                            &i.container,
+                            i.ip,
+                            &self.app.health.check,
+                            self.app.health.timeout,
+                        ));
+                        (
+                            true,
+                            c.started_at,
+                            match h {
+                                Ok(()) => "healthy".into(),
+                                Err(e) => format!("unhealthy: {e}"),
+                            },
+                        )
+                    }
+                },
+            };
+            instances.push(InstanceStatus {
+                instance: i.clone(),
+                running,
+                started_at,
+                health,
+            });
+        }
+        Ok(Status {
+            app: self.app.name.clone(),
+            version: st.version,
+            unfinished: st.operation.clone(),
+            instances,
+        })
+    }
+
+    /// Streams every instance's log lines (`NAME | line`) to `out` until
+    /// the streams end (or forever with `follow`).
+    pub fn logs(
+        &self,
+        only: Option<u32>,
+        follow: bool,
+        tail: Option<usize>,
+        out: &(dyn Fn(&str, &str) + Sync),
+    ) -> Result<()> {
+        use futures_util::StreamExt;
+        let st = self.state()?;
+        let mut streams = Vec::new();
+        for i in st
+            .instances
+            .values()
+            .filter(|i| only.is_none_or(|o| o == i.index))
+        {
+            let host = self.host_of_instance(i)?;
+            let name = i.name.clone();
+            let s = host
+                .logs(&i.container, follow, tail)
+                .map(move |r| (name.clone(), r));
+            streams.push(s.boxed());
+        }
+        if streams.is_empty() {
+            return Err(DeployError::Instance {
+                instance: only
+                    .map(|o| self.app.instance_name(o))
+                    .unwrap_or_else(|| self.app.name.clone()),
+                why: "no such deployed instance".into(),
+            });
+        }
+        self.block(async {
+            let mut all = futures_util::stream::select_all(streams);
+            let mut partial: HashMap<String, String> = HashMap::new();
+            while let Some((name, r)) = all.next().await {
+                match r {
+                    Ok(b) => {
+                        let buf = partial.entry(name.clone()).or_default();
+                        buf.push_str(&String::from_utf8_lossy(&b));
+                        while let Some(n) = buf.find('\n') {
+                            let line: String = buf.drain(..=n).collect();
+                            out(&name, line.trim_end_matches(['\n', '\r']));
+                        }
+                    }
+                    Err(e) => out(&name, &format!("[strata: log stream ended: {e}]")),
+                }
+            }
+            for (name, rest) in partial {
+                if !rest.is_empty() {
+                    out(&name, &rest);
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct InstanceStatus {
+    #[serde(flatten)]
+    pub instance: Instance,
+    pub running: bool,
+    pub started_at: String,
+    pub health: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub app: String,
+    pub version: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unfinished: Option<Operation>,
+    pub instances: Vec<InstanceStatus>,
+}
+
+/// Seconds as f64, for reports.
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}

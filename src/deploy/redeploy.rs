@@ -1,0 +1,217 @@
+//! Full redeploy of one instance with its IP kept: the new container is
+//! created first (a fixed IP is only claimed at start), the old one is
+//! stopped gracefully, the new one started on the same address and health
+//! checked; on failure it goes and the old container starts again. The
+//! gap — old stopped to new healthy — is measured and reported.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use super::host::{NewContainer, short};
+use super::state::{self, AppState, Instance, Operation};
+use super::{DeployError, InstanceReport, Orchestrator, Result, Target, health, secs};
+
+impl Orchestrator<'_> {
+    pub(super) fn redeploy_instance(
+        &self,
+        st: &mut AppState,
+        index: u32,
+        target: &Target,
+    ) -> Result<InstanceReport> {
+        let name = self.app.instance_name(index);
+        let endpoint = self.app.host_of(index);
+        let host = self.host(endpoint)?;
+        let ip = self.leases.acquire(&self.app.network.pool, &name)?;
+        self.block(host.ensure_network(&self.app.network))?;
+        let image = self.ensure_image(&host, target)?;
+        let prev = st.instances.get(&index).cloned();
+        let prev_host = match &prev {
+            Some(p) => Some(self.host_of_instance(p)?),
+            None => None,
+        };
+        let generation = prev.as_ref().map(|p| p.generation + 1).unwrap_or(1);
+        let cname = format!("{name}-g{generation}");
+        // A container of that name can only be a leftover of a crash.
+        if let Some(c) = self.block(host.inspect(&cname))?
+            && c.labels.get("org.strata.instance") == Some(&name)
+            && prev.as_ref().is_none_or(|p| p.container != c.id)
+        {
+            self.block(host.remove(&c.id))?;
+        }
+
+        let mut env: Vec<String> = self.app.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        env.push(format!("STRATA_APP={}", self.app.name));
+        env.push(format!("STRATA_INSTANCE={name}"));
+        let mut binds: Vec<String> = self.app.volumes.iter().map(|v| v.0.clone()).collect();
+        if let Some(d) = &self.app.log_dir {
+            binds.push(format!("strata-{name}-logs:{d}"));
+        }
+        let labels = HashMap::from([
+            ("org.strata.app".to_string(), self.app.name.clone()),
+            ("org.strata.instance".to_string(), name.clone()),
+            ("org.strata.image".to_string(), target.image.manifest.to_string()),
+        ]);
+        let spec = NewContainer {
+            name: cname.clone(),
+            image,
+            hostname: name.clone(),
+            ip,
+            env,
+            binds,
+            labels,
+            stop_grace: self.app.stop_grace,
+            memory_mib: self.app.memory_mib,
+        };
+        // Warm swap: the new container starts on an address of the
+        // engine's dynamic range and is health checked while the old one
+        // still serves; then the old one stops and the fixed IP moves over,
+        // so the gap is a graceful stop plus a network reattach instead of
+        // a whole application start. Needs `dynamic_range` (so the warm-up
+        // address never is a leased one) and the old container on the
+        // same host; otherwise: stop, then start on the fixed IP.
+        let old_running = match (&prev, &prev_host) {
+            (Some(p), Some(h)) => self.block(h.inspect(&p.container))?.is_some_and(|c| c.running),
+            _ => false,
+        };
+        let warm = self.app.network.dynamic_range.is_some()
+            && old_running
+            && prev.as_ref().is_some_and(|p| p.host == endpoint.to_string());
+        let new_id = self.block(host.create(&spec, &self.app.network, warm))?;
+        let journal = |st: &mut AppState, phase: &str| {
+            st.operation = Some(Operation::Redeploy {
+                index,
+                pid: std::process::id(),
+                started_at: state::now(),
+                old: prev.as_ref().map(|p| p.container.clone()),
+                new: Some(new_id.clone()),
+                phase: phase.to_string(),
+            });
+            self.dir.save(st)
+        };
+        journal(st, "created")?;
+
+        if warm {
+            let warmed = async {
+                host.start(&new_id).await.map_err(|e| e.to_string())?;
+                let tmp = host
+                    .inspect(&new_id)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .and_then(|c| c.ip)
+                    .ok_or_else(|| "the new container got no address".to_string())?;
+                self.say(&format!(
+                    "{name}: warming up on {tmp} while the old container serves {ip}"
+                ));
+                health::wait_healthy(&host, &new_id, tmp, &self.app.health).await
+            };
+            if let Err(why) = self.block(warmed) {
+                let tail = self.block(crate::engine::logs(host.docker(), &new_id, 15));
+                self.block(host.remove(&new_id))?;
+                st.operation = None;
+                self.dir.save(st)?;
+                let p = prev.as_ref().expect("warm implies a previous instance");
+                return Err(DeployError::RolledBack {
+                    instance: name,
+                    why: with_tail(format!("{why}; the old container never stopped"), &tail),
+                    previous: p.effective().to_string(),
+                    ip: p.ip,
+                });
+            }
+        }
+
+        let gap = Instant::now();
+        if let (Some(p), Some(h)) = (&prev, &prev_host) {
+            self.say(&format!(
+                "{name}: stopping {} (grace {:?})",
+                short(&p.container),
+                self.app.stop_grace
+            ));
+            self.block(h.stop(&p.container, self.app.stop_grace))?;
+        }
+        journal(st, "old-stopped")?;
+        let on_ip = if warm {
+            self.block(host.move_to_fixed_ip(&new_id, &self.app.network.name, ip, &name))
+        } else {
+            self.block(host.start(&new_id))
+        };
+        let healthy = match on_ip {
+            Ok(()) => self.block(health::wait_healthy(&host, &new_id, ip, &self.app.health)),
+            Err(e) => Err(e.to_string()),
+        };
+        let why = match healthy {
+            Ok(_) => {
+                let gap = gap.elapsed();
+                if let (Some(p), Some(h)) = (&prev, &prev_host) {
+                    self.block(h.remove(&p.container))?;
+                }
+                st.instances.insert(
+                    index,
+                    Instance {
+                        index,
+                        name: name.clone(),
+                        host: endpoint.to_string(),
+                        ip,
+                        container: new_id.clone(),
+                        container_name: cname,
+                        generation,
+                        image: target.image.clone(),
+                        hotfix: None,
+                        health: "healthy".into(),
+                        since: state::now(),
+                    },
+                );
+                st.operation = None;
+                self.dir.save(st)?;
+                return Ok(InstanceReport {
+                    instance: name,
+                    host: endpoint.to_string(),
+                    ip: ip.to_string(),
+                    mode: "redeploy".into(),
+                    outcome: "ok".into(),
+                    seconds: 0.0,
+                    gap_seconds: prev.is_some().then(|| secs(gap)),
+                    files: None,
+                    detail: format!("container {} ({}) on {ip}", short(&new_id), target.image),
+                });
+            }
+            Err(why) => why,
+        };
+
+        // Roll back: the new container goes, the old one comes back.
+        let tail = self.block(crate::engine::logs(host.docker(), &new_id, 15));
+        let why = with_tail(why, &tail);
+        self.say(&format!("{name}: unhealthy, rolling back"));
+        self.block(host.remove(&new_id))?;
+        let result = match (&prev, &prev_host) {
+            (Some(p), Some(h)) => {
+                self.block(h.start(&p.container))?;
+                match self.block(health::wait_healthy(h, &p.container, p.ip, &self.app.health)) {
+                    Ok(_) => Err(DeployError::RolledBack {
+                        instance: name,
+                        why,
+                        previous: p.effective().to_string(),
+                        ip: p.ip,
+                    }),
+                    Err(again) => Err(DeployError::Instance {
+                        instance: name,
+                        why: format!(
+                            "{why}; the previous container was restarted but is unhealthy too: {again}"
+                        ),
+                    }),
+                }
+            }
+            _ => Err(DeployError::Unhealthy { instance: name, why }),
+        };
+        st.operation = None;
+        self.dir.save(st)?;
+        result
+    }
+}
+
+fn with_tail(why: String, tail: &str) -> String {
+    if tail.trim().is_empty() {
+        why
+    } else {
+        format!("{why}; last log lines:\n{}", tail.trim_end())
+    }
+}

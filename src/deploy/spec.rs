@@ -1,0 +1,872 @@
+//! App specs (`deploy/apps/NAME.toml`): what an app is, where it runs,
+//! how it is checked and what may be hotfixed. Read with serde
+//! (`deny_unknown_fields`), then resolved into [`App`]: code past
+//! [`load`] never sees a raw string where an address, a duration or a
+//! glob belongs. Every mistake names `file:line:col` and the key.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::lease::Pool;
+use crate::spec::Location;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("cannot read app spec {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{at}: {message}")]
+    Syntax { at: Location, message: String },
+    #[error("{at}: `{key}`: `{value}` is not {expected}")]
+    BadValue {
+        at: Location,
+        key: String,
+        value: String,
+        expected: String,
+    },
+    #[error("{at}: `{key}`: {why}")]
+    Invalid { at: Location, key: String, why: String },
+    #[error("unknown app `{name}`: no {} (apps: {})", path.display(), if known.is_empty() { "none".to_string() } else { known.join(", ") })]
+    UnknownApp {
+        name: String,
+        path: PathBuf,
+        known: Vec<String>,
+    },
+}
+
+pub type Result<T, E = SpecError> = std::result::Result<T, E>;
+
+type S<T> = Spanned<T>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApp {
+    name: S<String>,
+    image: Option<S<String>>,
+    #[serde(default)]
+    instances: Option<S<u32>>,
+    hosts: Option<S<Vec<S<String>>>>,
+    network: S<RawNetwork>,
+    #[serde(default)]
+    env: BTreeMap<String, S<String>>,
+    #[serde(default)]
+    volumes: Vec<S<String>>,
+    log_dir: Option<S<String>>,
+    stop_grace: Option<S<String>>,
+    memory_mib: Option<S<u64>>,
+    health: Option<S<RawHealth>>,
+    hotfix: Option<S<RawHotfix>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNetwork {
+    name: S<String>,
+    driver: Option<S<String>>,
+    subnet: S<String>,
+    gateway: Option<S<String>>,
+    dynamic_range: Option<S<String>>,
+    pool: S<String>,
+    parent: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    kind: S<String>,
+    port: Option<S<u16>>,
+    path: Option<S<String>>,
+    command: Option<S<Vec<String>>>,
+    interval: Option<S<String>>,
+    timeout: Option<S<String>>,
+    retries: Option<S<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHotfix {
+    #[serde(default)]
+    paths: Vec<S<String>>,
+    reload: Option<S<String>>,
+    command: Option<S<Vec<String>>>,
+    signal: Option<S<String>>,
+    context: Option<S<String>>,
+}
+
+/// A Docker engine endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `unix:///var/run/docker.sock`
+    Unix(PathBuf),
+    /// `tcp://HOST:PORT`, with `?tls=DIR` holding `ca.pem`, `cert.pem`, `key.pem`.
+    Tcp { addr: String, tls: Option<PathBuf> },
+}
+
+impl Endpoint {
+    pub fn parse(s: &str) -> std::result::Result<Endpoint, String> {
+        if let Some(p) = s.strip_prefix("unix://") {
+            if !p.starts_with('/') {
+                return Err("a unix endpoint needs an absolute socket path".into());
+            }
+            return Ok(Endpoint::Unix(PathBuf::from(p)));
+        }
+        if let Some(rest) = s.strip_prefix("tcp://") {
+            let (addr, tls) = match rest.split_once("?tls=") {
+                Some((a, d)) => (a, Some(PathBuf::from(d))),
+                None => (rest, None),
+            };
+            if addr
+                .rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+            {
+                return Err("a tcp endpoint is tcp://HOST:PORT[?tls=DIR]".into());
+            }
+            return Ok(Endpoint::Tcp {
+                addr: addr.to_string(),
+                tls,
+            });
+        }
+        Err("expected unix:///PATH or tcp://HOST:PORT[?tls=DIR]".into())
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Unix(p) => write!(f, "unix://{}", p.display()),
+            Endpoint::Tcp { addr, tls: None } => write!(f, "tcp://{addr}"),
+            Endpoint::Tcp { addr, tls: Some(d) } => write!(f, "tcp://{addr}?tls={}", d.display()),
+        }
+    }
+}
+
+/// An IPv4 network `ADDR/PREFIX`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Net {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Ipv4Net {
+    pub fn parse(s: &str) -> Option<Ipv4Net> {
+        let (a, p) = s.split_once('/')?;
+        let addr: Ipv4Addr = a.parse().ok()?;
+        let prefix: u8 = p.parse().ok().filter(|p| *p <= 32)?;
+        let net = Ipv4Net { addr, prefix };
+        // The address must be the network's first one.
+        (u32::from(addr) & net.mask() == u32::from(addr)).then_some(net)
+    }
+
+    fn mask(&self) -> u32 {
+        if self.prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - self.prefix)
+        }
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & self.mask() == u32::from(self.addr)
+    }
+
+    pub fn first(&self) -> Ipv4Addr {
+        self.addr
+    }
+
+    pub fn last(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) | !self.mask())
+    }
+}
+
+impl std::fmt::Display for Ipv4Net {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Driver {
+    Bridge,
+    Macvlan { parent: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct Network {
+    pub name: String,
+    pub driver: Driver,
+    pub subnet: Ipv4Net,
+    pub gateway: Option<Ipv4Addr>,
+    /// The engine's own dynamic range (`ip_range`); never overlaps `pool`.
+    pub dynamic_range: Option<Ipv4Net>,
+    /// The static addresses strata leases to instances.
+    pub pool: Pool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    /// GET http://IP:PORT/PATH answers 2xx or 3xx.
+    Http { port: u16, path: String },
+    /// A TCP connection to IP:PORT succeeds.
+    Tcp { port: u16 },
+    /// The command exits 0 inside the container.
+    Exec(Vec<String>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Health {
+    pub check: Check,
+    /// Time between probes.
+    pub interval: Duration,
+    /// Time one probe may take.
+    pub timeout: Duration,
+    /// Probes before the instance counts as unhealthy.
+    pub retries: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reload {
+    /// Nothing: the app picks up files itself (static files, JSPs).
+    None,
+    /// Run a command inside the container.
+    Exec(Vec<String>),
+    /// Send a signal to the container's main process.
+    Signal(String),
+    /// Reload a Tomcat context by touching its watched `WEB-INF/web.xml`.
+    TomcatContext(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct HotfixPolicy {
+    /// The patterns as written (absolute paths, globs).
+    pub patterns: Vec<String>,
+    set: GlobSet,
+    pub reload: Reload,
+}
+
+impl HotfixPolicy {
+    /// Whether an image path (relative, as in listings) may be hotfixed.
+    pub fn eligible(&self, path: &str) -> bool {
+        !self.patterns.is_empty() && self.set.is_match(format!("/{}", path.trim_start_matches('/')))
+    }
+}
+
+/// A bind mount (`/host:/container[:ro]`) or a named volume (`name:/container`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume(pub String);
+
+/// A checked app spec.
+#[derive(Debug, Clone)]
+pub struct App {
+    pub file: PathBuf,
+    pub name: String,
+    /// The image deployed when none is given.
+    pub image: Option<String>,
+    pub instances: u32,
+    /// Instances go round-robin over these.
+    pub hosts: Vec<Endpoint>,
+    pub network: Network,
+    pub env: BTreeMap<String, String>,
+    pub volumes: Vec<Volume>,
+    /// Kept in a named volume per instance, so logs survive redeploys.
+    pub log_dir: Option<String>,
+    pub stop_grace: Duration,
+    pub memory_mib: Option<u64>,
+    pub health: Health,
+    pub hotfix: HotfixPolicy,
+}
+
+impl App {
+    /// The instance's name, also its hostname and lease owner: `APP-N`.
+    pub fn instance_name(&self, index: u32) -> String {
+        format!("{}-{index}", self.name)
+    }
+
+    /// Where instance `index` (from 1) runs.
+    pub fn host_of(&self, index: u32) -> &Endpoint {
+        &self.hosts[(index as usize - 1) % self.hosts.len()]
+    }
+}
+
+/// `500ms`, `10s`, `2m`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let i = s.find(|c: char| !c.is_ascii_digit())?;
+    let (num, unit) = s.split_at(i);
+    let n: u64 = num.parse().ok()?;
+    match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => Some(Duration::from_secs(n * 60)),
+        _ => None,
+    }
+}
+
+pub fn valid_app_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 48
+        && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// The spec of app `name` in `dir` (`dir/NAME.toml`).
+pub fn find(dir: &Path, name: &str) -> Result<App> {
+    let path = dir.join(format!("{name}.toml"));
+    if !valid_app_name(name) || !path.is_file() {
+        let mut known: Vec<String> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.strip_suffix(".toml").map(str::to_string)
+            })
+            .collect();
+        known.sort();
+        return Err(SpecError::UnknownApp {
+            name: name.to_string(),
+            path,
+            known,
+        });
+    }
+    let app = load(&path)?;
+    if app.name != name {
+        return Err(SpecError::Invalid {
+            at: Location {
+                file: path,
+                line: 1,
+                col: 1,
+            },
+            key: "name".into(),
+            why: format!("the file of app `{name}` declares `{}`", app.name),
+        });
+    }
+    Ok(app)
+}
+
+pub fn load(path: &Path) -> Result<App> {
+    let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+struct Ctx<'a> {
+    file: &'a Path,
+    line_starts: Vec<usize>,
+}
+
+impl Ctx<'_> {
+    fn at(&self, offset: usize) -> Location {
+        let line = match self.line_starts.binary_search(&offset) {
+            Ok(i) => i,
+            Err(i) => i - 1,
+        };
+        Location {
+            file: self.file.to_path_buf(),
+            line: line + 1,
+            col: offset - self.line_starts[line] + 1,
+        }
+    }
+
+    fn loc<T>(&self, s: &Spanned<T>) -> Location {
+        self.at(s.span().start)
+    }
+
+    fn bad<T>(&self, s: &Spanned<T>, key: &str, value: impl ToString, expected: &str) -> SpecError {
+        SpecError::BadValue {
+            at: self.loc(s),
+            key: key.to_string(),
+            value: value.to_string(),
+            expected: expected.to_string(),
+        }
+    }
+
+    fn invalid<T>(&self, s: &Spanned<T>, key: &str, why: impl Into<String>) -> SpecError {
+        SpecError::Invalid {
+            at: self.loc(s),
+            key: key.to_string(),
+            why: why.into(),
+        }
+    }
+
+    fn duration(&self, s: Option<&S<String>>, key: &str, default: Duration) -> Result<Duration> {
+        match s {
+            None => Ok(default),
+            Some(s) => parse_duration(s.get_ref())
+                .ok_or_else(|| self.bad(s, key, s.get_ref(), "a duration like 500ms, 10s or 2m")),
+        }
+    }
+
+    fn ip(&self, s: &S<String>, key: &str) -> Result<Ipv4Addr> {
+        s.get_ref()
+            .parse()
+            .map_err(|_| self.bad(s, key, s.get_ref(), "an IPv4 address"))
+    }
+
+    fn net(&self, s: &S<String>, key: &str) -> Result<Ipv4Net> {
+        Ipv4Net::parse(s.get_ref())
+            .ok_or_else(|| self.bad(s, key, s.get_ref(), "a network like 10.91.0.0/24"))
+    }
+}
+
+/// Resolves spec text as if read from `path`.
+pub fn parse(path: &Path, text: &str) -> Result<App> {
+    let mut line_starts = vec![0];
+    line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+    let cx = Ctx {
+        file: path,
+        line_starts,
+    };
+    let raw: RawApp = toml::from_str(text).map_err(|e| SpecError::Syntax {
+        at: cx.at(e.span().map(|s| s.start).unwrap_or(0)),
+        message: e.message().trim_end().to_string(),
+    })?;
+
+    let name = raw.name.get_ref().clone();
+    if !valid_app_name(&name) {
+        return Err(cx.bad(
+            &raw.name,
+            "name",
+            &name,
+            "an app name ([a-z0-9][a-z0-9-]*, at most 48)",
+        ));
+    }
+    let instances = match &raw.instances {
+        Some(n) if *n.get_ref() == 0 || *n.get_ref() > 1000 => {
+            return Err(cx.bad(n, "instances", n.get_ref(), "between 1 and 1000"));
+        }
+        Some(n) => *n.get_ref(),
+        None => 1,
+    };
+    let hosts = match &raw.hosts {
+        None => vec![Endpoint::Unix(PathBuf::from("/var/run/docker.sock"))],
+        Some(h) if h.get_ref().is_empty() => {
+            return Err(cx.invalid(h, "hosts", "needs at least one engine endpoint"));
+        }
+        Some(h) => h
+            .get_ref()
+            .iter()
+            .map(|e| Endpoint::parse(e.get_ref()).map_err(|why| cx.bad(e, "hosts", e.get_ref(), &why)))
+            .collect::<Result<_>>()?,
+    };
+
+    let n = raw.network.get_ref();
+    if !valid_network_name(n.name.get_ref()) {
+        return Err(cx.bad(
+            &n.name,
+            "network.name",
+            n.name.get_ref(),
+            "a network name ([A-Za-z0-9][A-Za-z0-9_.-]*)",
+        ));
+    }
+    let driver = match (n.driver.as_ref().map(|d| d.get_ref().as_str()), &n.parent) {
+        (None | Some("bridge"), None) => Driver::Bridge,
+        (None | Some("bridge"), Some(p)) => {
+            return Err(cx.invalid(
+                p,
+                "network.parent",
+                "only a macvlan network has a parent interface",
+            ));
+        }
+        (Some("macvlan"), Some(p)) => Driver::Macvlan {
+            parent: p.get_ref().clone(),
+        },
+        (Some("macvlan"), None) => {
+            return Err(cx.invalid(
+                &raw.network,
+                "network.parent",
+                "a macvlan network needs its parent interface",
+            ));
+        }
+        (Some(other), _) => {
+            let d = n.driver.as_ref().expect("matched Some");
+            return Err(cx.bad(d, "network.driver", other, "`bridge` or `macvlan`"));
+        }
+    };
+    let subnet = cx.net(&n.subnet, "network.subnet")?;
+    let gateway = n
+        .gateway
+        .as_ref()
+        .map(|g| cx.ip(g, "network.gateway"))
+        .transpose()?;
+    let dynamic_range = n
+        .dynamic_range
+        .as_ref()
+        .map(|r| cx.net(r, "network.dynamic_range"))
+        .transpose()?;
+    let pool = Pool::new(n.name.get_ref(), n.pool.get_ref())
+        .map_err(|e| cx.invalid(&n.pool, "network.pool", e.to_string()))?;
+    if !subnet.contains(pool.first) || !subnet.contains(pool.last) {
+        return Err(cx.invalid(
+            &n.pool,
+            "network.pool",
+            format!("{}-{} is not inside the subnet {subnet}", pool.first, pool.last),
+        ));
+    }
+    if pool.contains(subnet.first()) || pool.contains(subnet.last()) {
+        return Err(cx.invalid(
+            &n.pool,
+            "network.pool",
+            format!(
+                "must not include the network address {} or broadcast {}",
+                subnet.first(),
+                subnet.last()
+            ),
+        ));
+    }
+    if let Some(g) = gateway {
+        if !subnet.contains(g) {
+            return Err(cx.invalid(
+                n.gateway.as_ref().expect("parsed"),
+                "network.gateway",
+                format!("{g} is not inside the subnet {subnet}"),
+            ));
+        }
+        if pool.contains(g) {
+            return Err(cx.invalid(
+                n.gateway.as_ref().expect("parsed"),
+                "network.gateway",
+                format!("{g} is inside the pool"),
+            ));
+        }
+    }
+    if let Some(r) = dynamic_range {
+        if !subnet.contains(r.first()) || !subnet.contains(r.last()) {
+            return Err(cx.invalid(
+                n.dynamic_range.as_ref().expect("parsed"),
+                "network.dynamic_range",
+                format!("{r} is not inside the subnet {subnet}"),
+            ));
+        }
+        let overlap =
+            u32::from(pool.first) <= u32::from(r.last()) && u32::from(r.first()) <= u32::from(pool.last);
+        if overlap {
+            return Err(cx.invalid(
+                n.dynamic_range.as_ref().expect("parsed"),
+                "network.dynamic_range",
+                format!("{r} overlaps the pool {}-{}: the engine could hand a leased address to another container", pool.first, pool.last),
+            ));
+        }
+    }
+    if u64::from(instances) > pool.size() {
+        return Err(cx.invalid(
+            raw.instances.as_ref().expect("above 1 only when set"),
+            "instances",
+            format!("{instances} instances but the pool has {} addresses", pool.size()),
+        ));
+    }
+    let network = Network {
+        name: n.name.get_ref().clone(),
+        driver,
+        subnet,
+        gateway,
+        dynamic_range,
+        pool,
+    };
+
+    let mut env = BTreeMap::new();
+    for (k, v) in &raw.env {
+        if k.is_empty() || k.contains('=') {
+            return Err(cx.bad(v, "env", k, "a variable name without `=`"));
+        }
+        env.insert(k.clone(), v.get_ref().clone());
+    }
+    let mut volumes = Vec::new();
+    for v in &raw.volumes {
+        let s = v.get_ref();
+        let parts: Vec<&str> = s.split(':').collect();
+        let ok = matches!(parts.len(), 2 | 3)
+            && !parts[0].is_empty()
+            && parts[1].starts_with('/')
+            && (parts.len() == 2 || matches!(parts[2], "ro" | "rw"));
+        if !ok {
+            return Err(cx.bad(
+                v,
+                "volumes",
+                s,
+                "`/host/path:/container/path[:ro]` or `name:/container/path`",
+            ));
+        }
+        volumes.push(Volume(s.clone()));
+    }
+    let log_dir = match &raw.log_dir {
+        Some(d) if !d.get_ref().starts_with('/') => {
+            return Err(cx.bad(d, "log_dir", d.get_ref(), "an absolute path in the container"));
+        }
+        d => d.as_ref().map(|d| d.get_ref().clone()),
+    };
+    let stop_grace = cx.duration(raw.stop_grace.as_ref(), "stop_grace", Duration::from_secs(10))?;
+
+    let health = match &raw.health {
+        None => Health {
+            check: Check::Tcp { port: 8080 },
+            interval: Duration::from_millis(250),
+            timeout: Duration::from_secs(2),
+            retries: 240,
+        },
+        Some(h) => health(&cx, h)?,
+    };
+    let hotfix = match &raw.hotfix {
+        None => HotfixPolicy {
+            patterns: vec![],
+            set: GlobSet::empty(),
+            reload: Reload::None,
+        },
+        Some(h) => hotfix(&cx, h)?,
+    };
+    Ok(App {
+        file: path.to_path_buf(),
+        name,
+        image: raw.image.map(|i| i.into_inner()),
+        instances,
+        hosts,
+        network,
+        env,
+        volumes,
+        log_dir,
+        stop_grace,
+        memory_mib: raw.memory_mib.map(|m| m.into_inner()),
+        health,
+        hotfix,
+    })
+}
+
+fn valid_network_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
+fn health(cx: &Ctx, s: &S<RawHealth>) -> Result<Health> {
+    let h = s.get_ref();
+    let port = |key: &str| {
+        h.port
+            .as_ref()
+            .map(|p| *p.get_ref())
+            .ok_or_else(|| cx.invalid(s, key, format!("a `{}` check needs `port`", h.kind.get_ref())))
+    };
+    let check = match h.kind.get_ref().as_str() {
+        "http" => {
+            let path = h
+                .path
+                .as_ref()
+                .map(|p| p.get_ref().clone())
+                .unwrap_or_else(|| "/".into());
+            if !path.starts_with('/') {
+                let p = h.path.as_ref().expect("defaulted to /");
+                return Err(cx.bad(p, "health.path", &path, "a URL path starting with /"));
+            }
+            Check::Http {
+                port: port("health.port")?,
+                path,
+            }
+        }
+        "tcp" => Check::Tcp {
+            port: port("health.port")?,
+        },
+        "exec" => match &h.command {
+            Some(c) if !c.get_ref().is_empty() => Check::Exec(c.get_ref().clone()),
+            _ => return Err(cx.invalid(s, "health.command", "an `exec` check needs a non-empty `command`")),
+        },
+        other => return Err(cx.bad(&h.kind, "health.kind", other, "`http`, `tcp` or `exec`")),
+    };
+    let retries = match &h.retries {
+        Some(r) if *r.get_ref() == 0 => return Err(cx.bad(r, "health.retries", 0, "at least 1")),
+        Some(r) => *r.get_ref(),
+        None => 240,
+    };
+    Ok(Health {
+        check,
+        interval: cx.duration(h.interval.as_ref(), "health.interval", Duration::from_millis(250))?,
+        timeout: cx.duration(h.timeout.as_ref(), "health.timeout", Duration::from_secs(2))?,
+        retries,
+    })
+}
+
+/// Signal names Docker accepts for a kill.
+const SIGNALS: [&str; 8] = [
+    "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGTERM", "SIGINT", "SIGQUIT", "SIGWINCH", "SIGCONT",
+];
+
+fn hotfix(cx: &Ctx, s: &S<RawHotfix>) -> Result<HotfixPolicy> {
+    let h = s.get_ref();
+    let mut b = GlobSetBuilder::new();
+    let mut patterns = Vec::new();
+    for p in &h.paths {
+        let pat = p.get_ref();
+        if !pat.starts_with('/') || pat.split('/').any(|c| c == "..") {
+            return Err(cx.bad(
+                p,
+                "hotfix.paths",
+                pat,
+                "an absolute path or glob in the container without `..`",
+            ));
+        }
+        let g =
+            Glob::new(pat).map_err(|e| cx.bad(p, "hotfix.paths", pat, &format!("a glob ({})", e.kind())))?;
+        b.add(g);
+        patterns.push(pat.clone());
+    }
+    let set = b
+        .build()
+        .map_err(|e| cx.invalid(s, "hotfix.paths", e.to_string()))?;
+    let reload = match h.reload.as_ref().map(|r| r.get_ref().as_str()) {
+        None | Some("none") => Reload::None,
+        Some("exec") => match &h.command {
+            Some(c) if !c.get_ref().is_empty() => Reload::Exec(c.get_ref().clone()),
+            _ => {
+                return Err(cx.invalid(
+                    s,
+                    "hotfix.command",
+                    "`reload = \"exec\"` needs a non-empty `command`",
+                ));
+            }
+        },
+        Some("signal") => {
+            let sig = h
+                .signal
+                .as_ref()
+                .ok_or_else(|| cx.invalid(s, "hotfix.signal", "`reload = \"signal\"` needs `signal`"))?;
+            let name = sig.get_ref().to_ascii_uppercase();
+            let name = if name.starts_with("SIG") {
+                name
+            } else {
+                format!("SIG{name}")
+            };
+            if !SIGNALS.contains(&name.as_str()) {
+                return Err(cx.bad(
+                    sig,
+                    "hotfix.signal",
+                    sig.get_ref(),
+                    &format!("one of {}", SIGNALS.join(", ")),
+                ));
+            }
+            Reload::Signal(name)
+        }
+        Some("tomcat-context") => {
+            let c = h.context.as_ref().ok_or_else(|| {
+                cx.invalid(
+                    s,
+                    "hotfix.context",
+                    "`reload = \"tomcat-context\"` needs `context`, the webapp directory",
+                )
+            })?;
+            if !c.get_ref().starts_with('/') {
+                return Err(cx.bad(
+                    c,
+                    "hotfix.context",
+                    c.get_ref(),
+                    "an absolute path in the container",
+                ));
+            }
+            Reload::TomcatContext(c.get_ref().trim_end_matches('/').to_string())
+        }
+        Some(other) => {
+            let r = h.reload.as_ref().expect("matched Some");
+            return Err(cx.bad(
+                r,
+                "hotfix.reload",
+                other,
+                "`none`, `exec`, `signal` or `tomcat-context`",
+            ));
+        }
+    };
+    Ok(HotfixPolicy {
+        patterns,
+        set,
+        reload,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "shop"
+instances = 2
+[network]
+name = "strata-shop"
+subnet = "10.91.0.0/24"
+dynamic_range = "10.91.0.128/25"
+pool = "10.91.0.10-10.91.0.99"
+[health]
+kind = "http"
+port = 8080
+path = "/index.html"
+interval = "200ms"
+[hotfix]
+paths = ["/var/lib/tomcat10/webapps/**"]
+reload = "tomcat-context"
+context = "/var/lib/tomcat10/webapps/ROOT"
+"#;
+
+    fn err(text: &str) -> String {
+        parse(Path::new("apps/shop.toml"), text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_good_spec_resolves() {
+        let a = parse(Path::new("apps/shop.toml"), GOOD).unwrap();
+        assert_eq!(a.instances, 2);
+        assert_eq!(a.instance_name(2), "shop-2");
+        assert_eq!(a.health.interval, Duration::from_millis(200));
+        assert!(a.hotfix.eligible("var/lib/tomcat10/webapps/ROOT/index.html"));
+        assert!(!a.hotfix.eligible("etc/passwd"));
+        assert_eq!(
+            a.hotfix.reload,
+            Reload::TomcatContext("/var/lib/tomcat10/webapps/ROOT".into())
+        );
+        assert_eq!(a.hosts, vec![Endpoint::Unix("/var/run/docker.sock".into())]);
+    }
+
+    #[test]
+    fn mistakes_name_file_line_and_key() {
+        let e = err(&GOOD.replace("kind = \"http\"", "kind = \"htp\""));
+        assert!(e.starts_with("apps/shop.toml:10:8: `health.kind`"), "{e}");
+        let e = err(&GOOD.replace(
+            "pool = \"10.91.0.10-10.91.0.99\"",
+            "pool = \"10.92.0.10-10.92.0.99\"",
+        ));
+        assert!(
+            e.contains("apps/shop.toml:8:8") && e.contains("not inside the subnet"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace("10.91.0.128/25", "10.91.0.0/25"));
+        assert!(e.contains("overlaps the pool"), "{e}");
+        let e = err(&GOOD.replace("instances = 2", "instancez = 2"));
+        assert!(e.contains("apps/shop.toml:3:1") && e.contains("instancez"), "{e}");
+        let e = err(&GOOD.replace("interval = \"200ms\"", "interval = \"soon\""));
+        assert!(e.contains("`health.interval`"), "{e}");
+        let e = err(&GOOD.replace("/var/lib/tomcat10/webapps/**", "webapps/**"));
+        assert!(e.contains("`hotfix.paths`"), "{e}");
+        let e =
+            err(&format!("{GOOD}\n").replace("name = \"shop\"", "name = \"shop\"\nhosts = [\"ssh://x\"]"));
+        assert!(e.contains("`hosts`"), "{e}");
+    }
+
+    #[test]
+    fn networks_and_endpoints() {
+        let n = Ipv4Net::parse("10.91.0.0/24").unwrap();
+        assert!(n.contains("10.91.0.255".parse().unwrap()) && !n.contains("10.91.1.0".parse().unwrap()));
+        assert_eq!(n.last(), "10.91.0.255".parse::<Ipv4Addr>().unwrap());
+        assert!(Ipv4Net::parse("10.91.0.1/24").is_none(), "host bits set");
+        assert!(Ipv4Net::parse("10.91.0.0/33").is_none());
+        assert_eq!(
+            Endpoint::parse("tcp://h:2376?tls=/etc/d").unwrap(),
+            Endpoint::Tcp {
+                addr: "h:2376".into(),
+                tls: Some("/etc/d".into())
+            }
+        );
+        assert!(Endpoint::parse("tcp://h").is_err());
+        assert_eq!(parse_duration("1500ms"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("10"), None);
+    }
+}

@@ -1,0 +1,210 @@
+//! What the orchestrator remembers of each app, under the data directory:
+//! `apps/APP/state.json` (instances, and the operation in progress, if
+//! any) and `apps/APP/history.jsonl` (one line per deploy, hotfix or
+//! rollback). The state file is replaced atomically before and after each
+//! step that changes a host, so a crashed orchestrator leaves a journal
+//! the next run recovers from.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{DeployError, Result};
+use crate::digest::Digest;
+
+/// An image as the orchestrator knows it: the name it was given by, and
+/// its manifest and config digests (the engine's image ID is the config).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRef {
+    pub name: String,
+    pub manifest: Digest,
+    pub config: Digest,
+}
+
+impl std::fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.name, self.manifest.short())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Instance {
+    pub index: u32,
+    pub name: String,
+    pub host: String,
+    pub ip: Ipv4Addr,
+    pub container: String,
+    pub container_name: String,
+    pub generation: u64,
+    /// The image the container was created from.
+    pub image: ImageRef,
+    /// A hotfix applied in place: the container's files match this image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hotfix: Option<ImageRef>,
+    pub health: String,
+    pub since: String,
+}
+
+impl Instance {
+    /// The image whose files the instance runs now.
+    pub fn effective(&self) -> &ImageRef {
+        self.hotfix.as_ref().unwrap_or(&self.image)
+    }
+}
+
+/// A step in progress, written before it touches a host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Operation {
+    Redeploy {
+        index: u32,
+        pid: u32,
+        started_at: String,
+        old: Option<String>,
+        new: Option<String>,
+        phase: String,
+    },
+    Hotfix {
+        index: u32,
+        pid: u32,
+        started_at: String,
+        container: String,
+        backup: PathBuf,
+        phase: String,
+    },
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AppState {
+    pub app: String,
+    /// The number of the last history entry.
+    pub version: u64,
+    pub instances: BTreeMap<u32, Instance>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<Operation>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub version: u64,
+    pub at: String,
+    /// deploy, hotfix, rollback.
+    pub action: String,
+    /// hotfix or redeploy.
+    pub mode: String,
+    pub image: ImageRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<ImageRef>,
+    /// ok, rolled-back, failed.
+    pub outcome: String,
+    #[serde(default)]
+    pub detail: String,
+    pub seconds: f64,
+    pub by: String,
+}
+
+/// The files of one app under the data directory.
+pub struct AppDir {
+    dir: PathBuf,
+}
+
+impl AppDir {
+    pub fn new(data: &Path, app: &str) -> AppDir {
+        AppDir {
+            dir: data.join("apps").join(app),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    fn io(&self, path: &Path) -> impl FnOnce(std::io::Error) -> DeployError {
+        let path = path.to_path_buf();
+        move |source| DeployError::Io { path, source }
+    }
+
+    pub fn load(&self, app: &str) -> Result<AppState> {
+        let p = self.dir.join("state.json");
+        match std::fs::read(&p) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| DeployError::Corrupt {
+                path: p,
+                why: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(AppState {
+                app: app.to_string(),
+                ..Default::default()
+            }),
+            Err(e) => Err(self.io(&p)(e)),
+        }
+    }
+
+    pub fn save(&self, state: &AppState) -> Result<()> {
+        std::fs::create_dir_all(&self.dir).map_err(self.io(&self.dir))?;
+        let p = self.dir.join("state.json");
+        let bytes = serde_json::to_vec_pretty(state).unwrap_or_default();
+        crate::store::write_atomic(&p, &bytes).map_err(self.io(&p))
+    }
+
+    pub fn append_history(&self, e: &HistoryEntry) -> Result<()> {
+        std::fs::create_dir_all(&self.dir).map_err(self.io(&self.dir))?;
+        let p = self.dir.join("history.jsonl");
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&p)
+            .map_err(self.io(&p))?;
+        let mut line = serde_json::to_vec(e).unwrap_or_default();
+        line.push(b'\n');
+        f.write_all(&line).map_err(self.io(&p))?;
+        f.sync_data().map_err(self.io(&p))
+    }
+
+    pub fn history(&self) -> Result<Vec<HistoryEntry>> {
+        let p = self.dir.join("history.jsonl");
+        let text = match std::fs::read_to_string(&p) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => return Err(self.io(&p)(e)),
+        };
+        // A line cut by a crash is skipped, not fatal.
+        Ok(text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect())
+    }
+
+    /// A fresh directory for one hotfix's staged archive and backups.
+    pub fn hotfix_dir(&self, id: &str) -> Result<PathBuf> {
+        let d = self.dir.join("hotfix").join(id);
+        std::fs::create_dir_all(&d).map_err(self.io(&d))?;
+        Ok(d)
+    }
+}
+
+/// Now, RFC 3339 in UTC.
+pub fn now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    crate::oci::rfc3339(secs)
+}
+
+/// Who runs this: `$STRATA_USER`, `$USER` or `unknown`, with the host name.
+pub fn whoami() -> String {
+    let user = std::env::var("STRATA_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    if host.is_empty() {
+        user
+    } else {
+        format!("{user}@{host}")
+    }
+}

@@ -1,0 +1,672 @@
+//! The orchestrator against the real Docker engine, with a Tomcat app
+//! built by strata from Debian packages: 20 redeploys on one IP, a hotfix
+//! of a static file and a JSP without a restart, injected hotfix failures
+//! restored from the backup, a hostile archive refused, a failing health
+//! check rolled back, and bad input refused with nothing changed.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::*;
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+
+/// The tier stack with app versions v1, v2 (index.html and a JSP changed,
+/// a file added in a new directory) and bad (no /health.txt), plus a
+/// hand-made `hostile` image, in one store and layout.
+struct Stack {
+    _dir: tempfile::TempDir,
+    store: PathBuf,
+    layout: PathBuf,
+}
+
+fn stack() -> Option<&'static Stack> {
+    static STACK: OnceLock<Option<Stack>> = OnceLock::new();
+    STACK
+        .get_or_init(|| {
+            if !have_docker() {
+                return None;
+            }
+            debs()?;
+            let dir = tempfile::tempdir().unwrap();
+            let web = |name: &str| dir.path().join(format!("web-{name}"));
+            let src = repo().join("base-images/webapp");
+            for v in ["v1", "v2", "bad"] {
+                copy_dir(&src, &web(v));
+                if v != "bad" {
+                    write(&web(v).join("health.txt"), "ok\n");
+                }
+            }
+            write(&web("v2").join("index.html"), "<h1>version two</h1>\n");
+            let jsp = std::fs::read_to_string(src.join("info.jsp")).unwrap();
+            write(
+                &web("v2").join("info.jsp"),
+                jsp.replace(
+                    "out.println(\"pid=\"",
+                    "out.println(\"jsp=two\");\nout.println(\"pid=\"",
+                ),
+            );
+            write(&web("v2").join("extra/added.txt"), "added by v2\n");
+            let store = dir.path().join("store");
+            let layout = dir.path().join("oci");
+            let o = strata()
+                .env("STRATA_STORE", &store)
+                .arg("build")
+                .arg("-c")
+                .arg(repo().join("deploy/examples/offline.toml"))
+                .arg("--layout")
+                .arg(&layout)
+                .args(["--tier", "v1", "--tier", "v2", "--tier", "bad"])
+                .arg("--war")
+                .arg(format!("v1={}", web("v1").display()))
+                .arg("--war")
+                .arg(format!("v2={}", web("v2").display()))
+                .arg("--war")
+                .arg(format!("bad={}", web("bad").display()))
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "build: {}", stderr(&o));
+            add_hostile_image(&layout);
+            Some(Stack {
+                _dir: dir,
+                store,
+                layout,
+            })
+        })
+        .as_ref()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for e in walkdir::WalkDir::new(from) {
+        let e = e.unwrap();
+        let rel = e.path().strip_prefix(from).unwrap();
+        let dest = to.join(rel);
+        if e.file_type().is_dir() {
+            std::fs::create_dir_all(&dest).unwrap();
+        } else {
+            std::fs::copy(e.path(), &dest).unwrap();
+        }
+    }
+}
+
+fn sha256(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+/// v1 plus a layer with `ROOT/lnk -> /etc` and `ROOT/lnk/pwned`: written
+/// into a running container, the file would land in /etc.
+fn add_hostile_image(layout: &Path) {
+    let index_path = layout.join("index.json");
+    let mut index: Value = serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    let blob = |d: &str| layout.join("blobs/sha256").join(d.trim_start_matches("sha256:"));
+    let v1 = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == "v1")
+        .unwrap()
+        .clone();
+    let mut manifest: Value =
+        serde_json::from_slice(&std::fs::read(blob(v1["digest"].as_str().unwrap())).unwrap()).unwrap();
+    let mut config: Value =
+        serde_json::from_slice(&std::fs::read(blob(manifest["config"]["digest"].as_str().unwrap())).unwrap())
+            .unwrap();
+    let tar = tar_of(&[
+        ("var/lib/tomcat10/webapps/ROOT/lnk@", "/etc"),
+        (
+            "var/lib/tomcat10/webapps/ROOT/lnk/pwned",
+            "written through a link\n",
+        ),
+    ]);
+    let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
+    std::io::Write::write_all(&mut gz, &tar).unwrap();
+    let gz = gz.finish().unwrap();
+    let put = |bytes: &[u8]| -> String {
+        let d = sha256(bytes);
+        std::fs::write(layout.join("blobs/sha256").join(&d), bytes).unwrap();
+        format!("sha256:{d}")
+    };
+    let layer = put(&gz);
+    config["rootfs"]["diff_ids"]
+        .as_array_mut()
+        .unwrap()
+        .push(format!("sha256:{}", sha256(&tar)).into());
+    if let Some(h) = config["history"].as_array_mut() {
+        h.push(serde_json::json!({ "created_by": "hostile layer" }));
+    }
+    let cfg = serde_json::to_vec(&config).unwrap();
+    manifest["config"]["digest"] = put(&cfg).into();
+    manifest["config"]["size"] = cfg.len().into();
+    manifest["layers"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": layer,
+            "size": gz.len(),
+        }));
+    let m = serde_json::to_vec(&manifest).unwrap();
+    let mut entry = v1.clone();
+    entry["digest"] = put(&m).into();
+    entry["size"] = m.len().into();
+    entry["annotations"]["org.opencontainers.image.ref.name"] = "hostile".into();
+    index["manifests"].as_array_mut().unwrap().push(entry);
+    std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+}
+
+/// One app of a test: its spec, data directory and the engine objects to
+/// remove afterwards (by label and name, also when the test fails).
+struct App {
+    name: String,
+    dir: tempfile::TempDir,
+    network: String,
+    subnet: String,
+}
+
+impl App {
+    /// `warm`: declare the engine's dynamic range (warm swap redeploys).
+    fn new(tag: &str, warm: bool, third_octet: u8, retries: u32) -> App {
+        let name = format!("t{tag}-{}", std::process::id() % 100_000);
+        let network = format!("strata-test-{name}");
+        let octet = 200 + (std::process::id() % 40) as u8;
+        let subnet = format!("10.{octet}.{third_octet}");
+        let dir = tempfile::tempdir().unwrap();
+        let dynamic = if warm {
+            format!("dynamic_range = \"{subnet}.128/25\"\n")
+        } else {
+            String::new()
+        };
+        write(
+            &dir.path().join(format!("apps/{name}.toml")),
+            format!(
+                r#"name = "{name}"
+image = "v1"
+stop_grace = "5s"
+memory_mib = 400
+log_dir = "/var/log/tomcat10"
+env = {{ JAVA_OPTS = "-Djava.awt.headless=true -Xss512k -XX:TieredStopAtLevel=1" }}
+[network]
+name = "{network}"
+subnet = "{subnet}.0/24"
+{dynamic}pool = "{subnet}.10-{subnet}.20"
+[health]
+kind = "http"
+port = 8080
+path = "/health.txt"
+interval = "150ms"
+timeout = "2s"
+retries = {retries}
+[hotfix]
+paths = ["/var/lib/tomcat10/webapps/**"]
+"#
+            ),
+        );
+        App {
+            name,
+            dir,
+            network,
+            subnet,
+        }
+    }
+
+    fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let s = stack().expect("stack built");
+        let mut c = strata();
+        c.env("STRATA_STORE", &s.store)
+            .env_remove("STRATA_FAULT")
+            .args(args)
+            .arg(&self.name)
+            .arg("--apps")
+            .arg(self.dir.path().join("apps"))
+            .arg("--data")
+            .arg(self.dir.path().join("data"))
+            .arg("--layout")
+            .arg(&s.layout);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    }
+
+    /// Runs a command that must succeed and print JSON.
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let o = self.run(&a, &[]);
+        assert!(
+            o.status.success(),
+            "strata {args:?}: {}\n{}",
+            stderr(&o),
+            stdout(&o)
+        );
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(&o)))
+    }
+
+    fn status(&self) -> Value {
+        self.json(&["status"])["instances"][0].clone()
+    }
+
+    fn container(&self) -> String {
+        self.status()["container"].as_str().unwrap().to_string()
+    }
+
+    fn ip(&self) -> String {
+        self.status()["ip"].as_str().unwrap().to_string()
+    }
+
+    fn get(&self, path: &str) -> Option<String> {
+        http_get(&format!("{}:8080", self.ip()), path)
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let ids = Command::new("docker")
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=org.strata.app={}", self.name),
+            ])
+            .output()
+            .map(|o| stdout(&o))
+            .unwrap_or_default();
+        for id in ids.split_whitespace() {
+            let _ = Command::new("docker").args(["rm", "-f", id]).output();
+        }
+        let _ = Command::new("docker")
+            .args(["network", "rm", &self.network])
+            .output();
+        let _ = Command::new("docker")
+            .args(["volume", "rm", &format!("strata-{}-1-logs", self.name)])
+            .output();
+        let images = Command::new("docker")
+            .args(["images", "-q", &format!("strata-deploy/{}", self.name)])
+            .output()
+            .map(|o| stdout(&o))
+            .unwrap_or_default();
+        for i in images.split_whitespace() {
+            let _ = Command::new("docker").args(["rmi", "-f", i]).output();
+        }
+        let _ = &self.subnet;
+    }
+}
+
+/// A plain HTTP/1.0 GET from this machine (the bridge is routed here).
+fn http_get(addr: &str, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    let (head, body) = body.split_once("\r\n\r\n")?;
+    head.contains(" 200 ").then(|| body.to_string())
+}
+
+fn inspect(container: &str, format: &str) -> String {
+    let o = Command::new("docker")
+        .args(["inspect", "-f", format, container])
+        .output()
+        .unwrap();
+    stdout(&o).trim().to_string()
+}
+
+/// The start time (clock ticks since boot) of a host process: a new
+/// process with a reused PID would have another.
+fn proc_start(pid: &str) -> String {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .nth(19)
+        .unwrap_or("")
+        .to_string()
+}
+
+/// sha256 of every file under the webapp, from inside the container.
+fn webapp_sums(container: &str) -> String {
+    let o = Command::new("docker")
+        .args([
+            "exec",
+            container,
+            "sh",
+            "-c",
+            "cd /var/lib/tomcat10/webapps/ROOT && find . -type f | sort | xargs sha256sum",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    stdout(&o)
+}
+
+fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn twenty_redeploys_keep_the_ip_and_pass_their_health_checks() {
+    let Some(_) = stack() else { return };
+    let app = App::new("ip", true, 1, 400);
+    let first = app.json(&["deploy"]);
+    assert_eq!(first["instances"][0]["mode"], "redeploy");
+    let ip = app.ip();
+    assert!(ip.starts_with(&app.subnet), "{ip} from the app's pool");
+    let mut containers = vec![app.container()];
+    for round in 0..20 {
+        let image = if round % 2 == 0 { "v2" } else { "v1" };
+        let r = app.json(&["deploy", "--redeploy", "--image", image]);
+        let i = &r["instances"][0];
+        assert_eq!(i["mode"], "redeploy", "round {round}: {r}");
+        assert_eq!(i["outcome"], "ok", "round {round}: {r}");
+        assert_eq!(i["ip"], ip.as_str(), "round {round}: the IP is kept");
+        assert!(i["gap_seconds"].as_f64().is_some(), "{r}");
+        let c = app.container();
+        assert!(!containers.contains(&c), "round {round}: a new container");
+        assert_eq!(inspect(&c, "{{.State.Running}}"), "true");
+        let addrs = inspect(&c, "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}");
+        assert_eq!(
+            addrs.trim(),
+            ip,
+            "round {round}: the engine agrees on the address"
+        );
+        // The previous container is gone and the IP serves the new image.
+        assert_eq!(inspect(containers.last().unwrap(), "{{.Id}}"), "");
+        let want = if image == "v2" { "version two" } else { "strata" };
+        let page = wait_for(Duration::from_secs(20), || {
+            app.get("/").filter(|p| p.contains(want))
+        });
+        assert!(page.is_some(), "round {round}: {ip} serves {image}");
+        containers.push(c);
+    }
+    // Java resolves its own hostname to the kept address.
+    let info = app.get("/info.jsp").unwrap();
+    assert!(info.contains(&format!("host={}-1/{ip}", app.name)), "{info}");
+    let history = app.json(&["history"]);
+    let h = history.as_array().unwrap();
+    assert_eq!(h.len(), 21);
+    assert!(
+        h.iter().all(|e| e["outcome"] == "ok" && e["mode"] == "redeploy"),
+        "{history}"
+    );
+    // The lease is held by the instance, once.
+    let leases =
+        std::fs::read_to_string(app.dir.path().join(format!("data/leases/{}.json", app.network))).unwrap();
+    assert_eq!(leases.matches(&ip).count(), 1, "{leases}");
+}
+
+#[test]
+fn hotfix_changes_static_files_and_a_jsp_without_a_restart() {
+    let Some(_) = stack() else { return };
+    let app = App::new("hot", true, 2, 400);
+    app.json(&["deploy"]);
+    let c = app.container();
+    let started = inspect(&c, "{{.State.StartedAt}}");
+    let pid = inspect(&c, "{{.State.Pid}}");
+    let jvm_start = proc_start(&pid);
+    assert!(!jvm_start.is_empty());
+    let info = app.get("/info.jsp").expect("the JSP runs");
+    assert!(!info.contains("jsp=two"));
+
+    // v1 → v2 touches only the webapp: a hotfix, chosen automatically.
+    let r = app.json(&["deploy", "--image", "v2"]);
+    let i = &r["instances"][0];
+    assert_eq!(i["mode"], "hotfix", "{r}");
+    assert_eq!(i["outcome"], "ok", "{r}");
+    let page = wait_for(Duration::from_secs(20), || {
+        app.get("/").filter(|p| p.contains("version two"))
+    });
+    assert!(page.is_some(), "the static file changed");
+    let jsp = wait_for(Duration::from_secs(20), || {
+        app.get("/info.jsp").filter(|p| p.contains("jsp=two"))
+    });
+    assert!(jsp.is_some(), "the JSP was recompiled");
+    assert_eq!(app.get("/extra/added.txt").as_deref(), Some("added by v2\n"));
+    // No restart: the container, its PID 1 and the JVM are the same.
+    assert_eq!(app.container(), c);
+    assert_eq!(inspect(&c, "{{.State.StartedAt}}"), started);
+    assert_eq!(inspect(&c, "{{.State.Pid}}"), pid);
+    assert_eq!(proc_start(&pid), jvm_start, "the JVM is the same process");
+    assert!(jsp.unwrap().contains("pid=1"), "the JVM is the container's PID 1");
+    let st = app.status();
+    assert!(
+        st["hotfix"]["name"] == "v2" && st["image"]["name"] == "v1",
+        "{st}"
+    );
+
+    // Injected failures halfway through the upload and through the moves:
+    // the backup goes back, the container is unchanged.
+    let before = webapp_sums(&c);
+    for fault in ["hotfix-upload", "hotfix-move"] {
+        let o = app.run(&["hotfix", "--image", "v1"], &[("STRATA_FAULT", fault)]);
+        let err = stderr(&o);
+        assert!(!o.status.success(), "{fault}: {err}");
+        assert!(err.contains("the backup was restored"), "{fault}: {err}");
+        assert!(err.contains("injected fault"), "{fault}: {err}");
+        assert_eq!(webapp_sums(&c), before, "{fault}: files as before");
+        assert_eq!(inspect(&c, "{{.State.StartedAt}}"), started);
+        let leftovers = Command::new("docker")
+            .args([
+                "exec",
+                &c,
+                "sh",
+                "-c",
+                "ls -d /.strata-hotfix-* 2>/dev/null | wc -l",
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(
+            stdout(&leftovers).trim(),
+            "0",
+            "{fault}: no staging directory left"
+        );
+    }
+    assert!(app.get("/").unwrap().contains("version two"));
+
+    // A hostile archive (a symlink to /etc, then a file through it) is
+    // refused before anything is written.
+    let o = app.run(&["hotfix", "--image", "hostile"], &[]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("under the symlink"), "{}", stderr(&o));
+    let pwned = Command::new("docker")
+        .args(["exec", &c, "test", "-e", "/etc/pwned"])
+        .output()
+        .unwrap();
+    assert!(!pwned.status.success(), "nothing was written through the link");
+    assert_eq!(webapp_sums(&c), before);
+
+    // Refused before anything was touched: no history entry for it.
+    let history = app.json(&["history"]);
+    let outcomes: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["ok", "ok", "restored", "restored"], "{history}");
+
+    // A full redeploy converges the hotfixed instance to v2's own image.
+    let r = app.json(&["deploy", "--image", "v2", "--redeploy"]);
+    assert_eq!(r["instances"][0]["mode"], "redeploy");
+    let st = app.status();
+    assert!(st["hotfix"].is_null() && st["image"]["name"] == "v2", "{st}");
+    assert!(app.get("/").unwrap().contains("version two"));
+
+    // Logs of every instance, prefixed with its name.
+    let o = app.run(&["logs", "--tail", "50"], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains(&format!("{}-1 | ", app.name)) && stdout(&o).contains("Server startup"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn a_failing_health_check_rolls_back_and_keeps_the_ip() {
+    let Some(_) = stack() else { return };
+    // No dynamic range: the cold path (stop, then start on the same IP).
+    let app = App::new("rb", false, 3, 200);
+    app.json(&["deploy"]);
+    let ip = app.ip();
+    let old = app.container();
+
+    // Meanwhile, a second deploy of the same app is refused.
+    let mut first = strata();
+    first
+        .env("STRATA_STORE", &stack().unwrap().store)
+        .args(["deploy", &app.name, "--redeploy", "--image", "bad", "--apps"])
+        .arg(app.dir.path().join("apps"))
+        .arg("--data")
+        .arg(app.dir.path().join("data"))
+        .arg("--layout")
+        .arg(&stack().unwrap().layout)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = first.spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    let second = app.run(&["deploy", "--image", "v2"], &[]);
+    assert!(!second.status.success());
+    assert!(stderr(&second).contains("is locked by"), "{}", stderr(&second));
+
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("rolled back") && err.contains(&ip), "{err}");
+    assert!(
+        err.contains("/health.txt"),
+        "the reason names the failing probe: {err}"
+    );
+    let st = app.status();
+    assert_eq!(st["ip"], ip.as_str());
+    assert_eq!(st["container"], old.as_str(), "the old container serves again");
+    assert_eq!(st["running"], true);
+    assert_eq!(st["image"]["name"], "v1");
+    assert!(wait_for(Duration::from_secs(20), || app.get("/health.txt")).is_some());
+    let history = app.json(&["history"]);
+    assert_eq!(history[1]["outcome"], "rolled-back", "{history}");
+    let bad = Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=org.strata.app={}", app.name),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        stdout(&bad).split_whitespace().count(),
+        1,
+        "the failed container is gone"
+    );
+
+    // `rollback` returns to the last good version other than the current.
+    app.json(&["deploy", "--image", "v2"]);
+    let r = app.json(&["rollback"]);
+    assert_eq!(r["action"], "rollback");
+    assert!(r["image"].as_str().unwrap().starts_with("v1"), "{r}");
+    assert!(
+        wait_for(Duration::from_secs(20), || app
+            .get("/")
+            .filter(|p| !p.contains("version two")))
+        .is_some()
+    );
+}
+
+#[test]
+fn bad_input_is_a_clear_error_and_changes_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let apps = d.path().join("apps");
+    let spec = |name: &str, body: &str| write(&apps.join(format!("{name}.toml")), body);
+    spec(
+        "far",
+        "name = \"far\"\nhosts = [\"tcp://127.0.0.1:1\"]\n[network]\nname = \"strata-test-far\"\nsubnet = \"10.250.0.0/24\"\npool = \"10.250.0.10-10.250.0.20\"\n",
+    );
+    spec(
+        "outside",
+        "name = \"outside\"\n[network]\nname = \"n\"\nsubnet = \"10.250.0.0/24\"\npool = \"10.251.0.10-10.251.0.20\"\n",
+    );
+    let run = |args: &[&str]| {
+        strata()
+            .env("STRATA_STORE", d.path().join("store"))
+            .args(args)
+            .arg("--apps")
+            .arg(&apps)
+            .arg("--data")
+            .arg(d.path().join("data"))
+            .output()
+            .unwrap()
+    };
+    let o = run(&["deploy", "nosuch", "--image", "x"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("unknown app `nosuch`") && stderr(&o).contains("far, outside"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = run(&["status", "outside"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("outside.toml:5:8: `network.pool`")
+            && stderr(&o).contains("not inside the subnet"),
+        "{}",
+        stderr(&o)
+    );
+
+    // An unreachable engine: refused before anything is leased or stored.
+    let img = d.path().join("img");
+    write(
+        &d.path().join("layers.toml"),
+        "[tiers.tiny]\nsources = [{ content = \"hi\\n\", dest = \"/hello\" }]\n",
+    );
+    let o = strata()
+        .env("STRATA_STORE", d.path().join("store"))
+        .args(["build", "-c"])
+        .arg(d.path().join("layers.toml"))
+        .arg("--layout")
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "tiny build: {}", stderr(&o));
+    let o = strata()
+        .env("STRATA_STORE", d.path().join("store"))
+        .args(["deploy", "far", "--image", "tiny", "--layout"])
+        .arg(&img)
+        .arg("--apps")
+        .arg(&apps)
+        .arg("--data")
+        .arg(d.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("docker engine tcp://127.0.0.1:1: connect"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        !d.path().join("data/leases/strata-test-far.json").exists(),
+        "no lease taken"
+    );
+    assert!(
+        !d.path().join("data/apps/far/history.jsonl").exists(),
+        "no history written"
+    );
+}
