@@ -11,6 +11,7 @@ mod images;
 mod inspect;
 mod lease;
 mod prewarm;
+mod release;
 mod serve;
 mod token;
 mod transfer;
@@ -60,6 +61,7 @@ pub enum Command {
     Status(deploy::StatusArgs),
     History(deploy::HistoryArgs),
     Logs(deploy::LogsArgs),
+    Release(release::Args),
 }
 
 /// Options shared by commands that read images.
@@ -116,6 +118,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(a) => deploy::status(a),
         Command::History(a) => deploy::history(a),
         Command::Logs(a) => deploy::logs(a),
+        Command::Release(a) => release::run(a),
     }
 }
 

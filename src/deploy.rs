@@ -549,6 +549,13 @@ impl<'a> Orchestrator<'a> {
                     && !c.running
                 {
                     self.block(host.start(&o))?;
+                    if let Some(i) = st.instances.get(&index) {
+                        self.block(health::wait_healthy(&host, &o, i.ip, &self.app.health))
+                            .map_err(|why| DeployError::Instance {
+                                instance: i.name.clone(),
+                                why: format!("restarted after the crash but unhealthy: {why}"),
+                            })?;
+                    }
                 }
             }
             Operation::Hotfix {

@@ -491,7 +491,23 @@ fn hotfix_changes_static_files_and_a_jsp_without_a_restart() {
     assert!(!pwned.status.success(), "nothing was written through the link");
     assert_eq!(webapp_sums(&c), before);
 
-    // Refused before anything was touched: no history entry for it.
+    // The orchestrator dies after moving the files: `status` reports the
+    // unfinished hotfix and the next deploy restores the backup first.
+    let o = app.run(&["hotfix", "--image", "v1"], &[("STRATA_FAULT", "crash-hotfix")]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("crashing mid-hotfix"),
+        "{}",
+        stderr(&o)
+    );
+    assert_ne!(webapp_sums(&c), before, "the crash came after the moves");
+    let st = app.json(&["status"]);
+    assert_eq!(st["unfinished"]["kind"], "hotfix", "{st}");
+    let r = app.json(&["deploy", "--image", "v2"]);
+    assert_eq!(r["instances"][0]["mode"], "unchanged", "{r}");
+    assert_eq!(webapp_sums(&c), before, "the backup was restored");
+    assert!(app.json(&["status"])["unfinished"].is_null());
+
+    // Refused before anything was touched: no history entry for them.
     let history = app.json(&["history"]);
     let outcomes: Vec<&str> = history
         .as_array()
@@ -499,7 +515,7 @@ fn hotfix_changes_static_files_and_a_jsp_without_a_restart() {
         .iter()
         .map(|e| e["outcome"].as_str().unwrap())
         .collect();
-    assert_eq!(outcomes, ["ok", "ok", "restored", "restored"], "{history}");
+    assert_eq!(outcomes, ["ok", "ok", "restored", "restored", "ok"], "{history}");
 
     // A full redeploy converges the hotfixed instance to v2's own image.
     let r = app.json(&["deploy", "--image", "v2", "--redeploy"]);
@@ -587,6 +603,39 @@ fn a_failing_health_check_rolls_back_and_keeps_the_ip() {
             .filter(|p| !p.contains("version two")))
         .is_some()
     );
+
+    // The orchestrator dies with the old container stopped and the new one
+    // not started: the next deploy starts the old one again first.
+    let o = app.run(
+        &["deploy", "--redeploy", "--image", "v2"],
+        &[("STRATA_FAULT", "crash-redeploy")],
+    );
+    assert!(
+        !o.status.success() && stderr(&o).contains("crashing mid-redeploy"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(app.json(&["status"])["unfinished"]["kind"], "redeploy");
+    let c = app.container();
+    assert_eq!(inspect(&c, "{{.State.Running}}"), "false");
+    let r = app.json(&["deploy", "--image", "v1"]);
+    assert_eq!(r["instances"][0]["mode"], "unchanged", "{r}");
+    assert_eq!(inspect(&c, "{{.State.Running}}"), "true");
+    assert!(app.get("/health.txt").is_some(), "{ip} answers again");
+    let all = Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=org.strata.app={}", app.name),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        stdout(&all).split_whitespace().count(),
+        1,
+        "the half-made container is gone"
+    );
 }
 
 #[test]
@@ -669,4 +718,73 @@ fn bad_input_is_a_clear_error_and_changes_nothing() {
         !d.path().join("data/apps/far/history.jsonl").exists(),
         "no history written"
     );
+}
+
+#[test]
+fn release_builds_pushes_and_deploys_then_hotfixes_the_next_war() {
+    let Some(s) = stack() else { return };
+    let app = App::new("rel", true, 4, 400);
+    let reg = tempfile::tempdir().unwrap();
+    let serve = common::serve::Serve::start(reg.path());
+    let layout = app.dir.path().join("oci");
+    let war = app.dir.path().join("war");
+    copy_dir(&repo().join("base-images/webapp"), &war);
+    write(&war.join("health.txt"), "ok\n");
+    let release = |tag: &str| {
+        strata()
+            .env("STRATA_STORE", &s.store)
+            .env("STRATA_REGISTRY_AUTH", &serve.token)
+            .args(["release", &app.name, "--json", "-c"])
+            .arg(repo().join("deploy/examples/offline.toml"))
+            .arg("--war")
+            .arg(&war)
+            .arg("--push")
+            .arg(format!("127.0.0.1:{}/{}:{tag}", serve.port, app.name))
+            .arg("--apps")
+            .arg(app.dir.path().join("apps"))
+            .arg("--data")
+            .arg(app.dir.path().join("data"))
+            .arg("--layout")
+            .arg(&layout)
+            .output()
+            .unwrap()
+    };
+    let o = release("b1");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["action"], "release");
+    assert_eq!(r["instances"][0]["mode"], "redeploy", "{r}");
+    assert!(app.get("/").unwrap().contains("strata"));
+    // The registry has it.
+    let tags = reqwest::blocking::Client::new()
+        .get(format!(
+            "http://127.0.0.1:{}/v2/{}/tags/list",
+            serve.port, app.name
+        ))
+        .basic_auth("tests", Some(&serve.token))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(tags.contains("b1"), "{tags}");
+
+    // The next build changes a page: the release hotfixes it in place.
+    write(&war.join("index.html"), "<h1>build two</h1>\n");
+    let o = release("b2");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["instances"][0]["mode"], "hotfix", "{r}");
+    assert!(
+        wait_for(Duration::from_secs(20), || app
+            .get("/")
+            .filter(|p| p.contains("build two")))
+        .is_some()
+    );
+
+    // A WAR that does not exist: a clear error, nothing deployed.
+    std::fs::remove_dir_all(&war).unwrap();
+    let o = release("b3");
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("does not exist"), "{}", stderr(&o));
+    assert_eq!(app.json(&["history"]).as_array().unwrap().len(), 2);
 }

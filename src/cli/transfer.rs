@@ -91,6 +91,9 @@ pub struct PushArgs {
     pub store: StoreArgs,
     #[command(flatten)]
     pub remote: RemoteArgs,
+    /// Report on stderr (when another command owns stdout).
+    #[arg(skip)]
+    pub report_on_stderr: bool,
 }
 
 /// Pull an image from an OCI registry into the store and a layout.
@@ -141,6 +144,14 @@ pub fn push(a: PushArgs) -> Result<()> {
         })
         .with_context(|| format!("pushing {} to {target}", a.image))?;
     progress.finish();
+    if a.report_on_stderr {
+        eprintln!(
+            "pushed {target} {}: {} bytes transferred",
+            report.manifest.digest,
+            report.transferred()
+        );
+        return Ok(());
+    }
     summary(
         "pushed",
         &target.to_string(),

@@ -119,7 +119,11 @@ impl Orchestrator<'_> {
             let cut = fault("hotfix-upload").then_some(size / 2);
             self.block(host.upload(&inst.container, "/", &tar, cut))
                 .map_err(|e| e.to_string())?;
-            let verify = format!("cd {} && sha256sum -c -s SHA256SUMS", plan::quote(&stage));
+            // Nothing to verify when the change only deletes.
+            let verify = format!(
+                "cd {} && if [ -s SHA256SUMS ]; then sha256sum -c -s SHA256SUMS; fi",
+                plan::quote(&stage)
+            );
             let o = self
                 .block(host.exec(&inst.container, &sh(&verify), Some("0")))
                 .map_err(|e| e.to_string())?;
@@ -141,6 +145,10 @@ impl Orchestrator<'_> {
                     o.code,
                     o.output.trim()
                 ));
+            }
+            if fault("crash-hotfix") {
+                eprintln!("injected fault: crashing mid-hotfix (STRATA_FAULT=crash-hotfix)");
+                std::process::abort();
             }
             self.reload(&host, &inst.container)
                 .map_err(|e| format!("reload: {e}"))?;

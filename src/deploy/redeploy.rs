@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use super::host::{NewContainer, short};
 use super::state::{self, AppState, Instance, Operation};
-use super::{DeployError, InstanceReport, Orchestrator, Result, Target, health, secs};
+use super::{DeployError, InstanceReport, Orchestrator, Result, Target, fault, health, secs};
 
 impl Orchestrator<'_> {
     pub(super) fn redeploy_instance(
@@ -129,6 +129,10 @@ impl Orchestrator<'_> {
             self.block(h.stop(&p.container, self.app.stop_grace))?;
         }
         journal(st, "old-stopped")?;
+        if fault("crash-redeploy") {
+            eprintln!("injected fault: crashing mid-redeploy (STRATA_FAULT=crash-redeploy)");
+            std::process::abort();
+        }
         let on_ip = if warm {
             self.block(host.move_to_fixed_ip(&new_id, &self.app.network.name, ip, &name))
         } else {
