@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # The main job, end to end on one Debian machine: fetch the Debian packages,
 # build the tier stack (alpine → tools → jdk → tomcat → sample) with strata,
-# load it into the local Docker engine, run Tomcat and fetch its pages.
+# deploy the sample app on the local Docker engine with a leased IP, fetch
+# its pages, then release a changed WAR as an in-place hotfix.
 #
 #   deploy/examples/demo.sh            # as root, or a user in the docker group
 #
-# Leaves one container, strata-demo, serving on 127.0.0.1:${PORT:-8080}.
-# Stop it with: docker rm -f strata-demo
+# Leaves the app running (container sample-1-gN on network strata-sample,
+# 10.91.0.0/24); state and history in ./strata-data.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-port="${PORT:-8080}"
 log() { printf '\n==> %s\n' "$*" >&2; }
 
 if ! command -v docker >/dev/null 2>&1 || ! command -v curl >/dev/null 2>&1; then
@@ -31,18 +31,22 @@ log "building strata"
 cargo build --release --locked
 strata="${CARGO_TARGET_DIR:-target}/release/strata"
 
-log "building the tier stack and loading it into Docker"
-"$strata" build -c deploy/examples/offline.toml --layout out/oci --load
+log "building the tier stack"
+"$strata" build -c deploy/examples/offline.toml --layout out/oci
 
-log "running strata/sample on 127.0.0.1:$port"
-docker rm -f strata-demo >/dev/null 2>&1 || true
-docker run -d --name strata-demo -p "127.0.0.1:$port:8080" strata/sample:latest >/dev/null
-for _ in $(seq 1 120); do
-    curl -sf "http://127.0.0.1:$port/" >/dev/null && break
-    sleep 0.5
-done
-curl -sf "http://127.0.0.1:$port/" || { docker logs strata-demo | tail -20; exit 1; }
+log "deploying app sample (deploy/apps/sample.toml) on this machine's engine"
+"$strata" deploy sample --image sample --layout out/oci --data strata-data
+ip=$("$strata" status sample --data strata-data --json | sed -n 's/.*"ip": "\([0-9.]*\)".*/\1/p' | head -n 1)
+curl -sf "http://$ip:8080/" || { "$strata" logs sample --data strata-data --tail 20; exit 1; }
 echo
-curl -sf "http://127.0.0.1:$port/info.jsp"
-log "done: Tomcat answers on http://127.0.0.1:$port/ (docker rm -f strata-demo to stop)"
-"$strata" inspect --layout out/oci sample | head -12
+curl -sf "http://$ip:8080/info.jsp"
+
+log "a new WAR with one changed page: released as an in-place hotfix (no restart)"
+rm -rf out/demo-war && cp -r base-images/webapp out/demo-war
+sed -i 's/Hello from strata/Hello again from strata (hotfixed)/' out/demo-war/index.html
+"$strata" release sample --war out/demo-war -c deploy/examples/offline.toml --layout out/oci --data strata-data
+"$strata" history sample --data strata-data
+log "done: Tomcat answers on http://$ip:8080/ (static pages refresh within Tomcat's 5 s cache)"
+echo "  strata status sample --data strata-data     # instances, IP, image, hotfix, health"
+echo "  strata rollback sample --data strata-data   # back to the first version"
+echo "  strata logs sample --data strata-data -f    # Tomcat's log"

@@ -343,6 +343,19 @@ impl Host {
 
     /// Runs `cmd` in the container as `user`, collecting its output.
     pub async fn exec(&self, id: &str, cmd: &[String], user: Option<&str>) -> Result<ExecOutput> {
+        self.exec_to(id, cmd, user, None).await
+    }
+
+    /// Runs `cmd`; with `stdout_to`, its stdout (binary-safe) goes to that
+    /// file and only stderr is collected.
+    pub async fn exec_to(
+        &self,
+        id: &str,
+        cmd: &[String],
+        user: Option<&str>,
+        stdout_to: Option<&Path>,
+    ) -> Result<ExecOutput> {
+        use tokio::io::AsyncWriteExt;
         let what = format!(
             "exec {} in {}",
             cmd.first().map(String::as_str).unwrap_or(""),
@@ -360,6 +373,14 @@ impl Host {
             .create_exec(id, opts)
             .await
             .map_err(self.err(what.clone()))?;
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| DeployError::Io { path, source }
+        };
+        let mut file = match stdout_to {
+            Some(p) => Some(tokio::fs::File::create(p).await.map_err(io(p))?),
+            None => None,
+        };
         let mut output = String::new();
         if let StartExecResults::Attached { output: mut out, .. } = self
             .docker
@@ -369,10 +390,21 @@ impl Host {
         {
             while let Some(chunk) = out.next().await {
                 let chunk = chunk.map_err(self.err(what.clone()))?;
-                if output.len() < 64 * 1024 {
-                    output.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+                match (&mut file, chunk) {
+                    (Some(f), bollard::container::LogOutput::StdOut { message }) => {
+                        let p = stdout_to.expect("file implies a path");
+                        f.write_all(&message).await.map_err(io(p))?;
+                    }
+                    (_, chunk) => {
+                        if output.len() < 64 * 1024 {
+                            output.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+                        }
+                    }
                 }
             }
+        }
+        if let (Some(f), Some(p)) = (&mut file, stdout_to) {
+            f.sync_all().await.map_err(io(p))?;
         }
         let code = self
             .docker

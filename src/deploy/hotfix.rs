@@ -31,9 +31,12 @@ struct BackupIndex {
     container: String,
     /// Shell commands that remove added paths and the staging directory.
     restore_script: String,
-    /// (path in the container, backup tar file name)
-    backups: Vec<(String, String)>,
+    /// The paths backed up (relative to `/`), in `backup.tar` when they
+    /// existed.
+    paths: Vec<String>,
 }
+
+const BACKUP_TAR: &str = "backup.tar";
 
 impl Orchestrator<'_> {
     pub(super) fn hotfix_instance(
@@ -42,6 +45,8 @@ impl Orchestrator<'_> {
         index: u32,
         target: &Target,
     ) -> Result<InstanceReport> {
+        let t0 = std::time::Instant::now();
+        let at = |phase: &str| tracing::debug!("hotfix: {phase} after {} ms", t0.elapsed().as_millis());
         let inst = st.instances[&index].clone();
         let name = inst.name.clone();
         let host = self.host_of_instance(&inst)?;
@@ -67,6 +72,7 @@ impl Orchestrator<'_> {
             &tar,
         )?;
 
+        at("staged");
         let before = self
             .block(host.inspect(&inst.container))?
             .filter(|c| c.running)
@@ -75,18 +81,31 @@ impl Orchestrator<'_> {
                 why: format!("container {} is not running", inst.container_name),
             })?;
 
-        // Backups, from the container itself (it may differ from the image).
-        let mut backups = Vec::new();
-        for (n, p) in plan::backup_paths(&changes).iter().enumerate() {
-            let file = format!("backup-{n}.tar");
-            if self.block(host.download(&inst.container, &format!("/{p}"), &hdir.join(&file)))? {
-                backups.push((p.clone(), file));
+        // Backups, from the container itself (it may differ from the
+        // image): one tar of every affected path, streamed out of an exec.
+        let paths = plan::backup_paths(&changes);
+        if !paths.is_empty() {
+            let o = self.block(host.exec_to(
+                &inst.container,
+                &sh(&plan::backup_script(&paths)),
+                Some("0"),
+                Some(&hdir.join(BACKUP_TAR)),
+            ))?;
+            if o.code != 0 {
+                return Err(DeployError::Instance {
+                    instance: name.clone(),
+                    why: format!(
+                        "backing up the files to change exited {} (the container needs sh and tar): {}",
+                        o.code,
+                        o.output.trim()
+                    ),
+                });
             }
         }
         let index_file = BackupIndex {
             container: inst.container.clone(),
             restore_script: plan::restore_script(&stage, &changes, &old_tree),
-            backups,
+            paths,
         };
         let index_path = hdir.join("backup.json");
         crate::store::write_atomic(
@@ -109,6 +128,7 @@ impl Orchestrator<'_> {
             self.dir.save(st)
         };
         journal(st, "staging")?;
+        at("backed up");
 
         let moves = changes
             .iter()
@@ -119,33 +139,27 @@ impl Orchestrator<'_> {
             let cut = fault("hotfix-upload").then_some(size / 2);
             self.block(host.upload(&inst.container, "/", &tar, cut))
                 .map_err(|e| e.to_string())?;
-            // Nothing to verify when the change only deletes.
-            let verify = format!(
-                "cd {} && if [ -s SHA256SUMS ]; then sha256sum -c -s SHA256SUMS; fi",
-                plan::quote(&stage)
-            );
-            let o = self
-                .block(host.exec(&inst.container, &sh(&verify), Some("0")))
-                .map_err(|e| e.to_string())?;
-            if o.code != 0 {
-                return Err(format!(
-                    "the staged files do not match their checksums: {}",
-                    o.output.trim()
-                ));
-            }
-            journal(st, "moving").map_err(|e| e.to_string())?;
+            at("uploaded");
+            journal(st, "applying").map_err(|e| e.to_string())?;
+            // One exec: verify every staged byte, then move into place.
             let fail_after = fault("hotfix-move").then_some(moves / 2);
-            let script = plan::apply_script(&stage, &changes, &new_tree, fail_after);
+            // (A change that only deletes has an empty checksum list.)
+            let script = format!(
+                "cd {} || exit 1\nif [ -s SHA256SUMS ] && ! sha256sum -c -s SHA256SUMS; then\n  echo 'the staged files do not match their checksums' >&2\n  exit 3\nfi\n{}",
+                plan::quote(&stage),
+                plan::apply_script(&stage, &changes, &new_tree, fail_after)
+            );
             let o = self
                 .block(host.exec(&inst.container, &sh(&script), Some("0")))
                 .map_err(|e| e.to_string())?;
             if o.code != 0 {
                 return Err(format!(
-                    "moving files into place exited {}: {}",
+                    "verifying and moving files into place exited {}: {}",
                     o.code,
                     o.output.trim()
                 ));
             }
+            at("moved");
             if fault("crash-hotfix") {
                 eprintln!("injected fault: crashing mid-hotfix (STRATA_FAULT=crash-hotfix)");
                 std::process::abort();
@@ -167,6 +181,7 @@ impl Orchestrator<'_> {
                 }
                 None => return Err("the container disappeared".into()),
             }
+            at("reloaded and inspected");
             self.block(health::wait_healthy(
                 &host,
                 &inst.container,
@@ -308,22 +323,19 @@ pub(super) fn restore_from_dir(o: &Orchestrator<'_>, host: &Host, container: &st
             why: format!("removing added files exited {}: {}", out.code, out.output.trim()),
         });
     }
-    if index.backups.is_empty() {
+    if index.paths.is_empty() {
         return Ok(());
     }
     // Docker extracts over an existing file without truncating it (a
-    // shorter backup would keep the tail of the longer file), so backups
-    // go into a restore directory first and are renamed into place.
+    // shorter backup would keep the tail of the longer file), so the
+    // backup goes into a restore directory first and is renamed into place.
     let rdir = format!(
         "/.strata-restore-{}",
         dir.file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
     );
-    let mut mkdir = format!("rm -rf {0} && mkdir -p {0}", plan::quote(&rdir));
-    for n in 0..index.backups.len() {
-        mkdir.push_str(&format!(" {}", plan::quote(&format!("{rdir}/{n}"))));
-    }
+    let mkdir = format!("rm -rf {0} && mkdir -p {0}", plan::quote(&rdir));
     let out = o.block(host.exec(container, &sh(&mkdir), Some("0")))?;
     if out.code != 0 {
         return Err(DeployError::Instance {
@@ -331,18 +343,15 @@ pub(super) fn restore_from_dir(o: &Orchestrator<'_>, host: &Host, container: &st
             why: format!("making {rdir} exited {}: {}", out.code, out.output.trim()),
         });
     }
-    let mut script = String::from("set -e\n");
-    for (n, (path, file)) in index.backups.iter().enumerate() {
-        o.block(host.upload(container, &format!("{rdir}/{n}"), &dir.join(file), None))?;
-        let base = path.rsplit('/').next().unwrap_or(path);
-        let target = plan::quote(&format!("/{path}"));
-        script.push_str(&format!(
-            "rm -rf {target}\nmv -f {} {target}\n",
-            plan::quote(&format!("{rdir}/{n}/{base}"))
-        ));
+    let tar = dir.join(BACKUP_TAR);
+    if std::fs::metadata(&tar).is_ok_and(|m| m.len() > 0) {
+        o.block(host.upload(container, &rdir, &tar, None))?;
     }
-    script.push_str(&format!("rm -rf {}\n", plan::quote(&rdir)));
-    let out = o.block(host.exec(container, &sh(&script), Some("0")))?;
+    let out = o.block(host.exec(
+        container,
+        &sh(&plan::put_back_script(&rdir, &index.paths)),
+        Some("0"),
+    ))?;
     if out.code != 0 {
         return Err(DeployError::Instance {
             instance: container.to_string(),

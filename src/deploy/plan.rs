@@ -300,6 +300,32 @@ pub fn restore_script(stage: &str, changes: &[Change], old: &BTreeMap<String, En
     s
 }
 
+/// The script whose stdout is a tar of every path (relative to `/`) that
+/// exists in the container: the backup taken before a hotfix.
+pub fn backup_script(paths: &[String]) -> String {
+    let list: Vec<String> = paths.iter().map(|p| quote(&format!("./{p}"))).collect();
+    format!(
+        "cd / || exit 1\nset --\nfor p in {}; do\n  if [ -e \"$p\" ] || [ -L \"$p\" ]; then set -- \"$@\" \"$p\"; fi\ndone\nif [ $# -gt 0 ]; then exec tar -cf - \"$@\"; fi\n",
+        list.join(" ")
+    )
+}
+
+/// The script that puts backed-up paths (extracted under `rdir`) back
+/// in place by rename; a path that was not in the backup did not exist
+/// before, so it goes.
+pub fn put_back_script(rdir: &str, paths: &[String]) -> String {
+    let mut s = String::from("set -e\n");
+    for p in paths {
+        let saved = quote(&format!("{rdir}/{p}"));
+        let target = quote(&format!("/{p}"));
+        s.push_str(&format!(
+            "if [ -e {saved} ] || [ -L {saved} ]; then rm -rf {target}; mv -f {saved} {target}; else rm -rf {target}; fi\n"
+        ));
+    }
+    s.push_str(&format!("rm -rf {}\n", quote(rdir)));
+    s
+}
+
 /// The `sha256sum -c` list for staged regular files.
 pub fn checksums(changes: &[Change]) -> String {
     let mut s = String::new();
@@ -437,5 +463,12 @@ mod tests {
             "{r}"
         );
         assert_eq!(checksums(&changes).lines().count(), 2);
+        let b = backup_script(&backup_paths(&changes));
+        assert!(
+            b.contains(r"for p in './srv/www/it'\''s.html' './srv/www/old'; do"),
+            "{b}"
+        );
+        let p = put_back_script("/.r", &["srv/a b".to_string()]);
+        assert!(p.contains("mv -f '/.r/srv/a b' '/srv/a b'"), "{p}");
     }
 }

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::lease::Pool;
-use crate::spec::Location;
+use crate::spec::{LineIndex, Location};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
@@ -358,20 +358,12 @@ pub fn load(path: &Path) -> Result<App> {
 
 struct Ctx<'a> {
     file: &'a Path,
-    line_starts: Vec<usize>,
+    lines: LineIndex,
 }
 
 impl Ctx<'_> {
     fn at(&self, offset: usize) -> Location {
-        let line = match self.line_starts.binary_search(&offset) {
-            Ok(i) => i,
-            Err(i) => i - 1,
-        };
-        Location {
-            file: self.file.to_path_buf(),
-            line: line + 1,
-            col: offset - self.line_starts[line] + 1,
-        }
+        self.lines.at(self.file, offset)
     }
 
     fn loc<T>(&self, s: &Spanned<T>) -> Location {
@@ -417,11 +409,9 @@ impl Ctx<'_> {
 
 /// Resolves spec text as if read from `path`.
 pub fn parse(path: &Path, text: &str) -> Result<App> {
-    let mut line_starts = vec![0];
-    line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
     let cx = Ctx {
         file: path,
-        line_starts,
+        lines: LineIndex::new(text),
     };
     let raw: RawApp = toml::from_str(text).map_err(|e| SpecError::Syntax {
         at: cx.at(e.span().map(|s| s.start).unwrap_or(0)),

@@ -20,6 +20,31 @@ pub struct Location {
     pub col: usize,
 }
 
+/// Where each line of a text starts: turns a byte offset (a TOML span)
+/// into a [`Location`].
+#[derive(Debug, Clone)]
+pub struct LineIndex(Vec<usize>);
+
+impl LineIndex {
+    pub fn new(text: &str) -> LineIndex {
+        let mut starts = vec![0];
+        starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        LineIndex(starts)
+    }
+
+    pub fn at(&self, file: &std::path::Path, offset: usize) -> Location {
+        let line = match self.0.binary_search(&offset) {
+            Ok(i) => i,
+            Err(i) => i - 1,
+        };
+        Location {
+            file: file.to_path_buf(),
+            line: line + 1,
+            col: offset - self.0[line] + 1,
+        }
+    }
+}
+
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}:{}", self.file.display(), self.line, self.col)

@@ -20,20 +20,12 @@ pub struct AppOverride {
 struct Ctx<'a> {
     file: &'a Path,
     dir: PathBuf,
-    line_starts: Vec<usize>,
+    lines: LineIndex,
 }
 
 impl Ctx<'_> {
     fn at(&self, offset: usize) -> Location {
-        let line = match self.line_starts.binary_search(&offset) {
-            Ok(i) => i,
-            Err(i) => i - 1,
-        };
-        Location {
-            file: self.file.to_path_buf(),
-            line: line + 1,
-            col: offset - self.line_starts[line] + 1,
-        }
+        self.lines.at(self.file, offset)
     }
 
     fn loc<T>(&self, s: &Spanned<T>) -> Location {
@@ -69,8 +61,6 @@ impl Ctx<'_> {
 }
 
 pub(super) fn resolve(file: &Path, text: &str, apps: &[AppOverride]) -> Result<Plan> {
-    let mut line_starts = vec![0];
-    line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
     let dir = file
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -79,7 +69,7 @@ pub(super) fn resolve(file: &Path, text: &str, apps: &[AppOverride]) -> Result<P
     let cx = Ctx {
         file,
         dir,
-        line_starts,
+        lines: LineIndex::new(text),
     };
     let raw: raw::File = toml::from_str(text).map_err(|e| SpecError::Syntax {
         at: cx.at(e.span().map(|s| s.start).unwrap_or(0)),
