@@ -1,326 +1,220 @@
-//! The server's HTTP API beside the registry (`/strata/api/...`): hosts
-//! known to the origin and prewarm jobs with per-host progress.
+//! The deployment center's HTTP API beside the registry
+//! (`/strata/api/...`), the dashboard (`/ui`) and `/metrics`.
 //!
-//! Reading is open; starting a job needs a push credential (the
-//! registry's credentials file) unless the server runs with open pushes.
+//! One face over every stage: images in the registry, hosts and prewarm
+//! jobs ([`prewarm`]), apps with their instances, deploys, rollbacks,
+//! history and logs ([`apps`]), tokens and the audit log ([`audit`]).
+//! The API never does the work itself: it calls the same library code as
+//! the CLI (the orchestrator, the P2P node), so a deploy from the browser
+//! and one from Jenkins are the same deploy.
+//!
+//! Auth: a token from the credentials file (`Authorization: Bearer` or
+//! Basic) carries a role (read, deploy, admin). Without a token a caller
+//! reads (unless the server requires credentials for pulls) and, on a
+//! server with open pushes, deploys. Every mutating call is written to the
+//! audit log with who and when; deploys also record who in the app's
+//! history.
 
-use std::collections::BTreeMap;
+pub mod apps;
+pub mod audit;
+pub mod client;
+pub mod prewarm;
+pub mod tiers;
+pub mod ui;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use serde::{Deserialize, Serialize};
+use axum::routing::get;
 
 use crate::p2p::node::Node;
-use crate::registry::Access;
+use crate::registry::auth::Role;
+use crate::registry::{Access, Registry};
 
-/// Prewarm jobs remembered at most.
-const MAX_JOBS: usize = 200;
-
-#[derive(Clone)]
-struct Api {
+/// What the API serves over.
+pub struct ApiConfig {
+    pub access: Arc<Access>,
+    pub registry: Arc<Registry>,
+    /// The P2P origin and tracker, when the server runs one.
+    pub node: Option<Arc<Node>>,
     /// The cluster CA directory, when the server issues certificates to
     /// agents that join with a token.
-    ca_dir: Option<Arc<std::path::PathBuf>>,
-    node: Arc<Node>,
-    access: Arc<Access>,
-    jobs: Arc<Mutex<BTreeMap<u64, Job>>>,
+    pub ca_dir: Option<PathBuf>,
+    /// The server's data directory: deploy state and history live in
+    /// `DATA/apps/`, the audit log in `DATA/audit.jsonl`.
+    pub data: PathBuf,
+    /// The folder of app specs (`NAME.toml`).
+    pub apps: PathBuf,
+    /// The lease store: `file` or `etcd://…` (as `strata deploy --leases`).
+    pub leases: String,
+    /// The credentials file (`strata token create`), where admins'
+    /// tokens made through the API are added.
+    pub credentials_file: PathBuf,
 }
 
-/// A prewarm request.
-#[derive(Debug, Deserialize)]
-pub struct PrewarmRequest {
-    /// REPO:TAG or REPO@DIGEST in this registry.
-    pub image: String,
-    /// Host names; empty with no label means every registered host.
-    #[serde(default)]
-    pub hosts: Vec<String>,
-    /// Only hosts with this KEY=VALUE label.
-    #[serde(default)]
-    pub label: Option<String>,
-    /// Also pull the image into each host's engine.
-    #[serde(default)]
-    pub load: bool,
+#[derive(Clone)]
+pub struct Api(Arc<Inner>);
+
+pub struct Inner {
+    pub cfg: ApiConfig,
+    /// Prewarm jobs by id.
+    pub jobs: Mutex<BTreeMap<u64, prewarm::Job>>,
+    /// Dashboard sessions by cookie id.
+    pub ui_sessions: Mutex<HashMap<String, ui::UiSession>>,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct Job {
-    pub id: u64,
-    pub image: String,
-    pub load: bool,
-    pub hosts: BTreeMap<String, HostProgress>,
-    pub done: bool,
-    pub ok: bool,
-    pub seconds: f64,
-    #[serde(skip)]
-    started: Option<Instant>,
+impl std::ops::Deref for Api {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct HostProgress {
-    /// queued, running, done, failed
-    pub state: String,
-    pub done: u64,
-    pub total: u64,
-    pub message: String,
-    pub seconds: f64,
-}
-
-pub fn router(node: Arc<Node>, access: Arc<Access>, ca_dir: Option<std::path::PathBuf>) -> Router {
-    Router::new()
-        .route("/strata/api/join", post(join))
-        .route("/strata/api/hosts", get(hosts))
-        .route("/strata/api/p2p/stats", get(stats))
-        .route("/strata/api/prewarm", post(start).get(list))
-        .route("/strata/api/prewarm/{id}", get(show))
-        .with_state(Api {
-            ca_dir: ca_dir.map(Arc::new),
-            node,
-            access,
-            jobs: Default::default(),
-        })
-}
-
-fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
-    (status, Json(serde_json::json!({ "error": message.to_string() }))).into_response()
-}
-
-/// An agent joining the cluster.
-#[derive(Debug, Deserialize)]
-pub struct JoinRequest {
+/// Who is calling, as proved by the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
     pub name: String,
-    pub token: String,
-    /// PEM certificate signing request; only its public key is used.
-    pub csr: String,
+    pub role: Role,
 }
 
-/// Signs an agent's certificate when its join token is valid.
-async fn join(State(api): State<Api>, body: axum::body::Bytes) -> Response {
-    let Some(ca) = api.ca_dir.clone() else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "this server does not issue certificates (strata serve --cluster-ca DIR)",
-        );
-    };
-    let req: JoinRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("not a join request: {e}")),
-    };
-    let name_ok = !req.name.is_empty()
-        && req.name.len() <= 64
-        && req
-            .name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-        && req.name != "origin";
-    if !name_ok {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("node name `{}` is not allowed", req.name),
-        );
+impl Api {
+    pub fn new(cfg: ApiConfig) -> Api {
+        Api(Arc::new(Inner {
+            cfg,
+            jobs: Default::default(),
+            ui_sessions: Default::default(),
+        }))
     }
-    if !crate::p2p::tls::check_join_token(&ca, &req.token) {
-        return error(
-            StatusCode::FORBIDDEN,
-            "the join token is not valid (strata cluster token)",
-        );
-    }
-    let signed = tokio::task::spawn_blocking(move || {
-        let cert = crate::p2p::tls::sign_csr(&ca, &req.name, &req.csr)?;
-        let ca_pem =
-            std::fs::read_to_string(ca.join("ca.pem")).map_err(|source| crate::p2p::tls::TlsError::Io {
-                path: ca.join("ca.pem"),
-                source,
-            })?;
-        tracing::info!("cluster: issued a certificate to `{}`", req.name);
-        Ok::<_, crate::p2p::tls::TlsError>((cert, ca_pem))
-    })
-    .await;
-    match signed {
-        Ok(Ok((cert, ca))) => Json(serde_json::json!({ "cert": cert, "ca": ca })).into_response(),
-        Ok(Err(e)) => error(StatusCode::BAD_REQUEST, e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
-    }
-}
 
-async fn hosts(State(api): State<Api>) -> Response {
-    Json(api.node.hosts()).into_response()
-}
-
-/// The origin's P2P counters (egress in pieces and bytes).
-async fn stats(State(api): State<Api>) -> Response {
-    Json(serde_json::json!({ "origin_piece_bytes_served": api.node.piece_bytes_served() })).into_response()
-}
-
-async fn list(State(api): State<Api>) -> Response {
-    let jobs = api.jobs.lock().unwrap_or_else(|e| e.into_inner());
-    Json(jobs.values().map(snapshot).collect::<Vec<_>>()).into_response()
-}
-
-async fn show(State(api): State<Api>, Path(id): Path<u64>) -> Response {
-    let jobs = api.jobs.lock().unwrap_or_else(|e| e.into_inner());
-    match jobs.get(&id) {
-        Some(j) => Json(snapshot(j)).into_response(),
-        None => error(StatusCode::NOT_FOUND, format!("no prewarm job {id}")),
-    }
-}
-
-fn snapshot(j: &Job) -> Job {
-    let mut j = j.clone();
-    if !j.done {
-        j.seconds = j.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
-    }
-    j
-}
-
-async fn start(State(api): State<Api>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    if !api.access.open_push {
+    /// The caller a request's `Authorization` header proves; anonymous
+    /// callers read (and deploy on an open-push server).
+    pub fn caller(&self, headers: &HeaderMap) -> Result<Caller, Response> {
         let presented = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        if api.access.credentials.check(presented).is_none() {
+        if let Some(p) = presented {
+            return self.token_caller(p).ok_or_else(|| {
+                error(
+                    StatusCode::UNAUTHORIZED,
+                    "the token is not valid (strata token create)",
+                )
+            });
+        }
+        self.anonymous().ok_or_else(|| {
             let mut r = error(
                 StatusCode::UNAUTHORIZED,
-                "starting a prewarm needs a push token (strata token create)",
+                "this server needs a token (strata token create NAME --role read)",
             );
             r.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 header::HeaderValue::from_static("Bearer realm=\"strata\""),
             );
-            return r;
-        }
+            r
+        })
     }
-    let req: PrewarmRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("not a prewarm request: {e}")),
-    };
-    if req.image.is_empty() {
-        return error(StatusCode::BAD_REQUEST, "`image` is empty");
+
+    /// The caller an `Authorization` value proves.
+    pub fn token_caller(&self, authorization: &str) -> Option<Caller> {
+        let (name, role) = self.cfg.access.credentials.check_role(Some(authorization))?;
+        Some(Caller { name, role })
     }
-    let known = api.node.hosts();
-    let targets: Vec<_> = if !req.hosts.is_empty() {
-        let missing: Vec<_> = req
-            .hosts
-            .iter()
-            .filter(|h| !known.iter().any(|k| &k.name == *h))
-            .collect();
-        if !missing.is_empty() {
-            let names: Vec<_> = known.iter().map(|k| k.name.as_str()).collect();
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("unknown host(s) {missing:?}; registered: {names:?}"),
-            );
+
+    /// The caller without a token, if the server lets one in.
+    pub fn anonymous(&self) -> Option<Caller> {
+        let a = &self.cfg.access;
+        if a.pull_auth {
+            return None;
         }
-        known
-            .into_iter()
-            .filter(|k| req.hosts.contains(&k.name))
-            .collect()
-    } else if let Some(l) = &req.label {
-        known.into_iter().filter(|k| k.labels.contains(l)).collect()
+        Some(Caller {
+            name: "anonymous".into(),
+            role: if a.open_push { Role::Deploy } else { Role::Read },
+        })
+    }
+
+    /// The caller, if their role is at least `needed`.
+    pub fn require(&self, headers: &HeaderMap, needed: Role) -> Result<Caller, Response> {
+        let c = self.caller(headers)?;
+        check_role(&c, needed)?;
+        Ok(c)
+    }
+}
+
+/// Refuses a caller whose role is below `needed` (403, naming both).
+pub fn check_role(c: &Caller, needed: Role) -> Result<(), Response> {
+    if c.role >= needed {
+        return Ok(());
+    }
+    let status = if c.name == "anonymous" {
+        StatusCode::UNAUTHORIZED
     } else {
-        known
+        StatusCode::FORBIDDEN
     };
-    if targets.is_empty() {
-        return error(StatusCode::BAD_REQUEST, "no registered host matches");
-    }
-    let id = {
-        let mut jobs = api.jobs.lock().unwrap_or_else(|e| e.into_inner());
-        let id = jobs.keys().next_back().map_or(1, |k| k + 1);
-        // Keep the last jobs only; finished ones go first.
-        while jobs.len() >= MAX_JOBS {
-            let oldest_done = jobs.iter().find(|(_, j)| j.done).map(|(k, _)| *k);
-            match oldest_done.or_else(|| jobs.keys().next().copied()) {
-                Some(k) => jobs.remove(&k),
-                None => break,
-            };
-        }
-        let hosts = targets
-            .iter()
-            .map(|h| {
-                let p = HostProgress {
-                    state: "queued".into(),
-                    done: 0,
-                    total: 0,
-                    message: String::new(),
-                    seconds: 0.0,
-                };
-                (h.name.clone(), p)
-            })
-            .collect();
-        jobs.insert(
-            id,
-            Job {
-                id,
-                image: req.image.clone(),
-                load: req.load,
-                hosts,
-                done: false,
-                ok: false,
-                seconds: 0.0,
-                started: Some(Instant::now()),
-            },
-        );
-        id
-    };
-    let runner = api.clone();
-    tokio::spawn(async move {
-        let mut all = tokio::task::JoinSet::new();
-        for h in targets {
-            let api = runner.clone();
-            let image = req.image.clone();
-            let load = req.load;
-            all.spawn(async move {
-                let started = Instant::now();
-                let update = |f: &dyn Fn(&mut HostProgress)| {
-                    let mut jobs = api.jobs.lock().unwrap_or_else(|e| e.into_inner());
-                    if let Some(p) = jobs.get_mut(&id).and_then(|j| j.hosts.get_mut(&h.name)) {
-                        f(p);
-                        p.seconds = started.elapsed().as_secs_f64();
-                    }
-                };
-                update(&|p| p.state = "running".into());
-                let result = match h.addr.parse() {
-                    Ok(addr) => {
-                        let progress = |done: u64, total: u64, msg: &str| {
-                            update(&|p| {
-                                p.done = done;
-                                p.total = total;
-                                p.message = msg.to_string();
+    Err(error(
+        status,
+        format!(
+            "`{}` has the {} role; this needs {} (strata token create NAME --role {})",
+            c.name, c.role, needed, needed
+        ),
+    ))
+}
+
+/// A JSON error body `{"error": "..."}` with `status`.
+pub fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    (status, Json(serde_json::json!({ "error": message.to_string() }))).into_response()
+}
+
+/// Every API route, the dashboard and `/metrics`.
+pub fn router(cfg: ApiConfig) -> Router {
+    let data = cfg.data.clone();
+    let api = Api::new(cfg);
+    Router::new()
+        .route("/strata/api/openapi.yaml", get(openapi))
+        .merge(prewarm::routes())
+        .merge(apps::routes())
+        .merge(audit::routes())
+        .merge(ui::routes())
+        .with_state(api)
+        .merge(metrics_router(Some(data)))
+}
+
+/// The OpenAPI document of this API (kept in the repository as
+/// `src/api/openapi.yaml`).
+pub const OPENAPI: &str = include_str!("api/openapi.yaml");
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI).into_response()
+}
+
+/// `GET /metrics`: this process's counters and, when `deploy_data` is
+/// given, deploy durations and outcomes from the apps' history there.
+pub fn metrics_router(deploy_data: Option<PathBuf>) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let data = deploy_data.clone();
+            async move {
+                let mut body = crate::metrics::render();
+                if let Some(data) = data {
+                    let deploys = tokio::task::spawn_blocking(move || {
+                        let all = crate::deploy::state::histories(&data);
+                        crate::metrics::render_deploys(all.iter().flat_map(|(app, h)| {
+                            h.iter().map(move |e| crate::metrics::DeployRecord {
+                                app,
+                                action: &e.action,
+                                outcome: &e.outcome,
+                                seconds: e.seconds,
                             })
-                        };
-                        api.node
-                            .prewarm(addr, &image, load, &progress)
-                            .await
-                            .map_err(|e| e.to_string())
-                    }
-                    Err(e) => Err(format!("bad address {}: {e}", h.addr)),
-                };
-                match result {
-                    Ok(()) => update(&|p| {
-                        p.state = "done".into();
-                        p.done = p.total;
-                    }),
-                    Err(e) => update(&|p| {
-                        p.state = "failed".into();
-                        p.message = e.clone();
-                    }),
+                        }))
+                    })
+                    .await
+                    .unwrap_or_default();
+                    body.push_str(&deploys);
                 }
-            });
-        }
-        while all.join_next().await.is_some() {}
-        let mut jobs = runner.jobs.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(j) = jobs.get_mut(&id) {
-            j.done = true;
-            j.ok = j.hosts.values().all(|p| p.state == "done");
-            j.seconds = j.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
-        }
-    });
-    let mut r = (StatusCode::ACCEPTED, Json(serde_json::json!({ "id": id }))).into_response();
-    if let Ok(v) = header::HeaderValue::from_str(&format!("/strata/api/prewarm/{id}")) {
-        r.headers_mut().insert(header::LOCATION, v);
-    }
-    r
+                crate::metrics::response(body)
+            }
+        }),
+    )
 }

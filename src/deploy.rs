@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 use crate::lease::{LeaseError, LeaseStore};
@@ -147,7 +147,7 @@ impl Target {
 }
 
 /// What one instance went through.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InstanceReport {
     pub instance: String,
     pub host: String,
@@ -157,16 +157,16 @@ pub struct InstanceReport {
     pub outcome: String,
     pub seconds: f64,
     /// Redeploy: from stopping the old container to the new one healthy.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gap_seconds: Option<f64>,
     /// Hotfix: files written and deleted.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<usize>,
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub detail: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub app: String,
     pub version: u64,
@@ -192,6 +192,9 @@ pub struct Orchestrator<'a> {
     hosts: std::sync::Mutex<HashMap<String, Arc<Host>>>,
     progress: &'a (dyn Fn(&str) + Sync),
     trees: std::sync::Mutex<HashMap<Digest, Arc<BTreeMap<String, Entry>>>>,
+    /// Who the history names for this orchestrator's deploys (default:
+    /// the user and host running it).
+    actor: Option<String>,
 }
 
 impl<'a> Orchestrator<'a> {
@@ -220,7 +223,17 @@ impl<'a> Orchestrator<'a> {
             hosts: Default::default(),
             progress,
             trees: Default::default(),
+            actor: None,
         })
+    }
+
+    /// Records `who` (e.g. an API token's name) as the author of deploys.
+    pub fn set_actor(&mut self, who: String) {
+        self.actor = Some(who);
+    }
+
+    fn actor(&self) -> String {
+        self.actor.clone().unwrap_or_else(state::whoami)
     }
 
     fn say(&self, s: &str) {
@@ -273,7 +286,7 @@ impl<'a> Orchestrator<'a> {
     fn lock(&self) -> Result<Box<dyn crate::lease::LockGuard>> {
         let holder = format!(
             "{} pid {} since {}",
-            state::whoami(),
+            self.actor(),
             std::process::id(),
             state::now()
         );
@@ -441,7 +454,7 @@ impl<'a> Orchestrator<'a> {
             outcome,
             detail: failure.as_ref().map(|e| e.to_string()).unwrap_or_default(),
             seconds: started.elapsed().as_secs_f64(),
-            by: state::whoami(),
+            by: self.actor(),
         };
         st.version = version;
         self.dir.save(&st)?;
@@ -639,11 +652,12 @@ impl<'a> Orchestrator<'a> {
                     }
                 },
             };
+            let mut instance = i.clone();
+            instance.health = health;
             instances.push(InstanceStatus {
-                instance: i.clone(),
+                instance,
                 running,
                 started_at,
-                health,
             });
         }
         Ok(Status {
@@ -655,13 +669,15 @@ impl<'a> Orchestrator<'a> {
     }
 
     /// Streams every instance's log lines (`NAME | line`) to `out` until
-    /// the streams end (or forever with `follow`).
+    /// the streams end (or, with `follow`, until `stop` says so: it is
+    /// asked after every line and every second).
     pub fn logs(
         &self,
         only: Option<u32>,
         follow: bool,
         tail: Option<usize>,
         out: &(dyn Fn(&str, &str) + Sync),
+        stop: &(dyn Fn() -> bool + Sync),
     ) -> Result<()> {
         use futures_util::StreamExt;
         let st = self.state()?;
@@ -689,7 +705,13 @@ impl<'a> Orchestrator<'a> {
         self.block(async {
             let mut all = futures_util::stream::select_all(streams);
             let mut partial: HashMap<String, String> = HashMap::new();
-            while let Some((name, r)) = all.next().await {
+            loop {
+                if stop() {
+                    return;
+                }
+                let next = tokio::time::timeout(Duration::from_secs(1), all.next()).await;
+                let Ok(next) = next else { continue };
+                let Some((name, r)) = next else { break };
                 match r {
                     Ok(b) => {
                         let buf = partial.entry(name.clone()).or_default();
@@ -712,20 +734,20 @@ impl<'a> Orchestrator<'a> {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct InstanceStatus {
+    /// The instance as recorded, with `health` the live probe's answer.
     #[serde(flatten)]
     pub instance: Instance,
     pub running: bool,
     pub started_at: String,
-    pub health: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Status {
     pub app: String,
     pub version: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unfinished: Option<Operation>,
     pub instances: Vec<InstanceStatus>,
 }

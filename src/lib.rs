@@ -17,6 +17,7 @@ pub mod digest;
 pub mod engine;
 pub mod fetch;
 pub mod lease;
+pub mod metrics;
 pub mod oci;
 pub mod p2p;
 pub mod registry;

@@ -99,6 +99,11 @@ impl Server {
         })
     }
 
+    /// The registry this server serves (shared with the API).
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.clone()
+    }
+
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
     }

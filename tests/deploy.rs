@@ -787,4 +787,344 @@ fn release_builds_pushes_and_deploys_then_hotfixes_the_next_war() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("does not exist"), "{}", stderr(&o));
     assert_eq!(app.json(&["history"]).as_array().unwrap().len(), 2);
+
+    // The registry timed the pushes; a server over the deploy data
+    // directory exposes the two releases as deploy metrics.
+    let m = common::scrape(&format!("http://127.0.0.1:{}", serve.port));
+    let puts = "strata_registry_request_seconds_count{op=\"manifest_put\"}";
+    assert!(common::metric(&m, puts).unwrap() >= 2.0, "{m}");
+    let over_deploys = common::serve::Serve::start(&app.dir.path().join("data"));
+    let m = common::scrape(&format!("http://127.0.0.1:{}", over_deploys.port));
+    let series = format!(
+        "strata_deploy_seconds_count{{app=\"{}\",action=\"release\",outcome=\"ok\"}}",
+        app.name
+    );
+    let released: f64 = m
+        .lines()
+        .filter(|l| l.starts_with(&series))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(released, 2.0, "{m}");
+}
+
+/// A token with `role` in `data`'s credentials file.
+fn token(data: &Path, name: &str, role: &str) -> String {
+    let o = strata()
+        .args(["token", "create", name, "--role", role, "--data"])
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    stdout(&o).trim().to_string()
+}
+
+#[test]
+fn the_api_and_the_dashboard_deploy_roll_back_and_audit_with_roles() {
+    let Some(s) = stack() else { return };
+    let app = App::new("ui", true, 5, 400);
+    let data = app.dir.path().join("data");
+    let reader = token(&data, "viewer", "read");
+    let admin = token(&data, "ops", "admin");
+    let apps = app.dir.path().join("apps");
+    let serve = common::serve::Serve::start_with(&data, &["--apps", apps.to_str().unwrap()]);
+    let base = format!("http://127.0.0.1:{}", serve.port);
+    let http = reqwest::blocking::Client::new();
+    let bearer = |t: &str| format!("Bearer {t}");
+
+    // Two releases through the server's registry, with the server's data
+    // directory as the deploy data directory: v1 redeploys, v2 hotfixes.
+    let war = app.dir.path().join("war");
+    copy_dir(&repo().join("base-images/webapp"), &war);
+    write(&war.join("health.txt"), "ok\n");
+    for (tag, page) in [("b1", "build one"), ("b2", "build two")] {
+        write(&war.join("index.html"), format!("<h1>{page}</h1>\n"));
+        let o = strata()
+            .env("STRATA_STORE", &s.store)
+            .env("STRATA_REGISTRY_AUTH", &serve.token)
+            .args(["release", &app.name, "-c"])
+            .arg(repo().join("deploy/examples/offline.toml"))
+            .arg("--war")
+            .arg(&war)
+            .arg("--push")
+            .arg(format!("127.0.0.1:{}/{}:{tag}", serve.port, app.name))
+            .arg("--apps")
+            .arg(&apps)
+            .arg("--data")
+            .arg(&data)
+            .arg("--layout")
+            .arg(app.dir.path().join("oci"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    // The tomcat tier too, so the tier graph has a parent.
+    let o = strata()
+        .env("STRATA_STORE", &s.store)
+        .env("STRATA_REGISTRY_AUTH", &serve.token)
+        .arg("push")
+        .arg(format!("oci:{}:tomcat", s.layout.display()))
+        .arg(format!("127.0.0.1:{}/tomcat:1", serve.port))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(app.get("/").unwrap().contains("build two"));
+
+    // The API: anonymous callers read.
+    let list: Value = http
+        .get(format!("{base}/strata/api/apps"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let mine = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == app.name.as_str())
+        .unwrap();
+    assert_eq!(mine["version"], 2, "{mine}");
+    assert_eq!(mine["deployed"][0]["ip"], app.ip().as_str());
+    let st: Value = http
+        .get(format!("{base}/strata/api/apps/{}", app.name))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(st["instances"][0]["health"], "healthy", "{st}");
+    let logs = http
+        .get(format!("{base}/strata/api/apps/{}/logs?tail=20", app.name))
+        .send()
+        .unwrap();
+    assert_eq!(logs.status(), 200);
+    let logs = logs.text().unwrap();
+    assert!(logs.contains(&format!("{}-1 | ", app.name)), "{logs:?}");
+    let tiers: Value = http
+        .get(format!("{base}/strata/api/tiers"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let nodes = tiers.as_array().unwrap();
+    let idx = |n: &str| {
+        nodes
+            .iter()
+            .position(|x| x["names"].as_array().unwrap().iter().any(|m| m == n))
+    };
+    let tomcat = idx("tomcat:1").expect("tomcat in the graph");
+    assert_eq!(
+        nodes[idx(&format!("{}:b1", app.name)).unwrap()]["parent"],
+        tomcat,
+        "{tiers}"
+    );
+    assert_eq!(nodes[idx(&format!("{}:b2", app.name)).unwrap()]["parent"], tomcat);
+    // Unknown app, bad image, wrong roles: clear errors, audited refusals.
+    let r = http.get(format!("{base}/strata/api/apps/nope")).send().unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.text().unwrap().contains("unknown app `nope`"));
+    let deploy = |who: Option<&str>, body: Value| {
+        let mut rq = http
+            .post(format!("{base}/strata/api/apps/{}/deploy", app.name))
+            .json(&body);
+        if let Some(t) = who {
+            rq = rq.header("Authorization", bearer(t));
+        }
+        rq.send().unwrap()
+    };
+    assert_eq!(
+        deploy(None, serde_json::json!({"image": format!("{}:b1", app.name)})).status(),
+        401
+    );
+    let r = deploy(
+        Some(&reader),
+        serde_json::json!({"image": format!("{}:b1", app.name)}),
+    );
+    assert_eq!(r.status(), 403);
+    assert!(r.text().unwrap().contains("`viewer` has the read role"));
+    let r = deploy(
+        Some(&serve.token),
+        serde_json::json!({"image": format!("{}:nope", app.name)}),
+    );
+    assert_eq!(r.status(), 404, "{:?}", r.text());
+    let r = deploy(
+        Some(&serve.token),
+        serde_json::json!({"image": "x", "mode": "sideways"}),
+    );
+    assert_eq!(r.status(), 400);
+    let r = http
+        .post(format!("{base}/strata/api/tokens"))
+        .header("Authorization", bearer(&serve.token))
+        .json(&serde_json::json!({"name": "more", "role": "read"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = http
+        .post(format!("{base}/strata/api/tokens"))
+        .header("Authorization", bearer(&admin))
+        .json(&serde_json::json!({"name": "more", "role": "read"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let more: Value = r.json().unwrap();
+    let r = http
+        .get(format!("{base}/strata/api/audit"))
+        .header("Authorization", bearer(more["token"].as_str().unwrap()))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "a token made through the API works at once");
+    let audit: Value = r.json().unwrap();
+    let refused = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["outcome"] == "refused" && e["who"] == "viewer")
+        .count();
+    assert_eq!(refused, 1, "{audit}");
+    assert_eq!(
+        app.json(&["history"]).as_array().unwrap().len(),
+        2,
+        "nothing deployed"
+    );
+
+    // CSRF: a session without the form's token changes nothing.
+    let no_redirect = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = no_redirect
+        .post(format!("{base}/ui/login"))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(format!("token={}", serve.token))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let cookie = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(r.headers()["set-cookie"].to_str().unwrap().contains("HttpOnly"));
+    for form in ["", "csrf=forged"] {
+        let r = no_redirect
+            .post(format!("{base}/ui/apps/{}/rollback", app.name))
+            .header("Cookie", &cookie)
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(form)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 403);
+    }
+    assert_eq!(
+        app.json(&["history"]).as_array().unwrap().len(),
+        2,
+        "nothing rolled back"
+    );
+
+    // The browser: a reader sees no action, a deployer rolls back.
+    let Some(mut b) = common::browser::Browser::start() else {
+        return;
+    };
+    let shots =
+        std::path::PathBuf::from(std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into()))
+            .join("ui-screenshots");
+    let login = |b: &mut common::browser::Browser, t: &str| {
+        b.goto(&format!("{base}/ui/login"));
+        b.navigate_by(&format!(
+            "document.querySelector('input[name=token]').value = {}; document.querySelector('form[action=\"/ui/login\"]').submit()",
+            serde_json::to_string(t).unwrap()
+        ));
+    };
+    login(&mut b, &reader);
+    assert!(b.text().contains(&app.name), "{}", b.text());
+    b.screenshot(&shots.join("apps.png"));
+    b.goto(&format!("{base}/ui/apps/{}", app.name));
+    let text = b.text();
+    assert!(
+        text.contains("viewer (read)") && text.contains(&app.ip()),
+        "{text}"
+    );
+    assert!(
+        !text.contains("Roll back"),
+        "a reader sees no rollback button: {text}"
+    );
+    b.screenshot(&shots.join("app-read-only.png"));
+    b.click("button", "log out");
+    login(&mut b, &serve.token);
+    b.goto(&format!("{base}/ui/apps/{}", app.name));
+    assert!(b.text().contains("tests (deploy)"));
+    b.screenshot(&shots.join("app.png"));
+    b.click("button", "Roll back to v1");
+    assert!(b.text().contains("Roll back"), "{}", b.text());
+    b.screenshot(&shots.join("confirm.png"));
+    b.click("button", "Yes, roll back");
+    let text = b.text();
+    assert!(text.contains("Rolled back to"), "{text}");
+    b.screenshot(&shots.join("rolled-back.png"));
+    assert!(
+        wait_for(Duration::from_secs(20), || app
+            .get("/")
+            .filter(|p| p.contains("build one")))
+        .is_some(),
+        "the old version is served again"
+    );
+    let h = app.json(&["history"]);
+    let last = h.as_array().unwrap().last().unwrap();
+    assert_eq!(last["action"], "rollback");
+    assert_eq!(last["by"], "tests (api)");
+    for page in ["tiers", "prewarm", "hosts", "audit"] {
+        b.goto(&format!("{base}/ui/{page}"));
+        b.screenshot(&shots.join(format!("{page}.png")));
+    }
+    let text = b.text();
+    assert!(text.contains("rollback") && text.contains("tests"), "{text}");
+    b.goto(&format!("{base}/ui/apps/{}/logs?instance=1", app.name));
+    assert!(b.text().contains(&format!("{}-1 | ", app.name)));
+    b.screenshot(&shots.join("logs.png"));
+    eprintln!("screenshots in {}", shots.display());
+
+    // The CLI through the server: a deploy back to b2 (a hotfix), the
+    // status with live health, and a reader refused.
+    let remote = |token: &str, args: &[&str]| {
+        strata()
+            .args(args)
+            .args(["--server", &base, "--json"])
+            .env("STRATA_TOKEN", token)
+            .output()
+            .unwrap()
+    };
+    let b2 = format!("{}:b2", app.name);
+    let o = remote(&reader, &["deploy", &app.name, "--image", &b2]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("403") && stderr(&o).contains("read role"),
+        "{}",
+        stderr(&o)
+    );
+    let o = remote(&serve.token, &["deploy", &app.name, "--image", &b2]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["instances"][0]["mode"], "hotfix", "{r}");
+    assert!(
+        wait_for(Duration::from_secs(20), || app
+            .get("/")
+            .filter(|p| p.contains("build two")))
+        .is_some()
+    );
+    let o = remote(&reader, &["status", &app.name]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let st: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(st["instances"][0]["health"], "healthy", "{st}");
+    let o = remote(&reader, &["history", &app.name]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let h: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(h.as_array().unwrap().len(), 4);
+
+    // Deploy metrics come from the same history.
+    let m = common::scrape(&base);
+    let rb = format!(
+        "strata_deploy_seconds_count{{app=\"{}\",action=\"rollback\",outcome=\"ok\"}}",
+        app.name
+    );
+    assert_eq!(common::metric(&m, &rb), Some(1.0), "{m}");
 }

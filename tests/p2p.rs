@@ -265,7 +265,15 @@ fn every_agent_ends_with_the_blob_and_the_origin_sends_about_one_copy() {
         sent as f64 <= 1.2 * size as f64,
         "origin egress {sent} > 1.2 × {size}"
     );
-    let _ = s.registry;
+    // The origin's /metrics agree with its own counters.
+    let m = common::scrape(&format!("http://127.0.0.1:{}", s.registry));
+    assert_eq!(
+        common::metric(&m, "strata_p2p_bytes_served_total"),
+        Some(sent as f64),
+        "{m}"
+    );
+    let uploads = "strata_registry_request_seconds_count{op=\"blob_upload\"}";
+    assert_eq!(common::metric(&m, uploads), Some(1.0), "{m}");
 }
 
 #[test]
@@ -288,10 +296,37 @@ fn a_peer_sending_bad_pieces_is_banned_and_the_download_still_completes() {
         rt.block_on(probe.ask(s.p2p, &announce)).unwrap().0,
         Response::Ok
     ));
-    let a = s.agent(0, 0.0);
+    let a = s.agent_with(
+        0,
+        0.0,
+        &[
+            "--fetch",
+            &s.digest.to_string(),
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let metrics = a
+        .line("metrics on", Duration::from_secs(20))
+        .expect("metrics endpoint");
+    let metrics = metrics
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .trim_end_matches("/metrics")
+        .to_string();
     let r = s.completed(&a, Duration::from_secs(60));
     assert_eq!(r["banned"], serde_json::json!(["evil"]), "{r}");
     s.assert_holds(0);
+    // The agent's /metrics count the bad pieces and where the good ones
+    // came from.
+    let m = common::scrape(&metrics);
+    let failures = common::metric(&m, "strata_p2p_piece_failures_total").unwrap();
+    assert!(failures >= 1.0, "{m}");
+    let received = common::metric(&m, "strata_p2p_bytes_received_total{source=\"origin\"}").unwrap()
+        + common::metric(&m, "strata_p2p_bytes_received_total{source=\"peer\"}").unwrap();
+    assert_eq!(received, s.blob.len() as f64, "{m}");
+    assert_eq!(common::metric(&m, "strata_p2p_blobs_completed_total"), Some(1.0));
 }
 
 /// A QUIC server with the `evil` certificate that answers `Have` with
@@ -580,6 +615,11 @@ fn prewarm_puts_an_image_on_the_chosen_hosts_and_a_pull_then_costs_the_origin_no
         .output()
         .unwrap();
     assert!(o.status.success(), "not loaded: {}", stderr(&o));
+
+    // Three hosts prewarmed, each timed.
+    let m = common::scrape(&server);
+    let ok = "strata_prewarm_host_seconds_count{outcome=\"ok\"}";
+    assert_eq!(common::metric(&m, ok), Some(3.0), "{m}");
 
     // An unknown host: refused, saying which hosts exist.
     let o = strata()

@@ -82,6 +82,10 @@ pub struct Args {
     /// Cap on what this agent uploads to peers, Mbit/s (0: none).
     #[arg(long, default_value_t = 0.0)]
     pub upload_mbit: f64,
+    /// Serve Prometheus metrics (`GET /metrics`) on this TCP address too;
+    /// the pull-through registry (--registry) always serves them.
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -140,9 +144,21 @@ pub fn run(a: Args) -> Result<()> {
                 upstream: upstream.trim_end_matches('/').to_string(),
                 mirror: Some(mirror_addr),
             });
+            let routes = strata::p2p::mirror::router(mirror).merge(strata::api::metrics_router(None));
             tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, strata::p2p::mirror::router(mirror)).await {
+                if let Err(e) = axum::serve(listener, routes).await {
                     eprintln!("strata agent: pull-through registry: {e}");
+                }
+            });
+        }
+        if let Some(addr) = a.metrics_listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics endpoint on {addr}"))?;
+            println!("metrics on http://{}/metrics", listener.local_addr()?);
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, strata::api::metrics_router(None)).await {
+                    eprintln!("strata agent: metrics endpoint: {e}");
                 }
             });
         }
@@ -197,8 +213,6 @@ pub enum Cluster {
         #[arg(long, default_value = "strata-data/cluster")]
         dir: PathBuf,
     },
-    /// Issue a certificate for node NAME (`origin` for the server) into
-    /// --out: NAME.pem, NAME.key (0600) and ca.pem.
     /// Create a join token: an agent started with `--join TOKEN` gets its
     /// certificate from the server (`strata serve --cluster-ca DIR`); its
     /// private key never leaves the host. Only the token's hash is kept.
@@ -206,6 +220,8 @@ pub enum Cluster {
         #[arg(long, default_value = "strata-data/cluster")]
         dir: PathBuf,
     },
+    /// Issue a certificate for node NAME (`origin` for the server) into
+    /// --out: NAME.pem, NAME.key (0600) and ca.pem.
     Issue {
         name: String,
         #[arg(long, default_value = "strata-data/cluster")]

@@ -6,8 +6,10 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
+use strata::api::client::ApiClient;
 use strata::deploy::plan::Mode;
-use strata::deploy::{Orchestrator, Report, Target, spec};
+use strata::deploy::state::HistoryEntry;
+use strata::deploy::{Orchestrator, Report, Status, Target, spec};
 use strata::lease::{self, LeaseStore};
 use strata::store::Store;
 
@@ -33,6 +35,28 @@ pub struct AppArgs {
     pub json: bool,
     #[command(flatten)]
     pub store: StoreArgs,
+}
+
+/// Doing it through a strata server instead of from this machine.
+#[derive(Debug, clap::Args)]
+pub struct ServerArgs {
+    /// Run through this strata server's API (`strata serve --apps …`):
+    /// its app specs, state and registry are used, and --image is a
+    /// REPO:TAG of its registry.
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// A token for --server (`strata token create NAME --role deploy`).
+    #[arg(long, env = "STRATA_TOKEN", hide_env_values = true, requires = "server")]
+    pub token: Option<String>,
+}
+
+impl ServerArgs {
+    fn client(&self) -> Result<Option<ApiClient>> {
+        match &self.server {
+            Some(s) => Ok(Some(ApiClient::new(s, self.token.clone())?)),
+            None => Ok(None),
+        }
+    }
 }
 
 pub struct Opened {
@@ -98,6 +122,8 @@ fn target(a: &AppArgs, o: &Opened, image: Option<&str>) -> Result<Target> {
 pub struct DeployArgs {
     #[command(flatten)]
     pub app: AppArgs,
+    #[command(flatten)]
+    pub remote: ServerArgs,
     /// The image (default: the spec's `image`).
     #[arg(long)]
     pub image: Option<String>,
@@ -125,6 +151,8 @@ pub struct DeployArgs {
 pub struct HotfixArgs {
     #[command(flatten)]
     pub app: AppArgs,
+    #[command(flatten)]
+    pub remote: ServerArgs,
     /// The image whose files to apply.
     #[arg(long)]
     pub image: String,
@@ -143,6 +171,8 @@ pub struct HotfixArgs {
 pub struct RollbackArgs {
     #[command(flatten)]
     pub app: AppArgs,
+    #[command(flatten)]
+    pub remote: ServerArgs,
     /// The history version to return to.
     #[arg(long)]
     pub to: Option<u64>,
@@ -154,6 +184,14 @@ pub fn deploy(a: DeployArgs) -> Result<()> {
         (_, true) => Mode::Hotfix,
         _ => Mode::Auto,
     };
+    if let Some(c) = a.remote.client()? {
+        let mode = match mode {
+            Mode::Auto => "auto",
+            Mode::Hotfix => "hotfix",
+            Mode::Redeploy => "redeploy",
+        };
+        return print_report(&a.app, Ok(c.deploy(&a.app.app, a.image.as_deref(), mode)?));
+    }
     let o = a.app.open()?;
     let t = target(&a.app, &o, a.image.as_deref())?;
     let orch = orchestrator(&a.app, &o)?;
@@ -161,6 +199,9 @@ pub fn deploy(a: DeployArgs) -> Result<()> {
 }
 
 pub fn hotfix(a: HotfixArgs) -> Result<()> {
+    if let Some(c) = a.remote.client()? {
+        return print_report(&a.app, Ok(c.deploy(&a.app.app, Some(&a.image), "hotfix")?));
+    }
     let o = a.app.open()?;
     let t = target(&a.app, &o, Some(&a.image))?;
     let orch = orchestrator(&a.app, &o)?;
@@ -168,6 +209,9 @@ pub fn hotfix(a: HotfixArgs) -> Result<()> {
 }
 
 pub fn rollback(a: RollbackArgs) -> Result<()> {
+    if let Some(c) = a.remote.client()? {
+        return print_report(&a.app, Ok(c.rollback(&a.app.app, a.to)?));
+    }
     let o = a.app.open()?;
     let orch = orchestrator(&a.app, &o)?;
     print_report(&a.app, orch.rollback(a.to))
@@ -206,13 +250,23 @@ pub fn print_report(a: &AppArgs, r: strata::deploy::Result<Report>) -> Result<()
 pub struct StatusArgs {
     #[command(flatten)]
     pub app: AppArgs,
+    #[command(flatten)]
+    pub remote: ServerArgs,
 }
 
 pub fn status(a: StatusArgs) -> Result<()> {
-    let o = a.app.open()?;
-    let orch = orchestrator(&a.app, &o)?;
-    let s = orch.status()?;
-    if a.app.json {
+    let s = match a.remote.client()? {
+        Some(c) => c.status(&a.app.app)?,
+        None => {
+            let o = a.app.open()?;
+            orchestrator(&a.app, &o)?.status()?
+        }
+    };
+    print_status(&s, a.app.json)
+}
+
+fn print_status(s: &Status, json: bool) -> Result<()> {
+    if json {
         println!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(());
     }
@@ -235,7 +289,7 @@ pub fn status(a: StatusArgs) -> Result<()> {
             i.instance.host,
             i.instance.container_name,
             if i.running { "running" } else { "NOT RUNNING" },
-            i.health,
+            i.instance.health,
             i.started_at
         );
     }
@@ -248,17 +302,27 @@ pub fn status(a: StatusArgs) -> Result<()> {
 pub struct HistoryArgs {
     #[command(flatten)]
     pub app: AppArgs,
+    #[command(flatten)]
+    pub remote: ServerArgs,
 }
 
 pub fn history(a: HistoryArgs) -> Result<()> {
-    let o = a.app.open()?;
-    let orch = orchestrator(&a.app, &o)?;
-    let h = orch.history()?;
-    if a.app.json {
+    let h = match a.remote.client()? {
+        Some(c) => c.history(&a.app.app)?,
+        None => {
+            let o = a.app.open()?;
+            orchestrator(&a.app, &o)?.history()?
+        }
+    };
+    print_history(&a.app.app, &h, a.app.json)
+}
+
+fn print_history(app: &str, h: &[HistoryEntry], json: bool) -> Result<()> {
+    if json {
         println!("{}", serde_json::to_string_pretty(&h)?);
         return Ok(());
     }
-    for e in &h {
+    for e in h {
         println!(
             "{:>4}  {}  {:<8} {:<16} {:<11} {:>6.1}s  {}  {}",
             e.version, e.at, e.action, e.mode, e.outcome, e.seconds, e.image, e.by
@@ -268,7 +332,7 @@ pub fn history(a: HistoryArgs) -> Result<()> {
         }
     }
     if h.is_empty() {
-        println!("no deploys of {} yet", o.app.name);
+        println!("no deploys of {app} yet");
     }
     Ok(())
 }
@@ -283,6 +347,8 @@ pub fn history(a: HistoryArgs) -> Result<()> {
 pub struct LogsArgs {
     #[command(flatten)]
     pub app: AppArgs,
+    #[command(flatten)]
+    pub remote: ServerArgs,
     /// Keep streaming new lines.
     #[arg(short, long)]
     pub follow: bool,
@@ -295,6 +361,13 @@ pub struct LogsArgs {
 }
 
 pub fn logs(a: LogsArgs) -> Result<()> {
+    if let Some(c) = a.remote.client()? {
+        let out = std::io::stdout();
+        c.logs(&a.app.app, a.instance, a.tail, a.follow, &mut |line| {
+            let _ = writeln!(out.lock(), "{line}");
+        })?;
+        return Ok(());
+    }
     let o = a.app.open()?;
     if let Some(i) = a.instance
         && (i == 0 || i > o.app.instances)
@@ -304,9 +377,15 @@ pub fn logs(a: LogsArgs) -> Result<()> {
     let orch = orchestrator(&a.app, &o)?;
     let out = std::io::stdout();
     let width = o.app.instance_name(o.app.instances).len();
-    orch.logs(a.instance, a.follow, a.tail, &|name, line| {
-        let mut w = out.lock();
-        let _ = writeln!(w, "{name:<width$} | {line}");
-    })?;
+    orch.logs(
+        a.instance,
+        a.follow,
+        a.tail,
+        &|name, line| {
+            let mut w = out.lock();
+            let _ = writeln!(w, "{name:<width$} | {line}");
+        },
+        &|| false,
+    )?;
     Ok(())
 }

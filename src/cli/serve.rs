@@ -72,6 +72,14 @@ pub struct Args {
     /// Cap on the origin's P2P egress, Mbit/s (0: none).
     #[arg(long, default_value_t = 0.0)]
     pub p2p_upload_mbit: f64,
+    /// Folder of app specs the API and dashboard deploy (as `strata deploy
+    /// --apps`); their state and history live under --data.
+    #[arg(long, env = "STRATA_APPS", default_value = "deploy/apps")]
+    pub apps: PathBuf,
+    /// IP leases and deploy locks: `file` (under --data) or
+    /// `etcd://HOST:PORT[,HOST:PORT…]`, as `strata deploy --leases`.
+    #[arg(long, env = "STRATA_LEASES", default_value = "file")]
+    pub leases: String,
 }
 
 pub fn run(mut a: Args) -> Result<()> {
@@ -131,7 +139,7 @@ pub fn run(mut a: Args) -> Result<()> {
             })?;
         let addr = server.local_addr()?;
         println!("listening on {scheme}://{addr}");
-        let _p2p = match (a.p2p_listen, &a.p2p_certs) {
+        let node = match (a.p2p_listen, &a.p2p_certs) {
             (Some(listen), Some(certs)) => {
                 let identity = strata::p2p::tls::Identity::from_dir(certs, "origin")
                     .context("loading the origin's cluster certificate (strata cluster issue origin)")?;
@@ -149,12 +157,21 @@ pub fn run(mut a: Args) -> Result<()> {
                 })
                 .await?;
                 println!("p2p listening on {}", node.local_addr());
-                let node = std::sync::Arc::new(node);
-                server = server.with_routes(strata::api::router(node.clone(), api_access, a.cluster_ca.clone()));
-                Some(node)
+                Some(std::sync::Arc::new(node))
             }
             _ => None,
         };
+        let registry = server.registry();
+        server = server.with_routes(strata::api::router(strata::api::ApiConfig {
+            access: api_access,
+            registry,
+            node: node.clone(),
+            ca_dir: a.cluster_ca.clone(),
+            data: data.clone(),
+            apps: a.apps.clone(),
+            leases: a.leases.clone(),
+            credentials_file: cred_path.clone(),
+        }));
         std::io::stdout().flush()?;
         eprintln!("strata registry: data in {}; Ctrl-C stops", data.display());
         server.run(shutdown_signal()).await?;

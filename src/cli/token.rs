@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-/// Manage the tokens `strata serve` accepts for pushes.
+/// Manage the tokens `strata serve` accepts (pushes, the API, the dashboard).
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(subcommand)]
@@ -31,16 +31,22 @@ pub struct Create {
     /// Write to this credentials file instead.
     #[arg(long)]
     pub credentials: Option<PathBuf>,
+    /// What the token may do: `read` (pull, read the API and dashboard),
+    /// `deploy` (also push, prewarm, deploy, roll back), `admin` (also
+    /// create tokens through the API).
+    #[arg(long, default_value = "deploy")]
+    pub role: strata::registry::auth::Role,
 }
 
 pub fn run(a: Args) -> Result<()> {
     match a.command {
         Command::Create(c) => {
             let path = c.credentials.unwrap_or_else(|| c.data.join("credentials"));
-            let token = strata::registry::auth::create_token(&path, &c.name)?;
+            let token = strata::registry::auth::create_token_with_role(&path, &c.name, c.role)?;
             println!("{token}");
             eprintln!(
-                "token `{}` added to {}; it is not shown again",
+                "{} token `{}` added to {}; it is not shown again",
+                c.role,
                 c.name,
                 path.display()
             );

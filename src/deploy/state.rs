@@ -185,6 +185,26 @@ impl AppDir {
     }
 }
 
+/// Every app with a history under `data` (`data/apps/*/history.jsonl`),
+/// sorted by name; an unreadable app is skipped.
+pub fn histories(data: &Path) -> Vec<(String, Vec<HistoryEntry>)> {
+    let Ok(dir) = std::fs::read_dir(data.join("apps")) else {
+        return vec![];
+    };
+    let mut apps: Vec<String> = dir
+        .flatten()
+        .filter(|e| e.path().join("history.jsonl").is_file())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    apps.sort();
+    apps.into_iter()
+        .filter_map(|a| {
+            let h = AppDir::new(data, &a).history().ok()?;
+            Some((a, h))
+        })
+        .collect()
+}
+
 /// Now, RFC 3339 in UTC.
 pub fn now() -> String {
     let secs = std::time::SystemTime::now()

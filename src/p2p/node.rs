@@ -267,6 +267,25 @@ impl Node {
         self.inner.addr
     }
 
+    /// What the tracker knows agent `name` holds: each blob it announced
+    /// and the percentage of its pieces (the origin only).
+    pub fn host_blobs(&self, name: &str) -> Vec<(Digest, f64)> {
+        let Some(t) = &self.inner.tracker else {
+            return vec![];
+        };
+        let t = t.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<(Digest, f64)> = t
+            .blobs
+            .iter()
+            .filter_map(|(d, b)| {
+                let id = b.ids.get(name)?;
+                Some((d.clone(), b.swarm.share_of(*id)? * 100.0))
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
     pub fn piece_bytes_served(&self) -> u64 {
         self.inner.piece_bytes_served.load(Ordering::Relaxed)
     }
@@ -440,6 +459,7 @@ impl Inner {
                         node.piece_bytes_served
                             .fetch_add(b.len() as u64, Ordering::Relaxed);
                         node.pieces_served.fetch_add(1, Ordering::Relaxed);
+                        crate::metrics::P2P_BYTES_SERVED.add(b.len() as u64);
                         let _ = send.write_all(&b).await;
                     }
                     let _ = send.finish();
@@ -1053,6 +1073,7 @@ impl Inner {
                 .await
                 .map_err(|e| fetch_err(blob, e))?;
             report.evicted = evicted.iter().map(|d| d.to_string()).collect();
+            crate::metrics::P2P_BLOBS_COMPLETED.add(1);
         }
         report.seconds = started.elapsed().as_secs_f64();
         result.map(|_| report)
@@ -1222,6 +1243,7 @@ impl Inner {
             match result {
                 Ok(bytes) => {
                     let p = partial.clone();
+                    let len = bytes.len() as u64;
                     let written = tokio::task::spawn_blocking(move || {
                         let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
                         if p.have().get(piece) {
@@ -1241,11 +1263,15 @@ impl Inner {
                             match &target {
                                 Some(name) => {
                                     report.from_peers += 1;
+                                    crate::metrics::P2P_BYTES_FROM_PEERS.add(len);
                                     if let Some(e) = peers.get_mut(name) {
                                         e.1.set(piece);
                                     }
                                 }
-                                None => report.from_origin += 1,
+                                None => {
+                                    report.from_origin += 1;
+                                    crate::metrics::P2P_BYTES_FROM_ORIGIN.add(len);
+                                }
                             }
                             self.tell(
                                 origin,
@@ -1261,6 +1287,7 @@ impl Inner {
                         Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
                             // A piece that fails its hash: ban whoever sent it.
                             let who = target.clone().unwrap_or_else(|| "origin".into());
+                            crate::metrics::P2P_PIECE_FAILURES.add(1);
                             tracing::warn!("p2p: {who} sent a bad piece {piece} of {blob}; banned");
                             if !report.banned.contains(&who) {
                                 report.banned.push(who.clone());

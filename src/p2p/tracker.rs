@@ -72,6 +72,12 @@ impl Swarm {
         peer.have = have.clone();
     }
 
+    /// The share of the blob peer `id` announced (0 to 1), if it did.
+    pub fn share_of(&self, id: u32) -> Option<f64> {
+        let p = self.peers.get(&id)?;
+        Some(p.have.count() as f64 / self.pieces.max(1) as f64)
+    }
+
     /// A peer verified one more piece.
     pub fn add_piece(&mut self, id: u32, piece: usize) {
         if let Some(p) = self.peers.get_mut(&id)

@@ -1,9 +1,14 @@
 //! Registry credentials: tokens in a file, checked in constant time.
 //!
 //! The credentials file (`DATA/credentials` unless configured) holds one
-//! `NAME:SHA256HEX` line per token; the token itself is shown once, when
-//! `strata token create` makes it, and never stored. A request proves a
-//! token with `Authorization: Bearer TOKEN` or `Basic base64(NAME:TOKEN)`.
+//! `NAME:SHA256HEX[:ROLE]` line per token; the token itself is shown once,
+//! when `strata token create` makes it, and never stored. A request proves
+//! a token with `Authorization: Bearer TOKEN` or `Basic base64(NAME:TOKEN)`.
+//!
+//! Roles: `read` pulls and reads the API, `deploy` also pushes, prewarms,
+//! deploys and rolls back, `admin` also creates tokens through the API. A
+//! line without a role is `deploy` (the tokens made before roles existed
+//! were push tokens).
 
 use std::fs;
 use std::io::Write;
@@ -17,17 +22,61 @@ use crate::digest::Digest;
 pub enum AuthError {
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("{}:{line}: not a `NAME:SHA256HEX` credential line", path.display())]
+    #[error("{}:{line}: not a `NAME:SHA256HEX[:ROLE]` credential line", path.display())]
     BadLine { path: PathBuf, line: usize },
+    #[error("unknown role `{0}` (read, deploy or admin)")]
+    BadRole(String),
     #[error("token name `{0}` must be [A-Za-z0-9._-]+")]
     BadName(String),
 }
 
-/// The tokens allowed to push (and to pull when pulls are authenticated).
+/// What a token may do; each role includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Read,
+    Deploy,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Deploy => "deploy",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = AuthError;
+    fn from_str(s: &str) -> Result<Role, AuthError> {
+        match s {
+            "read" => Ok(Role::Read),
+            "deploy" => Ok(Role::Deploy),
+            "admin" => Ok(Role::Admin),
+            _ => Err(AuthError::BadRole(s.to_string())),
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The tokens the server accepts, each with its role. Clones share the
+/// list, so a token an admin creates through the API is accepted by the
+/// registry and the API at once.
 #[derive(Debug, Clone, Default)]
 pub struct Credentials {
-    hashes: Vec<(String, [u8; 32])>,
+    hashes: std::sync::Arc<std::sync::RwLock<Vec<Entry>>>,
 }
+
+/// A token's name, the sha256 of the token, and its role.
+type Entry = (String, [u8; 32], Role);
 
 pub(crate) fn sha(token: &str) -> [u8; 32] {
     let d = Digest::sha256_of(token.as_bytes());
@@ -64,20 +113,42 @@ impl Credentials {
                 path: path.to_path_buf(),
                 line: i + 1,
             };
-            let (name, hexhash) = line.split_once(':').ok_or_else(bad)?;
+            let (name, rest) = line.split_once(':').ok_or_else(bad)?;
+            let (hexhash, role) = match rest.split_once(':') {
+                Some((h, r)) => (h, r.parse().map_err(|_| bad())?),
+                None => (rest, Role::Deploy),
+            };
             let mut h = [0u8; 32];
             hex::decode_to_slice(hexhash, &mut h).map_err(|_| bad())?;
-            hashes.push((name.to_string(), h));
+            hashes.push((name.to_string(), h, role));
         }
-        Ok(Credentials { hashes })
+        Ok(Credentials {
+            hashes: std::sync::Arc::new(std::sync::RwLock::new(hashes)),
+        })
     }
 
     pub fn is_empty(&self) -> bool {
-        self.hashes.is_empty()
+        self.hashes.read().unwrap_or_else(|e| e.into_inner()).is_empty()
+    }
+
+    /// Creates a token with `role` in the file at `path` (see
+    /// [`create_token_with_role`]) and accepts it from now on.
+    pub fn create(&self, path: &Path, name: &str, role: Role) -> Result<String, AuthError> {
+        let token = create_token_with_role(path, name, role)?;
+        self.hashes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((name.to_string(), sha(&token), role));
+        Ok(token)
     }
 
     /// The token name an `Authorization` header proves, if any.
     pub fn check(&self, authorization: Option<&str>) -> Option<String> {
+        self.check_role(authorization).map(|(name, _)| name)
+    }
+
+    /// The token name and role an `Authorization` header proves, if any.
+    pub fn check_role(&self, authorization: Option<&str>) -> Option<(String, Role)> {
         let value = authorization?.trim();
         let token = if let Some(t) = value.strip_prefix("Bearer ") {
             t.trim().to_string()
@@ -91,18 +162,23 @@ impl Credentials {
         let presented = sha(&token);
         // Compare against every entry, so the time does not tell which matched.
         let mut found = None;
-        for (name, h) in &self.hashes {
+        for (name, h, role) in self.hashes.read().unwrap_or_else(|e| e.into_inner()).iter() {
             if constant_time_eq(h, &presented) && found.is_none() {
-                found = Some(name.clone());
+                found = Some((name.clone(), *role));
             }
         }
         found
     }
 }
 
-/// Creates a token called `name`, appends its hash to `path` and returns
-/// the token (shown once).
+/// Creates a `deploy` token called `name`, appends its hash to `path` and
+/// returns the token (shown once).
 pub fn create_token(path: &Path, name: &str) -> Result<String, AuthError> {
+    create_token_with_role(path, name, Role::Deploy)
+}
+
+/// Creates a token with `role`; see [`create_token`].
+pub fn create_token_with_role(path: &Path, name: &str, role: Role) -> Result<String, AuthError> {
     if name.is_empty()
         || !name
             .chars()
@@ -128,7 +204,7 @@ pub fn create_token(path: &Path, name: &str) -> Result<String, AuthError> {
         .append(true)
         .open(path)
         .map_err(io)?;
-    let line = format!("{name}:{}\n", hex::encode(sha(&token)));
+    let line = format!("{name}:{}:{role}\n", hex::encode(sha(&token)));
     f.write_all(line.as_bytes()).map_err(io)?;
     #[cfg(unix)]
     {
@@ -157,5 +233,27 @@ mod tests {
         assert_eq!(c.check(Some("Bearer nope")), None);
         assert_eq!(c.check(None), None);
         assert!(create_token(&p, "bad name").is_err());
+    }
+
+    #[test]
+    fn roles_are_kept_and_old_lines_are_deployers() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("credentials");
+        let r = create_token_with_role(&p, "viewer", Role::Read).unwrap();
+        let a = create_token_with_role(&p, "ops", Role::Admin).unwrap();
+        // A line from before roles existed.
+        let old = "st_old";
+        let mut text = std::fs::read_to_string(&p).unwrap();
+        text.push_str(&format!("jenkins:{}\n", hex::encode(sha(old))));
+        std::fs::write(&p, text).unwrap();
+        let c = Credentials::load(&p).unwrap();
+        let role = |t: &str| c.check_role(Some(&format!("Bearer {t}"))).map(|x| x.1);
+        assert_eq!(role(&r), Some(Role::Read));
+        assert_eq!(role(&a), Some(Role::Admin));
+        assert_eq!(role(old), Some(Role::Deploy));
+        assert!(Role::Read < Role::Deploy && Role::Deploy < Role::Admin);
+        std::fs::write(&p, format!("x:{}:root\n", hex::encode(sha(old)))).unwrap();
+        let e = Credentials::load(&p).unwrap_err().to_string();
+        assert!(e.contains(":1:"), "{e}");
     }
 }

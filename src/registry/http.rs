@@ -13,6 +13,7 @@ use axum::routing::{any, get};
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
+use super::auth::Role;
 use super::state::{MAX_MANIFEST, Registry, RegistryError};
 use crate::digest::Digest;
 
@@ -25,8 +26,9 @@ struct Shared {
     sessions: Arc<std::sync::Mutex<Sessions>>,
 }
 
-/// Session token → (credential name, or None for anonymous; expiry).
-type Sessions = HashMap<String, (Option<String>, std::time::Instant)>;
+/// Session token → (credential name and role, or None for anonymous;
+/// expiry).
+type Sessions = HashMap<String, (Option<(String, Role)>, std::time::Instant)>;
 
 /// How long a token from `/token` is valid.
 const SESSION_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -75,8 +77,8 @@ async fn token(State(sh): State<Shared>, headers: HeaderMap) -> Response {
     let presented = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let who = match presented {
         None => None,
-        Some(p) => match sh.access.credentials.check(Some(p)) {
-            Some(name) => Some(name),
+        Some(p) => match sh.access.credentials.check_role(Some(p)) {
+            Some(who) => Some(who),
             None => return unauthorized("the credential is not valid").into_response(),
         },
     };
@@ -112,16 +114,18 @@ async fn token(State(sh): State<Shared>, headers: HeaderMap) -> Response {
 /// `write`, to push): a token from the credentials file, or a live session
 /// token from `/token` (anonymous sessions may only read).
 fn proves(sh: &Shared, headers: &HeaderMap, write: bool) -> bool {
+    let may = |role: Role| !write || role >= Role::Deploy;
     let presented = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    if sh.access.credentials.check(presented).is_some() {
-        return true;
+    if let Some((_, role)) = sh.access.credentials.check_role(presented) {
+        return may(role);
     }
     let Some(t) = presented.and_then(|p| p.strip_prefix("Bearer ")) else {
         return false;
     };
     let map = sh.sessions.lock().unwrap_or_else(|e| e.into_inner());
-    map.get(t.trim())
-        .is_some_and(|(who, until)| *until > std::time::Instant::now() && (who.is_some() || !write))
+    map.get(t.trim()).is_some_and(|(who, until)| {
+        *until > std::time::Instant::now() && who.as_ref().map_or(!write, |(_, role)| may(*role))
+    })
 }
 
 fn authorize(sh: &Shared, headers: &HeaderMap, write: bool) -> Result<(), Response> {
@@ -256,7 +260,30 @@ fn route(rest: &str) -> Option<Route<'_>> {
     None
 }
 
+/// Serves one `/v2/...` request and records its latency by operation.
 async fn dispatch(
+    sh: State<Shared>,
+    rest: Path<String>,
+    q: Query<HashMap<String, String>>,
+    req: Request,
+) -> Response {
+    use crate::metrics::RegistryOp;
+    let started = std::time::Instant::now();
+    let op = match (route(&rest), req.method()) {
+        (Some(Route::Blob(..)), &Method::GET | &Method::HEAD) => RegistryOp::BlobGet,
+        (Some(Route::Uploads(_) | Route::Upload(..)), &Method::POST | &Method::PATCH | &Method::PUT) => {
+            RegistryOp::BlobUpload
+        }
+        (Some(Route::Manifest(..)), &Method::GET | &Method::HEAD) => RegistryOp::ManifestGet,
+        (Some(Route::Manifest(..)), &Method::PUT) => RegistryOp::ManifestPut,
+        _ => RegistryOp::Other,
+    };
+    let response = serve(sh, rest, q, req).await.into_response();
+    crate::metrics::registry_request(op, started.elapsed(), response.status().as_u16());
+    response
+}
+
+async fn serve(
     State(sh): State<Shared>,
     Path(rest): Path<String>,
     Query(q): Query<HashMap<String, String>>,

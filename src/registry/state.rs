@@ -430,6 +430,33 @@ impl Registry {
         Ok(out)
     }
 
+    /// Every repository name (a folder under `repos/` holding manifests),
+    /// sorted.
+    pub fn repositories(&self) -> Vec<String> {
+        fn walk(dir: &Path, prefix: &str, out: &mut Vec<String>, depth: usize) {
+            let Ok(rd) = fs::read_dir(dir) else { return };
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with('_') || !e.path().is_dir() || depth > 16 {
+                    continue;
+                }
+                let full = if prefix.is_empty() {
+                    name
+                } else {
+                    format!("{prefix}/{name}")
+                };
+                if e.path().join("_manifests").is_dir() {
+                    out.push(full.clone());
+                }
+                walk(&e.path(), &full, out, depth + 1);
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.root.join("repos"), "", &mut out, 0);
+        out.sort();
+        out
+    }
+
     /// Tags of a repository, sorted, after `last`, at most `n`.
     pub fn tags(&self, name: &str, n: Option<usize>, last: Option<&str>) -> Result<Vec<String>> {
         let repo = self.repo(name)?;
