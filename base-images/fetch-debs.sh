@@ -33,6 +33,7 @@ ca-certificates
 libc-bin
 tzdata
 libnss-myhostname
+liblzma5
 "
 
 die() { echo "fetch-debs: error: $*" >&2; exit 1; }

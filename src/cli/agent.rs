@@ -57,6 +57,12 @@ pub struct Args {
     /// Where the pull-through registry listens (loopback by default).
     #[arg(long, default_value = "127.0.0.1:5002")]
     pub mirror_listen: SocketAddr,
+    /// The address the local engine reaches the pull-through registry at,
+    /// when it is not --mirror-listen (an agent in a container with its
+    /// port published on the host: `127.0.0.1:5101`). Used by `prewarm
+    /// --load`.
+    #[arg(long)]
+    pub mirror_advertise: Option<SocketAddr>,
     /// Join the cluster with this token when --certs has no certificate
     /// for --name yet: a key is made here, the server (--registry URL)
     /// signs it. See `strata cluster token`.
@@ -142,7 +148,7 @@ pub fn run(a: Args) -> Result<()> {
             node.set_agent(strata::p2p::node::AgentSide {
                 origin: a.origin,
                 upstream: upstream.trim_end_matches('/').to_string(),
-                mirror: Some(mirror_addr),
+                mirror: Some(a.mirror_advertise.unwrap_or(mirror_addr)),
             });
             let routes = strata::p2p::mirror::router(mirror).merge(strata::api::metrics_router(None));
             tokio::spawn(async move {

@@ -400,6 +400,23 @@ impl Node {
     }
 }
 
+/// `announced` with an unspecified IP replaced by the IP the message came
+/// from (the port stays: it is the one the peer listens on).
+fn reachable(announced: &str, from: SocketAddr) -> String {
+    match announced.parse::<SocketAddr>() {
+        Ok(a) if a.ip().is_unspecified() => {
+            let ip = match from.ip() {
+                std::net::IpAddr::V6(v6) => v6
+                    .to_ipv4_mapped()
+                    .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+                v4 => v4,
+            };
+            SocketAddr::new(ip, a.port()).to_string()
+        }
+        _ => announced.to_string(),
+    }
+}
+
 fn fetch_err(blob: &Digest, why: impl std::fmt::Display) -> NodeError {
     NodeError::Fetch {
         blob: blob.clone(),
@@ -409,13 +426,19 @@ fn fetch_err(blob: &Digest, why: impl std::fmt::Display) -> NodeError {
 
 impl Inner {
     async fn serve_conn(self: Arc<Self>, conn: quinn::Connection) {
+        let remote = conn.remote_address();
         while let Ok((mut send, mut recv)) = conn.accept_bi().await {
             let node = self.clone();
             tokio::spawn(async move {
-                let req: Request = match read_msg(&mut recv).await {
+                let mut req: Request = match read_msg(&mut recv).await {
                     Ok(r) => r,
                     Err(_) => return,
                 };
+                // An agent listening on 0.0.0.0 or [::] announces that
+                // address; peers reach it at the address it came from.
+                if let Request::Register { addr, .. } | Request::Announce { addr, .. } = &mut req {
+                    *addr = reachable(addr, remote);
+                }
                 if let Request::Prewarm { image, load } = req {
                     let last = match node.prewarm_here(&image, load, &mut send).await {
                         Ok(()) => Response::Ok,
@@ -1412,5 +1435,20 @@ impl Drop for InUse<'_> {
                 map.remove(&self.blob);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reachable;
+
+    #[test]
+    fn unspecified_addresses_become_the_sender_s() {
+        let from: std::net::SocketAddr = "10.97.0.7:41000".parse().unwrap();
+        assert_eq!(reachable("0.0.0.0:5001", from), "10.97.0.7:5001");
+        assert_eq!(reachable("[::]:5001", from), "10.97.0.7:5001");
+        assert_eq!(reachable("10.1.1.1:5001", from), "10.1.1.1:5001");
+        let v6: std::net::SocketAddr = "[::ffff:10.97.0.8]:41000".parse().unwrap();
+        assert_eq!(reachable("0.0.0.0:5001", v6), "10.97.0.8:5001");
     }
 }
