@@ -142,6 +142,44 @@ impl Api {
     }
 }
 
+impl Api {
+    /// The caller of a mutating call (`action` on `target`), if their
+    /// role is at least `needed`; a refusal goes to the audit log.
+    pub fn authorize(
+        &self,
+        headers: &HeaderMap,
+        needed: Role,
+        action: &str,
+        target: &str,
+    ) -> Result<Caller, Response> {
+        let c = self.caller(headers)?;
+        if let Err(r) = check_role(&c, needed) {
+            audit::record(
+                &self.cfg.data,
+                &c,
+                action,
+                target,
+                "refused",
+                &format!("needs {needed}"),
+            );
+            return Err(r);
+        }
+        Ok(c)
+    }
+}
+
+/// Runs `f` on a blocking thread and answers its value as JSON.
+pub async fn blocking_json<T, F>(f: F) -> Response
+where
+    T: serde::Serialize + Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
 /// Refuses a caller whose role is below `needed` (403, naming both).
 pub fn check_role(c: &Caller, needed: Role) -> Result<(), Response> {
     if c.role >= needed {

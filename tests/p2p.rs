@@ -616,6 +616,30 @@ fn prewarm_puts_an_image_on_the_chosen_hosts_and_a_pull_then_costs_the_origin_no
         .unwrap();
     assert!(o.status.success(), "not loaded: {}", stderr(&o));
 
+    // The server knows what each prewarmed agent holds.
+    // (Its last piece announcements travel apart from the prewarm's answer.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let hosts: Value = reqwest::blocking::get(format!("{server}/strata/api/hosts"))
+            .unwrap()
+            .json_value();
+        let agent0 = hosts
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["name"] == "agent-0")
+            .unwrap();
+        let blobs = agent0["blobs"].as_array().unwrap();
+        if !blobs.is_empty() && blobs.iter().all(|b| b["percent"] == 100.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "agent-0 does not hold its blobs: {hosts}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // Three hosts prewarmed, each timed.
     let m = common::scrape(&server);
     let ok = "strata_prewarm_host_seconds_count{outcome=\"ok\"}";

@@ -64,19 +64,9 @@ pub struct AppSummary {
 /// Every app declared in the specs folder, sorted by name.
 pub fn summaries(api: &Api) -> Vec<AppSummary> {
     let dir = &api.cfg.apps;
-    let mut names: Vec<String> = std::fs::read_dir(dir)
+    spec::list(dir)
         .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let n = e.file_name().to_string_lossy().into_owned();
-            n.strip_suffix(".toml").map(str::to_string)
-        })
         .filter(|n| spec::valid_app_name(n))
-        .collect();
-    names.sort();
-    names
-        .into_iter()
         .map(|name| {
             let app_dir = AppDir::new(&api.cfg.data, &name);
             let state = app_dir.load(&name).unwrap_or_default();
@@ -162,10 +152,7 @@ async fn list(State(api): State<Api>, headers: HeaderMap) -> Response {
         return r;
     }
     let a = api.clone();
-    match tokio::task::spawn_blocking(move || summaries(&a)).await {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
-    }
+    super::blocking_json(move || summaries(&a)).await
 }
 
 /// Instances as the engines see them now, with a live health probe.
@@ -271,14 +258,10 @@ async fn deploy(
     Path(app): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
-    let caller = match api.caller(&headers) {
+    let caller = match api.authorize(&headers, Role::Deploy, "deploy", &app) {
         Ok(c) => c,
         Err(r) => return r,
     };
-    if let Err(r) = super::check_role(&caller, Role::Deploy) {
-        super::audit::record(&api.cfg.data, &caller, "deploy", &app, "refused", "needs deploy");
-        return r;
-    }
     let req: DeployRequest = match parse_optional(&body) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("not a deploy request: {e}")),
@@ -338,21 +321,10 @@ async fn rollback(
     Path(app): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
-    let caller = match api.caller(&headers) {
+    let caller = match api.authorize(&headers, Role::Deploy, "rollback", &app) {
         Ok(c) => c,
         Err(r) => return r,
     };
-    if let Err(r) = super::check_role(&caller, Role::Deploy) {
-        super::audit::record(
-            &api.cfg.data,
-            &caller,
-            "rollback",
-            &app,
-            "refused",
-            "needs deploy",
-        );
-        return r;
-    }
     let req: RollbackRequest = match parse_optional(&body) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("not a rollback request: {e}")),
@@ -529,7 +501,7 @@ async fn images(State(api): State<Api>, headers: HeaderMap) -> Response {
         return r;
     }
     let reg = api.cfg.registry.clone();
-    let listed = tokio::task::spawn_blocking(move || {
+    super::blocking_json(move || {
         reg.repositories()
             .into_iter()
             .map(|name| Repository {
@@ -538,11 +510,7 @@ async fn images(State(api): State<Api>, headers: HeaderMap) -> Response {
             })
             .collect::<Vec<_>>()
     })
-    .await;
-    match listed {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
-    }
+    .await
 }
 
 /// The tier graph of the registry's images.
@@ -551,10 +519,7 @@ async fn tiers(State(api): State<Api>, headers: HeaderMap) -> Response {
         return r;
     }
     let reg = api.cfg.registry.clone();
-    match tokio::task::spawn_blocking(move || super::tiers::of_registry(&reg)).await {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
-    }
+    super::blocking_json(move || super::tiers::of_registry(&reg)).await
 }
 
 #[cfg(test)]

@@ -106,10 +106,7 @@ async fn list(
     };
     let data = api.cfg.data.clone();
     let limit = q.limit.unwrap_or(200).min(10_000);
-    match tokio::task::spawn_blocking(move || read(&data, limit)).await {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
-    }
+    super::blocking_json(move || read(&data, limit)).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -122,7 +119,7 @@ pub struct TokenRequest {
 /// Admins create tokens: the token is in the answer, once; only its hash
 /// is stored, and it is accepted at once.
 async fn create_token(State(api): State<Api>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    let caller = match api.caller(&headers) {
+    let caller = match api.authorize(&headers, Role::Admin, "token", "") {
         Ok(c) => c,
         Err(r) => return r,
     };
@@ -130,17 +127,6 @@ async fn create_token(State(api): State<Api>, headers: HeaderMap, body: axum::bo
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("not a token request: {e}")),
     };
-    if let Err(r) = super::check_role(&caller, Role::Admin) {
-        record(
-            &api.cfg.data,
-            &caller,
-            "token",
-            &req.name,
-            "refused",
-            "needs admin",
-        );
-        return r;
-    }
     let path = api.cfg.credentials_file.clone();
     let creds = api.cfg.access.credentials.clone();
     let (name, role) = (req.name.clone(), req.role);

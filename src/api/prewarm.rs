@@ -143,7 +143,24 @@ async fn hosts(State(api): State<Api>, headers: HeaderMap) -> Response {
         return r;
     }
     match node(&api) {
-        Ok(n) => Json(n.hosts()).into_response(),
+        Ok(n) => {
+            // Each host with the blobs it announced to the tracker.
+            let hosts: Vec<serde_json::Value> = n
+                .hosts()
+                .into_iter()
+                .map(|h| {
+                    let blobs: Vec<_> = n
+                        .host_blobs(&h.name)
+                        .into_iter()
+                        .map(|(d, pct)| serde_json::json!({ "digest": d.to_string(), "percent": pct }))
+                        .collect();
+                    let mut v = serde_json::to_value(&h).unwrap_or_default();
+                    v["blobs"] = blobs.into();
+                    v
+                })
+                .collect();
+            Json(hosts).into_response()
+        }
         Err(r) => r,
     }
 }
@@ -202,14 +219,10 @@ fn snapshot(j: &Job) -> Job {
 }
 
 async fn start(State(api): State<Api>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    let caller = match api.caller(&headers) {
+    let caller = match api.authorize(&headers, Role::Deploy, "prewarm", "") {
         Ok(c) => c,
         Err(r) => return r,
     };
-    if let Err(r) = super::check_role(&caller, Role::Deploy) {
-        super::audit::record(&api.cfg.data, &caller, "prewarm", "", "refused", "needs deploy");
-        return r;
-    }
     let node = match node(&api) {
         Ok(n) => n,
         Err(r) => return r,

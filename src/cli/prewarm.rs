@@ -77,12 +77,11 @@ pub fn run(a: Args) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(a.timeout);
     let mut last_print = Instant::now() - Duration::from_secs(60);
     let job = loop {
-        let job: Value = serde_json::from_slice(
-            &http
-                .get(format!("{base}/strata/api/prewarm/{id}"))
-                .send()?
-                .bytes()?,
-        )?;
+        let mut get = http.get(format!("{base}/strata/api/prewarm/{id}"));
+        if let Some(t) = &a.token {
+            get = get.bearer_auth(t);
+        }
+        let job: Value = serde_json::from_slice(&get.send()?.bytes()?)?;
         let done = job["done"].as_bool().unwrap_or(false);
         if !a.json && (done || last_print.elapsed() > Duration::from_secs(if tty { 1 } else { 5 })) {
             last_print = Instant::now();

@@ -313,24 +313,29 @@ pub fn valid_app_name(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
+/// The names of the app specs in `dir` (`NAME.toml`), sorted.
+pub fn list(dir: &Path) -> Vec<String> {
+    let mut known: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.strip_suffix(".toml").map(str::to_string)
+        })
+        .collect();
+    known.sort();
+    known
+}
+
 /// The spec of app `name` in `dir` (`dir/NAME.toml`).
 pub fn find(dir: &Path, name: &str) -> Result<App> {
     let path = dir.join(format!("{name}.toml"));
     if !valid_app_name(name) || !path.is_file() {
-        let mut known: Vec<String> = std::fs::read_dir(dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| {
-                let n = e.file_name().to_string_lossy().into_owned();
-                n.strip_suffix(".toml").map(str::to_string)
-            })
-            .collect();
-        known.sort();
         return Err(SpecError::UnknownApp {
             name: name.to_string(),
             path,
-            known,
+            known: list(dir),
         });
     }
     let app = load(&path)?;
