@@ -79,7 +79,7 @@ for i in $(seq 1 "$n"); do
     ip netns exec "sf$$-$i" /usr/bin/env time -f "%U %S" -o "$work/cpu-$i" \
         "$strata" agent --name "a$i" --certs "$work/certs" --origin "$origin:5001" \
         --listen "10.203.1.$((i + 1)):5001" --data "$work/a$i" --zone $((i % 4)) --fetch "$digest" \
-        --upload-mbit "$cap" \
+        --upload-mbit "$cap" ${AGENT_ARGS:-} \
         >"$work/a$i.out" 2>"$work/a$i.err" &
     agent_pids+=($!)
     pids+=($!)
