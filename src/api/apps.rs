@@ -95,7 +95,8 @@ fn status_of(e: &DeployError) -> StatusCode {
     match e {
         DeployError::Spec(SpecError::UnknownApp { .. }) => StatusCode::NOT_FOUND,
         DeployError::Spec(_) => StatusCode::UNPROCESSABLE_ENTITY,
-        DeployError::Lease(LeaseError::Locked { .. }) => StatusCode::CONFLICT,
+        DeployError::Lease(LeaseError::Locked { .. } | LeaseError::Exhausted { .. }) => StatusCode::CONFLICT,
+        DeployError::Lease(LeaseError::Etcd { .. }) => StatusCode::BAD_GATEWAY,
         // The request is fine; the app's state or spec does not allow it.
         DeployError::NoImage(_) | DeployError::NoRollback { .. } | DeployError::NotHotfixable { .. } => {
             StatusCode::CONFLICT
