@@ -168,6 +168,16 @@ impl Api {
     }
 }
 
+/// A query string's value, or a JSON 400 naming what is wrong with it
+/// (axum's own rejection is plain text). Taken after the role check, so
+/// an unauthorised caller learns nothing about the parameters.
+pub fn query<T>(
+    q: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, Response> {
+    q.map(|axum::extract::Query(v)| v)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, e.body_text()))
+}
+
 /// Runs `f` on a blocking thread and answers its value as JSON.
 pub async fn blocking_json<T, F>(f: F) -> Response
 where

@@ -70,10 +70,6 @@ impl Histogram {
             .fetch_add(d.as_micros().min(u64::MAX as u128) as u64, Ordering::Relaxed);
     }
 
-    pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
-
     fn snapshot(&self) -> HistogramData {
         let mut h = HistogramData::default();
         for (i, b) in self.buckets.iter().enumerate() {

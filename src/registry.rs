@@ -99,6 +99,12 @@ impl Server {
         })
     }
 
+    /// Who may do what (shared with the API: a token an admin creates
+    /// there is accepted by the registry at once).
+    pub fn access(&self) -> Arc<Access> {
+        self.access.clone()
+    }
+
     /// The registry this server serves (shared with the API).
     pub fn registry(&self) -> Arc<Registry> {
         self.registry.clone()

@@ -141,18 +141,7 @@ fn the_compose_cluster_joins_prewarms_and_serves_the_host_engine() {
     // This host's engine pulls through agent-1 and runs the image.
     let o = Command::new("docker").args(["pull", &pulled]).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = Command::new("docker")
-        .args([
-            "run",
-            "--rm",
-            "--entrypoint",
-            "/bin/cat",
-            &pulled,
-            "/etc/timezone",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(stdout(&o), "Asia/Shanghai\n", "{}", stderr(&o));
+    assert_runs_with_the_timezone_fix(&pulled);
     // agent-2 loads it into this engine itself (through its published
     // pull-through port).
     let o = strata()

@@ -263,6 +263,15 @@ paths = ["/var/lib/tomcat10/webapps/**"]
     fn get(&self, path: &str) -> Option<String> {
         http_get(&format!("{}:8080", self.ip()), path)
     }
+
+    /// Whether `path` serves a page containing `text` within 20 s (Tomcat
+    /// serves a changed static file once its resource cache expires).
+    fn serves(&self, path: &str, text: &str) -> bool {
+        wait_for(Duration::from_secs(20), || {
+            self.get(path).filter(|p| p.contains(text))
+        })
+        .is_some()
+    }
 }
 
 impl Drop for App {
@@ -429,10 +438,7 @@ fn hotfix_changes_static_files_and_a_jsp_without_a_restart() {
     let i = &r["instances"][0];
     assert_eq!(i["mode"], "hotfix", "{r}");
     assert_eq!(i["outcome"], "ok", "{r}");
-    let page = wait_for(Duration::from_secs(20), || {
-        app.get("/").filter(|p| p.contains("version two"))
-    });
-    assert!(page.is_some(), "the static file changed");
+    assert!(app.serves("/", "version two"), "the static file changed");
     let jsp = wait_for(Duration::from_secs(20), || {
         app.get("/info.jsp").filter(|p| p.contains("jsp=two"))
     });
@@ -774,12 +780,7 @@ fn release_builds_pushes_and_deploys_then_hotfixes_the_next_war() {
     assert!(o.status.success(), "{}", stderr(&o));
     let r: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(r["instances"][0]["mode"], "hotfix", "{r}");
-    assert!(
-        wait_for(Duration::from_secs(20), || app
-            .get("/")
-            .filter(|p| p.contains("build two")))
-        .is_some()
-    );
+    assert!(app.serves("/", "build two"));
 
     // A WAR that does not exist: a clear error, nothing deployed.
     std::fs::remove_dir_all(&war).unwrap();
@@ -1061,13 +1062,7 @@ fn the_api_and_the_dashboard_deploy_roll_back_and_audit_with_roles() {
     let text = b.text();
     assert!(text.contains("Rolled back to"), "{text}");
     b.screenshot(&shots.join("rolled-back.png"));
-    assert!(
-        wait_for(Duration::from_secs(20), || app
-            .get("/")
-            .filter(|p| p.contains("build one")))
-        .is_some(),
-        "the old version is served again"
-    );
+    assert!(app.serves("/", "build one"), "the old version is served again");
     let h = app.json(&["history"]);
     let last = h.as_array().unwrap().last().unwrap();
     assert_eq!(last["action"], "rollback");
@@ -1105,12 +1100,7 @@ fn the_api_and_the_dashboard_deploy_roll_back_and_audit_with_roles() {
     assert!(o.status.success(), "{}", stderr(&o));
     let r: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(r["instances"][0]["mode"], "hotfix", "{r}");
-    assert!(
-        wait_for(Duration::from_secs(20), || app
-            .get("/")
-            .filter(|p| p.contains("build two")))
-        .is_some()
-    );
+    assert!(app.serves("/", "build two"));
     let o = remote(&reader, &["status", &app.name]);
     assert!(o.status.success(), "{}", stderr(&o));
     let st: Value = serde_json::from_slice(&o.stdout).unwrap();

@@ -495,11 +495,7 @@ fn the_engine_pulls_through_an_agent_and_runs_the_image() {
         "docker pull through the agent: {}",
         stderr(&o)
     );
-    let o = Command::new("docker")
-        .args(["run", "--rm", "--entrypoint", "/bin/cat", &image, "/etc/timezone"])
-        .output()
-        .unwrap();
-    assert_eq!(stdout(&o), "Asia/Shanghai\n", "{}", stderr(&o));
+    assert_runs_with_the_timezone_fix(&image);
     // The layers came over QUIC from the origin's seeder.
     let rt = tokio::runtime::Runtime::new().unwrap();
     let probe = s.node(&rt, "probe");
@@ -588,18 +584,7 @@ fn prewarm_puts_an_image_on_the_chosen_hosts_and_a_pull_then_costs_the_origin_no
         before,
         "the origin sent pieces after the prewarm"
     );
-    let o = Command::new("docker")
-        .args([
-            "run",
-            "--rm",
-            "--entrypoint",
-            "/bin/cat",
-            &pulled,
-            "/etc/timezone",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(stdout(&o), "Asia/Shanghai\n", "{}", stderr(&o));
+    assert_runs_with_the_timezone_fix(&pulled);
 
     // --load on the other rack: the engine has the image afterwards.
     let o = strata()

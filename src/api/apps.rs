@@ -364,9 +364,9 @@ async fn logs(
     if let Err(r) = api.require(&headers, Role::Read) {
         return r;
     }
-    let Query(q) = match q {
+    let q = match super::query(q) {
         Ok(q) => q,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+        Err(r) => return r,
     };
     // Errors the caller can act on come before the stream starts.
     let check = {
@@ -439,9 +439,13 @@ async fn logs(
         .into_response()
 }
 
-/// The app's live status, for the dashboard (errors as text).
-pub async fn status_of_app(api: &Api, app: &str) -> Result<crate::deploy::Status, String> {
-    with_orchestrator(api, app, None, |o| o.status())
+/// The app's live status and its history, for the dashboard (errors as
+/// text), from one orchestrator.
+pub async fn status_and_history(
+    api: &Api,
+    app: &str,
+) -> Result<(crate::deploy::Status, Vec<HistoryEntry>), String> {
+    with_orchestrator(api, app, None, |o| Ok((o.status()?, o.history()?)))
         .await
         .map_err(response_text)
 }

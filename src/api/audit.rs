@@ -100,9 +100,9 @@ async fn list(
     if let Err(r) = api.require(&headers, Role::Read) {
         return r;
     }
-    let Query(q) = match q {
+    let q = match super::query(q) {
         Ok(q) => q,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+        Err(r) => return r,
     };
     let data = api.cfg.data.clone();
     let limit = q.limit.unwrap_or(200).min(10_000);

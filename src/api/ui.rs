@@ -38,6 +38,21 @@ pub struct UiSession {
     last_used: Instant,
 }
 
+impl UiSession {
+    /// No session: what the login pages are drawn for (no forms but the
+    /// login form, which needs no CSRF token).
+    fn nobody() -> UiSession {
+        UiSession {
+            caller: Caller {
+                name: "anonymous".into(),
+                role: Role::Read,
+            },
+            csrf: String::new(),
+            last_used: Instant::now(),
+        }
+    }
+}
+
 pub fn routes() -> Router<Api> {
     Router::new()
         .route("/", get(|| async { Redirect::to("/ui/apps") }))
@@ -130,6 +145,21 @@ fn session(api: &Api, headers: &HeaderMap) -> Result<(UiSession, Option<String>)
             Ok((s, Some(id)))
         }
         None => Err(Redirect::to("/ui/login").into_response()),
+    }
+}
+
+/// A page's visitor: their session and, when it was just made, the
+/// cookie to set (see [`session`]); otherwise the login page answers.
+pub(super) struct Visitor(UiSession, Option<String>);
+
+impl axum::extract::FromRequestParts<Api> for Visitor {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        api: &Api,
+    ) -> Result<Visitor, Response> {
+        session(api, &parts.headers).map(|(s, cookie)| Visitor(s, cookie))
     }
 }
 
@@ -231,14 +261,7 @@ fn health_class(h: &str) -> &'static str {
 }
 
 async fn login_page(State(api): State<Api>, headers: HeaderMap) -> Response {
-    let s = api.session_of(&headers).unwrap_or(UiSession {
-        caller: Caller {
-            name: "anonymous".into(),
-            role: Role::Read,
-        },
-        csrf: String::new(),
-        last_used: Instant::now(),
-    });
+    let s = api.session_of(&headers).unwrap_or_else(UiSession::nobody);
     let body = "<h1>Log in</h1><form method=\"post\" action=\"/ui/login\" class=\"box\">\
         <p>A token from <code>strata token create NAME --role read|deploy|admin</code>.</p>\
         <input type=\"password\" name=\"token\" size=\"60\" autofocus> <button>Log in</button></form>";
@@ -260,22 +283,12 @@ async fn login(State(api): State<Api>, Form(f): Form<LoginForm>) -> Response {
             set_cookie(&mut r, &id, SESSION_TTL.as_secs());
             r
         }
-        None => {
-            let s = UiSession {
-                caller: Caller {
-                    name: "anonymous".into(),
-                    role: Role::Read,
-                },
-                csrf: String::new(),
-                last_used: Instant::now(),
-            };
-            message_page(
-                &s,
-                "Log in failed",
-                StatusCode::UNAUTHORIZED,
-                "<p>The token is not valid. <a href=\"/ui/login\">Try again</a>.</p>",
-            )
-        }
+        None => message_page(
+            &UiSession::nobody(),
+            "Log in failed",
+            StatusCode::UNAUTHORIZED,
+            "<p>The token is not valid. <a href=\"/ui/login\">Try again</a>.</p>",
+        ),
     }
 }
 

@@ -127,7 +127,6 @@ pub fn run(mut a: Args) -> Result<()> {
         };
         let tls = a.tls_cert.clone().zip(a.tls_key.clone()).map(|(cert, key)| strata::registry::TlsFiles { cert, key });
         let scheme = if tls.is_some() { "https" } else { "http" };
-        let api_access = std::sync::Arc::new(access.clone());
         let mut server = strata::registry::Server::bind(listen, data.clone(), access, tls)
             .await
             .with_context(|| {
@@ -161,9 +160,9 @@ pub fn run(mut a: Args) -> Result<()> {
             }
             _ => None,
         };
-        let registry = server.registry();
+        let (registry, access) = (server.registry(), server.access());
         server = server.with_routes(strata::api::router(strata::api::ApiConfig {
-            access: api_access,
+            access,
             registry,
             node: node.clone(),
             ca_dir: a.cluster_ca.clone(),

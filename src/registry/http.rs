@@ -226,6 +226,7 @@ impl From<RegistryError> for ApiError {
 type Reply = Result<Response, ApiError>;
 
 /// Which endpoint a `/v2/...` path names.
+#[derive(Clone, Copy)]
 enum Route<'a> {
     Blob(&'a str, &'a str),
     Uploads(&'a str),
@@ -262,14 +263,15 @@ fn route(rest: &str) -> Option<Route<'_>> {
 
 /// Serves one `/v2/...` request and records its latency by operation.
 async fn dispatch(
-    sh: State<Shared>,
-    rest: Path<String>,
-    q: Query<HashMap<String, String>>,
+    State(sh): State<Shared>,
+    Path(rest): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
     req: Request,
 ) -> Response {
     use crate::metrics::RegistryOp;
     let started = std::time::Instant::now();
-    let op = match (route(&rest), req.method()) {
+    let r = route(&rest);
+    let op = match (r, req.method()) {
         (Some(Route::Blob(..)), &Method::GET | &Method::HEAD) => RegistryOp::BlobGet,
         (Some(Route::Uploads(_) | Route::Upload(..)), &Method::POST | &Method::PATCH | &Method::PUT) => {
             RegistryOp::BlobUpload
@@ -278,15 +280,17 @@ async fn dispatch(
         (Some(Route::Manifest(..)), &Method::PUT) => RegistryOp::ManifestPut,
         _ => RegistryOp::Other,
     };
-    let response = serve(sh, rest, q, req).await.into_response();
+    let response = serve(sh, &rest, r, q, req).await.into_response();
     crate::metrics::registry_request(op, started.elapsed(), response.status().as_u16());
     response
 }
 
+/// Serves the request for endpoint `r` (None: `rest` names none).
 async fn serve(
-    State(sh): State<Shared>,
-    Path(rest): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
+    sh: Shared,
+    rest: &str,
+    r: Option<Route<'_>>,
+    q: HashMap<String, String>,
     req: Request,
 ) -> Reply {
     let method = req.method().clone();
@@ -295,7 +299,7 @@ async fn serve(
         return Ok(r);
     }
     let reg = sh.reg;
-    let Some(r) = route(&rest) else {
+    let Some(r) = r else {
         return Err(ApiError(
             StatusCode::NOT_FOUND,
             "NOT_FOUND",

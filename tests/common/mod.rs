@@ -202,3 +202,13 @@ pub fn scrape(base: &str) -> String {
     assert!(ct.starts_with("text/plain; version=0.0.4"), "{ct}");
     r.text().unwrap()
 }
+
+/// Runs `image` (a tier built on the offline stack's tools tier) in the
+/// engine and checks the timezone fix is in it: the image really arrived.
+pub fn assert_runs_with_the_timezone_fix(image: &str) {
+    let o = Command::new("docker")
+        .args(["run", "--rm", "--entrypoint", "/bin/cat", image, "/etc/timezone"])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&o), "Asia/Shanghai\n", "{image}: {}", stderr(&o));
+}

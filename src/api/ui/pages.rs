@@ -10,15 +10,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::{CsrfForm, csrf_ok, esc, health_class, message_page, page, seg, session};
+use super::{CsrfForm, Visitor, csrf_ok, esc, health_class, message_page, page, seg};
 use crate::api::Api;
 use crate::registry::auth::Role;
 
-pub(super) async fn apps_page(State(api): State<Api>, headers: HeaderMap) -> Response {
-    let (s, cookie) = match session(&api, &headers) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
+pub(super) async fn apps_page(State(api): State<Api>, Visitor(s, cookie): Visitor) -> Response {
     let a = api.clone();
     let apps = tokio::task::spawn_blocking(move || crate::api::apps::summaries(&a))
         .await
@@ -89,18 +85,12 @@ pub(super) async fn apps_page(State(api): State<Api>, headers: HeaderMap) -> Res
 
 pub(super) async fn app_page(
     State(api): State<Api>,
-    headers: HeaderMap,
+    Visitor(s, cookie): Visitor,
     Path(app): Path<String>,
 ) -> Response {
-    let (s, cookie) = match session(&api, &headers) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    let st = crate::api::apps::status_of_app(&api, &app).await;
-    let history = crate::api::apps::history_of_app(&api, &app).await;
-    let (status, history) = match (st, history) {
-        (Ok(a), Ok(b)) => (a, b),
-        (Err(e), _) | (_, Err(e)) => {
+    let (status, history) = match crate::api::apps::status_and_history(&api, &app).await {
+        Ok(both) => both,
+        Err(e) => {
             return message_page(
                 &s,
                 &app,
@@ -206,14 +196,10 @@ pub(super) struct ToQuery {
 
 pub(super) async fn confirm_rollback(
     State(api): State<Api>,
-    headers: HeaderMap,
+    Visitor(s, cookie): Visitor,
     Path(app): Path<String>,
     Query(q): Query<ToQuery>,
 ) -> Response {
-    let (s, cookie) = match session(&api, &headers) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
     if s.caller.role < Role::Deploy {
         return message_page(
             &s,
@@ -343,14 +329,10 @@ pub(super) struct LogQuery {
 
 pub(super) async fn logs_page(
     State(api): State<Api>,
-    headers: HeaderMap,
+    Visitor(s, cookie): Visitor,
     Path(app): Path<String>,
     Query(q): Query<LogQuery>,
 ) -> Response {
-    let (s, cookie) = match session(&api, &headers) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
     let lines = crate::api::apps::recent_logs(&api, &app, q.instance, 300).await;
     let title = match q.instance {
         Some(i) => format!("{app}-{i} log"),
@@ -368,11 +350,7 @@ pub(super) async fn logs_page(
     page(&title, &s, cookie, Some(5), &body)
 }
 
-pub(super) async fn prewarm_page(State(api): State<Api>, headers: HeaderMap) -> Response {
-    let (s, cookie) = match session(&api, &headers) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
+pub(super) async fn prewarm_page(State(api): State<Api>, Visitor(s, cookie): Visitor) -> Response {
     let jobs = crate::api::prewarm::jobs(&api);
     let mut b = String::from("<h1>Prewarm jobs</h1>");
     if jobs.is_empty() {
@@ -421,11 +399,7 @@ pub(super) async fn prewarm_page(State(api): State<Api>, headers: HeaderMap) -> 
     page("Prewarm", &s, cookie, Some(if running { 1 } else { 10 }), &b)
 }
 
-pub(super) async fn hosts_page(State(api): State<Api>, headers: HeaderMap) -> Response {
-    let (s, cookie) = match session(&api, &headers) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
+pub(super) async fn hosts_page(State(api): State<Api>, Visitor(s, cookie): Visitor) -> Response {
     let mut b = String::from("<h1>Hosts</h1>");
     match &api.cfg.node {
         None => b.push_str("<p class=\"muted\">This server runs no P2P origin (<code>strata serve --p2p-listen ADDR --p2p-certs DIR</code>), so no agent registers.</p>"),
@@ -466,11 +440,7 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
 }
 
-pub(super) async fn tiers_page(State(api): State<Api>, headers: HeaderMap) -> Response {
-    let (s, cookie) = match session(&api, &headers) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
+pub(super) async fn tiers_page(State(api): State<Api>, Visitor(s, cookie): Visitor) -> Response {
     let reg = api.cfg.registry.clone();
     let nodes = tokio::task::spawn_blocking(move || crate::api::tiers::of_registry(&reg))
         .await
@@ -511,11 +481,7 @@ pub(super) async fn tiers_page(State(api): State<Api>, headers: HeaderMap) -> Re
     page("Tiers", &s, cookie, None, &b)
 }
 
-pub(super) async fn audit_page(State(api): State<Api>, headers: HeaderMap) -> Response {
-    let (s, cookie) = match session(&api, &headers) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
+pub(super) async fn audit_page(State(api): State<Api>, Visitor(s, cookie): Visitor) -> Response {
     let data = api.cfg.data.clone();
     let entries = tokio::task::spawn_blocking(move || crate::api::audit::read(&data, 200))
         .await
