@@ -20,39 +20,39 @@ strata="${STRATA_BIN:-${CARGO_TARGET_DIR:-$here/target}/release/strata}"
 n="${N:-16}"; size_mib="${S:-64}"; mbit="${B:-50}"
 [ "$n" -ge 1 ] && [ "$n" -le 200 ] || { echo "N must be 1..200" >&2; exit 1; }
 work=$(mktemp -d /var/tmp/strata-fanout-XXXXXX)
-br=sfbr$$
+sw="sf$$-sw"
 pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     sleep 0.2
-    for i in $(seq 0 "$n"); do
-        ip netns del "sf$$-$i" 2>/dev/null || true
-        ip link del "sfh$$-$i" 2>/dev/null || true
-    done
-    ip link del "$br" 2>/dev/null || true
-    iptables -D FORWARD -i "$br" -o "$br" -j ACCEPT 2>/dev/null || true
+    for i in $(seq 0 "$n"); do ip netns del "sf$$-$i" 2>/dev/null || true; done
+    ip netns del "$sw" 2>/dev/null || true
     [ -n "${KEEP:-}" ] || rm -rf "$work"
 }
 trap cleanup EXIT
 
-ip link add "$br" type bridge
-ip addr add 10.203.0.1/16 dev "$br"
-ip link set "$br" up
-# Docker's FORWARD policy drops bridged traffic when br_netfilter is loaded.
-if command -v iptables >/dev/null; then iptables -I FORWARD -i "$br" -o "$br" -j ACCEPT; fi
+# The switch: a bridge in a namespace of its own, as a hardware switch
+# would be: frames between hosts never pass the root namespace's iptables
+# and conntrack (Docker's rules), which a real network does not run either.
+ip netns add "$sw"
+ip netns exec "$sw" sysctl -qw net.bridge.bridge-nf-call-iptables=0 2>/dev/null || true
+ip -n "$sw" link add br0 type bridge
+ip -n "$sw" link set br0 up
 # Host i: namespace sf$$-i, address 10.203.1.(i+1); i = 0 is the origin.
 for i in $(seq 0 "$n"); do
-    ns="sf$$-$i"; h="sfh$$-$i"
+    ns="sf$$-$i"
     ip netns add "$ns"
-    ip link add "$h" type veth peer name eth0 netns "$ns"
-    ip link set "$h" master "$br" up
+    ip -n "$sw" link add "p$i" type veth peer name eth0 netns "$ns"
+    ip -n "$sw" link set "p$i" master br0 up
     ip -n "$ns" addr add "10.203.1.$((i + 1))/16" dev eth0
     ip -n "$ns" link set eth0 up
     ip -n "$ns" link set lo up
-    # Upload (namespace egress) and download (bridge-side egress) at B.
+    # Upload (host egress) and download (switch port egress) at B.
     ip netns exec "$ns" tc qdisc add dev eth0 root tbf rate "${mbit}mbit" burst 64kb latency ${TBF_LATENCY:-20ms}
-    tc qdisc add dev "$h" root tbf rate "${mbit}mbit" burst 64kb latency ${TBF_LATENCY:-20ms}
+    ip netns exec "$sw" tc qdisc add dev "p$i" root tbf rate "${mbit}mbit" burst 64kb latency ${TBF_LATENCY:-20ms}
 done
+# Commands on the origin host (its registry listens on the switch side).
+on_origin() { ip netns exec "sf$$-0" "$@"; }
 
 "$strata" cluster init --dir "$work/ca" >/dev/null 2>&1
 "$strata" cluster issue origin --dir "$work/ca" --out "$work/certs" >/dev/null
@@ -65,10 +65,10 @@ cap=$(python3 -c "print($mbit * ${UPLOAD_CAP:-95} / 100)")
 ip netns exec "sf$$-0" "$strata" serve --open-push --listen "$origin:5000" --data "$work/origin" \
     --p2p-listen "$origin:5001" --p2p-certs "$work/certs" --p2p-upload-mbit "$cap" >"$work/origin.out" 2>"$work/origin.err" &
 pids+=($!)
-for _ in $(seq 1 100); do curl -sf "http://$origin:5000/v2/" >/dev/null && break; sleep 0.1; done
+for _ in $(seq 1 100); do on_origin curl -sf "http://$origin:5000/v2/" >/dev/null && break; sleep 0.1; done
 head -c "$((size_mib << 20))" /dev/urandom >"$work/blob"
 digest="sha256:$(sha256sum "$work/blob" | cut -d' ' -f1)"
-curl -sf -X POST --data-binary @"$work/blob" "http://$origin:5000/v2/bench/blobs/uploads/?digest=$digest" -o /dev/null
+on_origin curl -sf -X POST --data-binary @"$work/blob" "http://$origin:5000/v2/bench/blobs/uploads/?digest=$digest" -o /dev/null
 floor=$(python3 -c "print($size_mib * 1048576 * 8 / ($mbit * 1e6))")
 echo "fan-out: N=$n hosts, S=$size_mib MiB, B=$mbit Mbit/s, S/B=$(printf %.2f "$floor") s; $(nproc) cores"
 
@@ -91,7 +91,7 @@ for i in $(seq 1 "$n"); do
         sleep 0.05
     done
 done
-egress=$(curl -sf "http://$origin:5000/strata/api/p2p/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["origin_piece_bytes_served"])')
+egress=$(on_origin curl -sf "http://$origin:5000/strata/api/p2p/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["origin_piece_bytes_served"])')
 # Stop the agents themselves (not their `ip netns exec` parents) so that
 # `time` reports their CPU.
 pkill -INT -f -- "--certs $work/certs" || true

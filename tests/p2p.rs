@@ -17,6 +17,7 @@ use common::*;
 use serde_json::Value;
 use strata::digest::Digest;
 use strata::p2p::node::{Node, NodeConfig};
+use strata::p2p::pieces::DEFAULT_PIECE;
 use strata::p2p::tls::Identity;
 use strata::p2p::wire::{Request, Response};
 
@@ -290,7 +291,7 @@ fn a_peer_sending_bad_pieces_is_banned_and_the_download_still_completes() {
         node: "evil".into(),
         addr: evil.to_string(),
         zone: 0,
-        have: strata::p2p::Bitfield::full(4).to_bytes(),
+        have: strata::p2p::Bitfield::full(s.blob.len().div_ceil(DEFAULT_PIECE as usize)).to_bytes(),
     };
     assert!(matches!(
         rt.block_on(probe.ask(s.p2p, &announce)).unwrap().0,
@@ -336,7 +337,8 @@ fn evil_peer(rt: &tokio::runtime::Runtime, s: &Swarm) -> SocketAddr {
     let _guard = rt.enter();
     let ep = quinn::Endpoint::server(id.server_config().unwrap(), "127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = ep.local_addr().unwrap();
-    let pieces = s.blob.len().div_ceil(1 << 20);
+    let piece = DEFAULT_PIECE as usize;
+    let pieces = s.blob.len().div_ceil(piece);
     rt.spawn(async move {
         while let Some(inc) = ep.accept().await {
             let Ok(conn) = inc.await else { continue };
@@ -354,7 +356,7 @@ fn evil_peer(rt: &tokio::runtime::Runtime, s: &Swarm) -> SocketAddr {
                             None,
                         ),
                         Request::Piece { .. } => {
-                            (Response::Piece { len: 1 << 20 }, Some(vec![0xEE; 1 << 20]))
+                            (Response::Piece { len: piece as u64 }, Some(vec![0xEE; piece]))
                         }
                         _ => (Response::Ok, None),
                     };
@@ -702,7 +704,7 @@ fn the_cache_evicts_least_recently_used_blobs_between_its_watermarks() {
         index: 0,
     };
     let (_, body) = rt.block_on(other.ask(cached.local_addr(), &piece)).unwrap();
-    assert_eq!(body.map(|b| b.len()), Some(1 << 20));
+    assert_eq!(body.map(|b| b.len() as u64), Some(DEFAULT_PIECE));
     let r = rt.block_on(cached.fetch(s.p2p, &digests[2])).unwrap();
     assert_eq!(
         r.evicted,
@@ -800,7 +802,8 @@ fn two_fetches_of_one_blob_download_it_once() {
     // One did the download, the other waited for it.
     let mut pieces = [a.pieces, b.pieces];
     pieces.sort();
-    assert_eq!(pieces, [0, 4], "{a:?} {b:?}");
+    let all = s.blob.len().div_ceil(DEFAULT_PIECE as usize);
+    assert_eq!(pieces, [0, all], "{a:?} {b:?}");
     let stored = std::fs::read(
         d.path()
             .join(format!("probe-store/blobs/sha256/{}", s.digest.hex())),

@@ -12,7 +12,7 @@ use strata::p2p::sim;
 ///
 /// Examples:
 ///   strata bench sim --hosts 10000
-///   strata bench sim --hosts 32 --size-mib 64 --piece-mib 1 --mbit 50 --json
+///   strata bench sim --hosts 32 --size-mib 64 --piece-kib 1024 --mbit 50 --json
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -34,9 +34,9 @@ pub struct SimArgs {
     /// Blob size S.
     #[arg(long, default_value_t = 64)]
     pub size_mib: u64,
-    /// Piece size p.
-    #[arg(long, default_value_t = 1)]
-    pub piece_mib: u64,
+    /// Piece size p, KiB (the agents' piece size by default).
+    #[arg(long, default_value_t = strata::p2p::pieces::DEFAULT_PIECE >> 10)]
+    pub piece_kib: u64,
     /// Link bandwidth B of every host and of the origin, Mbit/s.
     #[arg(long, default_value_t = 50.0)]
     pub mbit: f64,
@@ -60,13 +60,13 @@ pub fn run(a: Args) -> Result<()> {
 
 fn sim_cmd(a: SimArgs) -> Result<()> {
     anyhow::ensure!(
-        a.mbit > 0.0 && a.piece_mib > 0,
-        "--mbit and --piece-mib must be positive"
+        a.mbit > 0.0 && a.piece_kib > 0,
+        "--mbit and --piece-kib must be positive"
     );
     let cfg = sim::Config {
         hosts: a.hosts,
         size: a.size_mib << 20,
-        piece: a.piece_mib << 20,
+        piece: a.piece_kib << 10,
         bandwidth: a.mbit * 1e6,
         peers: a.peers,
         zones: a.zones,
@@ -79,8 +79,8 @@ fn sim_cmd(a: SimArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{} hosts, {} pieces of {} MiB, {} Mbit/s links: S/B = {:.2} s, bound = {:.2} s",
-        r.hosts, r.pieces, a.piece_mib, a.mbit, r.floor_seconds, r.bound_seconds
+        "{} hosts, {} pieces of {} KiB, {} Mbit/s links: S/B = {:.2} s, bound = {:.2} s",
+        r.hosts, r.pieces, a.piece_kib, a.mbit, r.floor_seconds, r.bound_seconds
     );
     println!(
         "p50 {:.2} s ({:.3}× bound), p99 {:.2} s ({:.3}×), max {:.2} s ({:.3}×)",

@@ -75,15 +75,19 @@ pub struct NodeConfig {
 const PER_PEER: u32 = 1;
 /// Piece times of work an uplink queues before it answers "busy".
 const UPLINK_QUEUE_PIECES: f64 = 1.0;
-/// How long a peer that answered "busy" is not asked again.
-const BUSY_COOLDOWN: Duration = Duration::from_millis(150);
-const IN_FLIGHT: usize = 6;
+/// A holder that answered "busy" is not asked again for the time it named,
+/// within these bounds.
+const MIN_COOLDOWN: Duration = Duration::from_millis(5);
+const MAX_COOLDOWN: Duration = Duration::from_millis(500);
+const IN_FLIGHT: usize = 10;
 /// How long a peer that sent a bad piece is not asked again.
 const BAN: Duration = Duration::from_secs(120);
 /// An origin reservation of a piece for one requester expires after this.
 const ORIGIN_RESERVATION: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const TRACKER_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a downloading agent sends the tracker all it holds.
+const ANNOUNCE_EVERY: Duration = Duration::from_secs(1);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct Node {
@@ -190,7 +194,16 @@ impl BlobSwarm {
 
 /// A piece request's outcome: who was asked (None: the origin), which
 /// piece, its bytes or why not.
-type PieceResult = (Option<String>, usize, Result<Vec<u8>, String>);
+type PieceResult = (Option<String>, usize, Result<Vec<u8>, PieceError>);
+
+/// Why a piece did not come.
+enum PieceError {
+    /// The holder is busy; ask it again after this long (zero: after the
+    /// next refresh of who holds what).
+    Busy(Duration),
+    /// Unreachable, or not holding what it said.
+    Failed(String),
+}
 
 /// What a background refresh learnt: holders per piece (from the
 /// tracker) and each peer's pieces (None: it did not answer).
@@ -454,9 +467,12 @@ impl Inner {
                 // Backpressure: a piece request that would wait long for
                 // this uplink is refused at once, so the asker goes to
                 // another holder instead of queueing here.
-                if matches!(req, Request::Piece { .. }) && node.uplink_full() {
-                    let busy = Response::Error {
-                        message: "busy: the uplink is full; ask another peer".into(),
+                if matches!(req, Request::Piece { .. })
+                    && let Some(wait) = node.uplink_full()
+                {
+                    let busy = Response::Busy {
+                        retry_ms: wait.as_millis() as u64,
+                        message: "the uplink is full; ask another peer".into(),
                     };
                     let _ = write_msg(&mut send, &busy).await;
                     let _ = send.finish();
@@ -483,6 +499,7 @@ impl Inner {
                             .fetch_add(b.len() as u64, Ordering::Relaxed);
                         node.pieces_served.fetch_add(1, Ordering::Relaxed);
                         crate::metrics::P2P_BYTES_SERVED.add(b.len() as u64);
+                        tracing::debug!("p2p: sending a piece to {remote}");
                         let _ = send.write_all(&b).await;
                     }
                     let _ = send.finish();
@@ -559,7 +576,13 @@ impl Inner {
                         && index < s.swarm.pieces()
                         && !s.origin_may_send(index)
                     {
-                        return err("busy: peers hold this piece; ask them".into());
+                        return (
+                            Response::Busy {
+                                retry_ms: 0,
+                                message: "peers hold this piece; ask them".into(),
+                            },
+                            None,
+                        );
                     }
                 }
                 let node = self.clone();
@@ -589,7 +612,14 @@ impl Inner {
                     };
                 };
                 s.swarm.announce(id, zone, &b);
-                s.peers.insert(id, PeerAddr { name: node, addr });
+                s.peers.insert(
+                    id,
+                    PeerAddr {
+                        name: node,
+                        addr,
+                        have: None,
+                    },
+                );
                 Response::Ok
             }),
             Request::Got { blob, node, index } => self.track(&blob, |s| {
@@ -605,7 +635,15 @@ impl Inner {
                 let mut rng = s.rng.clone();
                 let ids = s.swarm.peers_for(id, want.min(64), &mut rng);
                 s.rng = rng;
-                let peers = ids.iter().filter_map(|i| s.peers.get(i).cloned()).collect();
+                // With what each holds: the asker need not ask them all.
+                let peers = ids
+                    .iter()
+                    .filter_map(|i| {
+                        let mut p = s.peers.get(i)?.clone();
+                        p.have = s.swarm.have_of(*i).map(Bitfield::to_bytes);
+                        Some(p)
+                    })
+                    .collect();
                 let holders = (0..s.swarm.pieces()).map(|i| s.swarm.holders(i)).collect();
                 Response::Peers { peers, holders }
             }),
@@ -712,9 +750,12 @@ impl Inner {
         let req = Request::Piece { blob, index: piece };
         let r = match self.request(addr, &req).await {
             Ok((_, Some(bytes))) => Ok(bytes),
-            Ok((Response::Error { message }, _)) => Err(message),
-            Ok((other, _)) => Err(format!("unexpected answer {other:?}")),
-            Err(e) => Err(e.to_string()),
+            Ok((Response::Busy { retry_ms, .. }, _)) => {
+                Err(PieceError::Busy(Duration::from_millis(retry_ms)))
+            }
+            Ok((Response::Error { message }, _)) => Err(PieceError::Failed(message)),
+            Ok((other, _)) => Err(PieceError::Failed(format!("unexpected answer {other:?}"))),
+            Err(e) => Err(PieceError::Failed(e.to_string())),
         };
         (target, piece, r)
     }
@@ -732,16 +773,13 @@ impl Inner {
     }
 
     /// Whether the uplink already has about a piece's worth of work
-    /// queued (with a cap: on its timeline; without: pieces being sent).
-    fn uplink_full(&self) -> bool {
-        match self.upload_rate {
-            Some(rate) => {
-                let free = *self.upload_free_at.lock().unwrap_or_else(|e| e.into_inner());
-                let queued = free.saturating_duration_since(Instant::now()).as_secs_f64();
-                queued > UPLINK_QUEUE_PIECES * DEFAULT_PIECE as f64 / rate
-            }
-            None => false,
-        }
+    /// queued on its timeline, and if so how long until it has less.
+    fn uplink_full(&self) -> Option<Duration> {
+        let rate = self.upload_rate?;
+        let free = *self.upload_free_at.lock().unwrap_or_else(|e| e.into_inner());
+        let queued = free.saturating_duration_since(Instant::now());
+        let limit = Duration::from_secs_f64(UPLINK_QUEUE_PIECES * DEFAULT_PIECE as f64 / rate);
+        (queued > limit).then(|| queued - limit)
     }
 
     /// Evicts least recently used complete blobs while the cache is over
@@ -798,15 +836,13 @@ impl Inner {
         evicted
     }
 
-    /// Asks the tracker for peers and every known or new peer for its
-    /// pieces. A peer that does not answer comes back with `None`.
-    async fn refresh(
-        self: Arc<Self>,
-        origin: SocketAddr,
-        blob: Digest,
-        n: usize,
-        known: Vec<(String, SocketAddr)>,
-    ) -> Refresh {
+    /// Asks the tracker for peers and what they hold. The tracker knows
+    /// every piece a peer announced or reported verified, so its answer is
+    /// never ahead of the peer; only a peer handed out without a bitfield
+    /// is asked itself. A peer that does not answer comes back with `None`.
+    /// Known peers the tracker did not hand out this time keep what was
+    /// learnt of them before.
+    async fn refresh(self: Arc<Self>, origin: SocketAddr, blob: Digest, n: usize) -> Refresh {
         let asked = Request::Peers {
             blob: blob.clone(),
             node: self.name.clone(),
@@ -816,21 +852,21 @@ impl Inner {
             holders: None,
             haves: Vec::new(),
         };
-        let mut targets = known;
+        let mut ask = Vec::new();
         if let Ok(Ok((Response::Peers { peers, holders }, _))) =
             tokio::time::timeout(TRACKER_TIMEOUT, self.request(origin, &asked)).await
         {
             out.holders = Some(holders);
             for p in peers {
-                if let Ok(a) = p.addr.parse()
-                    && !targets.iter().any(|(name, _)| *name == p.name)
-                {
-                    targets.push((p.name, a));
+                let Ok(addr) = p.addr.parse() else { continue };
+                match p.have.and_then(|h| Bitfield::from_bytes(n, &h)) {
+                    Some(have) => out.haves.push((p.name, addr, Some(have))),
+                    None => ask.push((p.name, addr)),
                 }
             }
         }
         let mut asks = JoinSet::new();
-        for (name, addr) in targets {
+        for (name, addr) in ask {
             let (node, blob) = (self.clone(), blob.clone());
             asks.spawn(async move { (name, addr, node.request(addr, &Request::Have { blob }).await) });
         }
@@ -1124,35 +1160,39 @@ impl Inner {
         );
         let mut tasks: JoinSet<PieceResult> = JoinSet::new();
         let mut last_refresh: Option<Instant> = None;
+        let mut last_announce: Option<Instant> = None;
         let mut refreshing: Option<tokio::task::JoinHandle<Refresh>> = None;
         let started = Instant::now();
         // Peers that answered "busy", and until when they are left alone.
         let mut cooldown: HashMap<String, Instant> = HashMap::new();
+        let mut origin_cooldown = Instant::now();
         let deadline = Instant::now() + Duration::from_secs(3600);
         while !have(partial).is_full() {
             if Instant::now() > deadline {
                 return Err(fetch_err(blob, "no completion within an hour"));
             }
-            // Refresh in the background: announce ourselves, learn peers and
-            // what they hold, without stalling the requests in flight.
+            // Refresh in the background: learn peers and what they hold
+            // from the tracker, without stalling the requests in flight.
+            // Announce in full now and then: the tracker learns of each new
+            // piece from `Got`, which is sent without waiting and may be lost.
             if refreshing.is_none() && last_refresh.is_none_or(|t| t.elapsed() > Duration::from_millis(100)) {
                 last_refresh = Some(Instant::now());
-                self.tell(
-                    origin,
-                    Request::Announce {
-                        blob: blob.clone(),
-                        node: self.name.clone(),
-                        addr: self.addr.to_string(),
-                        zone: self.zone,
-                        have: have(partial).to_bytes(),
-                    },
-                )
-                .await;
-                let known: Vec<(String, SocketAddr)> = peers.iter().map(|(k, v)| (k.clone(), v.0)).collect();
+                if last_announce.is_none_or(|t| t.elapsed() > ANNOUNCE_EVERY) {
+                    last_announce = Some(Instant::now());
+                    self.tell(
+                        origin,
+                        Request::Announce {
+                            blob: blob.clone(),
+                            node: self.name.clone(),
+                            addr: self.addr.to_string(),
+                            zone: self.zone,
+                            have: have(partial).to_bytes(),
+                        },
+                    )
+                    .await;
+                }
                 let (node, b) = (self.clone(), blob.clone());
-                refreshing = Some(tokio::spawn(
-                    async move { node.refresh(origin, b, n, known).await },
-                ));
+                refreshing = Some(tokio::spawn(async move { node.refresh(origin, b, n).await }));
             }
             if refreshing.as_ref().is_some_and(|h| h.is_finished())
                 && let Some(h) = refreshing.take()
@@ -1206,7 +1246,7 @@ impl Inner {
                     })
                     .chain(std::iter::once(PeerView {
                         have: &origin_have,
-                        free: origin_load < PER_PEER,
+                        free: origin_load < PER_PEER && origin_cooldown <= Instant::now(),
                         load: origin_load,
                         origin: true,
                     }))
@@ -1237,6 +1277,7 @@ impl Inner {
             }
             // Keep the origin busy with pieces no peer holds yet.
             if origin_load == 0
+                && origin_cooldown <= Instant::now()
                 && tasks.len() < IN_FLIGHT + 1
                 && let Some(piece) = unseeded(&own, &pending, &|i| holders[i] == 0, &mut rng)
             {
@@ -1331,16 +1372,21 @@ impl Inner {
                         Err(e) => return Err(e.into()),
                     }
                 }
-                Err(why) => {
-                    tracing::debug!("p2p: piece {piece} from {target:?}: {why}");
-                    if why.starts_with("busy") {
-                        match &target {
-                            Some(name) => {
-                                cooldown.insert(name.clone(), Instant::now() + BUSY_COOLDOWN);
-                            }
-                            None => last_refresh = None,
+                Err(PieceError::Busy(wait)) => {
+                    tracing::debug!("p2p: piece {piece} from {target:?}: busy for {wait:?}");
+                    let until = Instant::now() + wait.clamp(MIN_COOLDOWN, MAX_COOLDOWN);
+                    match &target {
+                        Some(name) => {
+                            cooldown.insert(name.clone(), until);
                         }
-                    } else if let Some(name) = target {
+                        // Peers hold it: learn who.
+                        None if wait.is_zero() => last_refresh = None,
+                        None => origin_cooldown = until,
+                    }
+                }
+                Err(PieceError::Failed(why)) => {
+                    tracing::debug!("p2p: piece {piece} from {target:?}: {why}");
+                    if let Some(name) = target {
                         // Unreachable or not holding what it said: forget it.
                         peers.remove(&name);
                         self.tell(

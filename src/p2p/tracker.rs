@@ -100,6 +100,12 @@ impl Swarm {
         }
     }
 
+    /// What peer `id` holds, as far as the tracker knows: every piece in
+    /// it was announced or reported verified by the peer.
+    pub fn have_of(&self, id: u32) -> Option<&Bitfield> {
+        self.peers.get(&id).map(|p| &p.have)
+    }
+
     pub fn holders(&self, piece: usize) -> u32 {
         self.holders[piece]
     }

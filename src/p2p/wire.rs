@@ -81,6 +81,13 @@ pub enum Response {
         total: u64,
         message: String,
     },
+    /// Refused for now, not for good: ask another holder, and this one
+    /// again after `retry_ms` (0: when the asker knows more, e.g. the
+    /// origin refusing a piece that peers already hold).
+    Busy {
+        retry_ms: u64,
+        message: String,
+    },
     Error {
         message: String,
     },
@@ -90,6 +97,10 @@ pub enum Response {
 pub struct PeerAddr {
     pub name: String,
     pub addr: String,
+    /// The pieces the tracker knows this peer holds (`Peers` answers carry
+    /// it, so an agent need not ask every peer); absent: ask the peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub have: Option<Vec<u8>>,
 }
 
 pub async fn write_msg<T: Serialize>(s: &mut quinn::SendStream, msg: &T) -> std::io::Result<()> {
