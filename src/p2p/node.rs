@@ -839,10 +839,18 @@ impl Inner {
     /// Asks the tracker for peers and what they hold. The tracker knows
     /// every piece a peer announced or reported verified, so its answer is
     /// never ahead of the peer; only a peer handed out without a bitfield
-    /// is asked itself. A peer that does not answer comes back with `None`.
-    /// Known peers the tracker did not hand out this time keep what was
-    /// learnt of them before.
-    async fn refresh(self: Arc<Self>, origin: SocketAddr, blob: Digest, n: usize) -> Refresh {
+    /// is asked itself. Known peers the tracker did not hand out this time
+    /// keep what was learnt of them before. When the tracker does not
+    /// answer (the origin is gone), every known peer is asked instead, so
+    /// the swarm finishes without it. A peer that does not answer comes
+    /// back with `None`.
+    async fn refresh(
+        self: Arc<Self>,
+        origin: SocketAddr,
+        blob: Digest,
+        n: usize,
+        known: Vec<(String, SocketAddr)>,
+    ) -> Refresh {
         let asked = Request::Peers {
             blob: blob.clone(),
             node: self.name.clone(),
@@ -864,6 +872,8 @@ impl Inner {
                     None => ask.push((p.name, addr)),
                 }
             }
+        } else {
+            ask = known;
         }
         let mut asks = JoinSet::new();
         for (name, addr) in ask {
@@ -1103,30 +1113,23 @@ impl Inner {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(blob.clone(), partial.clone());
-        let result = self.download(origin, blob, &partial, &mut report).await;
+        let mut result = self.download(origin, blob, &partial, &mut report).await;
+        if result.is_ok() {
+            // Into the store while still registered as a partial: peers
+            // asking for pieces never find the blob held nowhere.
+            let (p, store) = (partial.clone(), self.store.clone());
+            result = tokio::task::spawn_blocking(move || {
+                p.lock().unwrap_or_else(|e| e.into_inner()).finish(&store)
+            })
+            .await
+            .map_err(|e| fetch_err(blob, e))
+            .and_then(|r| r.map_err(NodeError::from));
+        }
         self.partials
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(blob);
         if result.is_ok() {
-            // A peer being served may hold it for a moment longer.
-            let mut p = partial;
-            let mut tries = 0;
-            let p = loop {
-                match Arc::try_unwrap(p) {
-                    Ok(m) => break m.into_inner().unwrap_or_else(|e| e.into_inner()),
-                    Err(_) if tries >= 500 => return Err(fetch_err(blob, "the partial blob stayed in use")),
-                    Err(back) => {
-                        p = back;
-                        tries += 1;
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                }
-            };
-            let store = self.store.clone();
-            tokio::task::spawn_blocking(move || p.finish(&store))
-                .await
-                .map_err(|e| fetch_err(blob, e))??;
             let node = self.clone();
             let evicted = tokio::task::spawn_blocking(move || node.evict())
                 .await
@@ -1191,8 +1194,11 @@ impl Inner {
                     )
                     .await;
                 }
+                let known: Vec<(String, SocketAddr)> = peers.iter().map(|(k, v)| (k.clone(), v.0)).collect();
                 let (node, b) = (self.clone(), blob.clone());
-                refreshing = Some(tokio::spawn(async move { node.refresh(origin, b, n).await }));
+                refreshing = Some(tokio::spawn(
+                    async move { node.refresh(origin, b, n, known).await },
+                ));
             }
             if refreshing.as_ref().is_some_and(|h| h.is_finished())
                 && let Some(h) = refreshing.take()

@@ -161,8 +161,9 @@ impl Partial {
     }
 
     /// Moves the complete blob into the store (hashing it whole once more).
-    pub fn finish(self, store: &Store) -> Result<(), StoreError> {
-        drop(self.data);
+    /// Pieces stay readable through this `Partial` afterwards: its file
+    /// is the one now in the store.
+    pub fn finish(&mut self, store: &Store) -> Result<(), StoreError> {
         store.adopt(&self.path, &self.table.digest)?;
         let _ = fs::remove_file(&self.have_path);
         let _ = fs::remove_file(&self.path);
@@ -211,6 +212,7 @@ mod tests {
         assert!(p.is_complete());
         p.finish(&other).unwrap();
         assert_eq!(other.read_blob(&digest).unwrap(), bytes);
+        assert_eq!(p.read_piece(2).unwrap(), piece(2), "still readable");
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
     }
 }
