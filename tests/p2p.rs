@@ -278,6 +278,43 @@ fn every_agent_ends_with_the_blob_and_the_origin_sends_about_one_copy() {
 }
 
 #[test]
+fn the_tracker_hands_out_peers_with_what_they_hold() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Swarm::start(d.path(), 0, 4, 0.0);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let probe = s.node(&rt, "probe");
+    let n = s.blob.len().div_ceil(DEFAULT_PIECE as usize);
+    let ask = |req: Request| rt.block_on(probe.ask(s.p2p, &req)).unwrap().0;
+    let announce = Request::Announce {
+        blob: s.digest.clone(),
+        node: "x1".into(),
+        addr: "127.0.0.1:9".into(),
+        zone: 0,
+        have: strata::p2p::Bitfield::with(n, &[0, 2]).to_bytes(),
+    };
+    assert!(matches!(ask(announce), Response::Ok));
+    let got = Request::Got {
+        blob: s.digest.clone(),
+        node: "x1".into(),
+        index: 3,
+    };
+    assert!(matches!(ask(got), Response::Ok));
+    let peers = Request::Peers {
+        blob: s.digest.clone(),
+        node: "probe".into(),
+        want: 16,
+    };
+    let Response::Peers { peers, holders } = ask(peers) else {
+        panic!("no peers answer")
+    };
+    assert_eq!(holders[..4], [1, 0, 1, 1]);
+    assert_eq!(peers.len(), 1, "{peers:?}");
+    // The bitfield comes with the peer, so the asker need not ask it.
+    let have = peers[0].have.clone().expect("a bitfield with the peer");
+    assert_eq!(have, strata::p2p::Bitfield::with(n, &[0, 2, 3]).to_bytes());
+}
+
+#[test]
 fn a_peer_sending_bad_pieces_is_banned_and_the_download_still_completes() {
     let d = tempfile::tempdir().unwrap();
     let s = Swarm::start(d.path(), 1, 4, 0.0);

@@ -471,7 +471,8 @@ impl Inner {
                     && let Some(wait) = node.uplink_full()
                 {
                     let busy = Response::Busy {
-                        retry_ms: wait.as_millis() as u64,
+                        // Rounded up: 0 means "peers hold it" to the asker.
+                        retry_ms: wait.as_micros().div_ceil(1000) as u64,
                         message: "the uplink is full; ask another peer".into(),
                     };
                     let _ = write_msg(&mut send, &busy).await;
