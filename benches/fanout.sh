@@ -8,6 +8,8 @@
 #
 #   sudo N=16 benches/fanout.sh          # N=16 S=64 MIB B=50 (Mbit/s) by default
 #   sudo N=32 benches/fanout.sh
+#   sudo LINKSTATS=1 KEEP=1 N=16 BASELINE=0 benches/fanout.sh
+#       then benches/fanout-links.py WORKDIR 50 1 64: link use per second
 #
 # Reports per-host completion (p50, p99, max) against S/B, origin egress in
 # copies of S, and the CPU seconds the agents used. Needs root, iproute2,
@@ -73,7 +75,19 @@ floor=$(python3 -c "print($size_mib * 1048576 * 8 / ($mbit * 1e6))")
 echo "fan-out: N=$n hosts, S=$size_mib MiB, B=$mbit Mbit/s, S/B=$(printf %.2f "$floor") s; $(nproc) cores"
 
 # P2P: every agent at once.
+origin_pid=${pids[0]}
+cpu_of() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+origin_cpu0=$(cpu_of "$origin_pid")
 start=$(date +%s.%N)
+if [ -n "${LINKSTATS:-}" ]; then
+    # Every switch port's counters each 100 ms: rx = the host's uplink,
+    # tx = its downlink (read by benches/fanout-links.py).
+    ( for _ in $(seq 1 3000); do
+        printf '%s ' "$(date +%s.%N)"; ip -n "$sw" -s -j link show | tr -d '\n'; echo
+        sleep 0.1
+      done >"$work/links.jsonl" ) &
+    pids+=($!)
+fi
 agent_pids=()
 for i in $(seq 1 "$n"); do
     ip netns exec "sf$$-$i" /usr/bin/env time -f "%U %S" -o "$work/cpu-$i" \
@@ -91,6 +105,14 @@ for i in $(seq 1 "$n"); do
         sleep 0.05
     done
 done
+# Packets the shaped links dropped (tbf queue full): retransmitted by QUIC.
+drops() { "$@" tc -s -j qdisc show | python3 -c 'import json,sys; print(sum(q.get("drops", 0) for q in json.load(sys.stdin) if q.get("kind") == "tbf"))'; }
+up_drops=0
+for i in $(seq 0 "$n"); do up_drops=$((up_drops + $(drops ip netns exec "sf$$-$i"))); done
+down_drops=$(drops ip netns exec "$sw")
+echo "tbf drops: $up_drops on uplinks, $down_drops on downlinks"
+origin_cpu=$(python3 -c "print(($(cpu_of "$origin_pid") - $origin_cpu0) / $(getconf CLK_TCK))")
+echo "origin (seeder and tracker) CPU during the fan-out: $origin_cpu s"
 egress=$(on_origin curl -sf "http://$origin:5000/strata/api/p2p/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["origin_piece_bytes_served"])')
 # Stop the agents themselves (not their `ip netns exec` parents) so that
 # `time` reports their CPU.
