@@ -304,10 +304,15 @@ fn the_tracker_hands_out_peers_with_what_they_hold() {
         node: "probe".into(),
         want: 16,
     };
-    let Response::Peers { peers, holders } = ask(peers) else {
+    let Response::Peers { peers, seeded } = ask(peers) else {
         panic!("no peers answer")
     };
-    assert_eq!(holders[..4], [1, 0, 1, 1]);
+    // Pieces some peer holds: 0, 2 and 3.
+    let seeded = strata::p2p::Bitfield::from_bytes(n, &seeded).expect("a bitfield of the blob");
+    assert_eq!(
+        (0..4).map(|i| seeded.get(i)).collect::<Vec<_>>(),
+        [true, false, true, true]
+    );
     assert_eq!(peers.len(), 1, "{peers:?}");
     // The bitfield comes with the peer, so the asker need not ask it.
     let have = peers[0].have.clone().expect("a bitfield with the peer");

@@ -205,10 +205,10 @@ enum PieceError {
     Failed(String),
 }
 
-/// What a background refresh learnt: holders per piece (from the
-/// tracker) and each peer's pieces (None: it did not answer).
+/// What a background refresh learnt: the pieces some peer holds (from
+/// the tracker) and each peer's pieces (None: it did not answer).
 struct Refresh {
-    holders: Option<Vec<u32>>,
+    seeded: Option<Bitfield>,
     haves: Vec<(String, SocketAddr, Option<Bitfield>)>,
 }
 
@@ -645,8 +645,15 @@ impl Inner {
                         Some(p)
                     })
                     .collect();
-                let holders = (0..s.swarm.pieces()).map(|i| s.swarm.holders(i)).collect();
-                Response::Peers { peers, holders }
+                let n = s.swarm.pieces();
+                let mut seeded = Bitfield::new(n);
+                for i in (0..n).filter(|&i| s.swarm.holders(i) > 0) {
+                    seeded.set(i);
+                }
+                Response::Peers {
+                    peers,
+                    seeded: seeded.to_bytes(),
+                }
             }),
             Request::Gone { blob, peer } => self.track(&blob, |s| {
                 if let Some(&id) = s.ids.get(&peer) {
@@ -858,14 +865,14 @@ impl Inner {
             want: 16,
         };
         let mut out = Refresh {
-            holders: None,
+            seeded: None,
             haves: Vec::new(),
         };
         let mut ask = Vec::new();
-        if let Ok(Ok((Response::Peers { peers, holders }, _))) =
+        if let Ok(Ok((Response::Peers { peers, seeded }, _))) =
             tokio::time::timeout(TRACKER_TIMEOUT, self.request(origin, &asked)).await
         {
-            out.holders = Some(holders);
+            out.seeded = Bitfield::from_bytes(n, &seeded);
             for p in peers {
                 let Ok(addr) = p.addr.parse() else { continue };
                 match p.have.and_then(|h| Bitfield::from_bytes(n, &h)) {
@@ -1155,7 +1162,9 @@ impl Inner {
         // Known peers: name → (addr, their pieces, requests in flight).
         let mut peers: HashMap<String, (SocketAddr, Bitfield, u32)> = HashMap::new();
         let mut banned: HashMap<String, Instant> = HashMap::new();
-        let mut holders: Vec<u32> = vec![0; n];
+        // Pieces some peer holds (the tracker's word): the origin serves
+        // only the others.
+        let mut seeded = Bitfield::new(n);
         let mut pending = Bitfield::new(n);
         let mut origin_load = 0u32;
         let mut rng = Rng::new(
@@ -1205,10 +1214,8 @@ impl Inner {
                 && let Some(h) = refreshing.take()
             {
                 let r = h.await.map_err(|e| fetch_err(blob, e))?;
-                if let Some(h) = r.holders
-                    && h.len() == n
-                {
-                    holders = h;
+                if let Some(b) = r.seeded {
+                    seeded = b;
                 }
                 let mut gone = Vec::new();
                 for (name, addr, answer) in r.haves {
@@ -1258,7 +1265,7 @@ impl Inner {
                         origin: true,
                     }))
                     .collect();
-                let origin_ok = |i: usize| holders[i] == 0;
+                let origin_ok = |i: usize| !seeded.get(i);
                 let Some((idx, piece)) = pick(&own, &pending, &views, &origin_ok, &mut rng) else {
                     break;
                 };
@@ -1286,7 +1293,7 @@ impl Inner {
             if origin_load == 0
                 && origin_cooldown <= Instant::now()
                 && tasks.len() < IN_FLIGHT + 1
-                && let Some(piece) = unseeded(&own, &pending, &|i| holders[i] == 0, &mut rng)
+                && let Some(piece) = unseeded(&own, &pending, &|i| !seeded.get(i), &mut rng)
             {
                 origin_load += 1;
                 pending.set(piece);

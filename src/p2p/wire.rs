@@ -25,6 +25,7 @@ pub enum Request {
         node: String,
         addr: String,
         zone: u32,
+        #[serde(with = "b64")]
         have: Vec<u8>,
     },
     /// To the tracker: `node` verified one more piece.
@@ -61,15 +62,19 @@ pub enum Response {
     },
     Have {
         pieces: usize,
+        #[serde(with = "b64")]
         have: Vec<u8>,
     },
     /// `len` raw bytes follow the header.
     Piece {
         len: u64,
     },
+    /// Peers to ask, and the pieces at least one peer holds (a bitfield:
+    /// the origin serves only the others).
     Peers {
         peers: Vec<PeerAddr>,
-        holders: Vec<u32>,
+        #[serde(with = "b64")]
+        seeded: Vec<u8>,
     },
     Stats {
         piece_bytes_served: u64,
@@ -99,8 +104,44 @@ pub struct PeerAddr {
     pub addr: String,
     /// The pieces the tracker knows this peer holds (`Peers` answers carry
     /// it, so an agent need not ask every peer); absent: ask the peer.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "b64_opt")]
     pub have: Option<Vec<u8>>,
+}
+
+// Bitfields travel as base64 strings, not JSON arrays of numbers: the
+// tracker answers every downloading agent several times a second from the
+// origin's own uplink, so their size is taken from the injection of new
+// pieces (a 256-piece bitfield: 44 bytes instead of about 130).
+mod b64 {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        STANDARD.decode(s.as_bytes()).map_err(serde::de::Error::custom)
+    }
+}
+
+mod b64_opt {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => super::b64::serialize(v, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        #[derive(Deserialize)]
+        struct Wrap(#[serde(with = "super::b64")] Vec<u8>);
+        Ok(Option::<Wrap>::deserialize(d)?.map(|w| w.0))
+    }
 }
 
 pub async fn write_msg<T: Serialize>(s: &mut quinn::SendStream, msg: &T) -> std::io::Result<()> {
@@ -127,4 +168,29 @@ pub async fn read_msg<T: for<'de> Deserialize<'de>>(r: &mut quinn::RecvStream) -
         .await
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, e))?;
     serde_json::from_slice(&body).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bitfields_travel_as_base64() {
+        let p = PeerAddr {
+            name: "a1".into(),
+            addr: "10.0.0.1:5001".into(),
+            have: Some(vec![0xff, 0x01]),
+        };
+        let json = serde_json::to_string(&p).unwrap();
+        assert_eq!(json, r#"{"name":"a1","addr":"10.0.0.1:5001","have":"/wE="}"#);
+        assert_eq!(serde_json::from_str::<PeerAddr>(&json).unwrap(), p);
+        // No bitfield: the field is left out, and read back as None.
+        let none = PeerAddr { have: None, ..p };
+        let json = serde_json::to_string(&none).unwrap();
+        assert_eq!(json, r#"{"name":"a1","addr":"10.0.0.1:5001"}"#);
+        assert_eq!(serde_json::from_str::<PeerAddr>(&json).unwrap(), none);
+        // Not base64: a clear error, not a panic.
+        let bad = r#"{"reply":"have","pieces":3,"have":"*"}"#;
+        assert!(serde_json::from_str::<Response>(bad).is_err());
+    }
 }
