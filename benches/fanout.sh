@@ -108,9 +108,9 @@ done
 # Packets the shaped links dropped (tbf queue full): retransmitted by QUIC.
 drops() { "$@" tc -s -j qdisc show | python3 -c 'import json,sys; print(sum(q.get("drops", 0) for q in json.load(sys.stdin) if q.get("kind") == "tbf"))'; }
 up_drops=0
-for i in $(seq 0 "$n"); do up_drops=$((up_drops + $(drops ip netns exec "sf$$-$i"))); done
+for i in $(seq 1 "$n"); do up_drops=$((up_drops + $(drops ip netns exec "sf$$-$i"))); done
 down_drops=$(drops ip netns exec "$sw")
-echo "tbf drops: $up_drops on uplinks, $down_drops on downlinks"
+echo "tbf drops: $(drops on_origin) on the origin's uplink, $up_drops on the agents' uplinks, $down_drops on downlinks"
 origin_cpu=$(python3 -c "print(($(cpu_of "$origin_pid") - $origin_cpu0) / $(getconf CLK_TCK))")
 echo "origin (seeder and tracker) CPU during the fan-out: $origin_cpu s"
 egress=$(on_origin curl -sf "http://$origin:5000/strata/api/p2p/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["origin_piece_bytes_served"])')
