@@ -320,6 +320,55 @@ fn the_tracker_hands_out_peers_with_what_they_hold() {
 }
 
 #[test]
+fn a_full_uplink_answers_busy_with_the_time_until_it_takes_work_again() {
+    let d = tempfile::tempdir().unwrap();
+    // 2 Mbit/s: one piece takes about a second on the origin's uplink, and
+    // the uplink queues one piece time of work before it refuses.
+    let s = Swarm::start(d.path(), 0, 4, 2.0);
+    let piece_ms = (DEFAULT_PIECE * 8) as f64 / 2e6 * 1e3;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let probe = s.node(&rt, "probe");
+    let piece = |index: usize| Request::Piece {
+        blob: s.digest.clone(),
+        index,
+    };
+    // Connected first, so the timings below are the uplink's alone.
+    rt.block_on(probe.stats(s.p2p)).unwrap();
+    let (p0, p1) = (piece(0), piece(1));
+    let (first, second, third) = rt.block_on(async {
+        let late = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            probe.ask(s.p2p, &piece(2)).await
+        };
+        tokio::join!(probe.ask(s.p2p, &p0), probe.ask(s.p2p, &p1), late)
+    });
+    // The first is sent at once and the second queued behind it...
+    for answer in [first, second] {
+        let (_, body) = answer.unwrap();
+        assert_eq!(body.map(|b| b.len() as u64), Some(DEFAULT_PIECE));
+    }
+    // ...the third, 300 ms later, found two piece times queued: refused
+    // with the wait until only one is left, never 0 (to the asker, 0 means
+    // "peers hold this piece").
+    let Ok((Response::Busy { retry_ms, .. }, None)) = third else {
+        panic!("a third piece request was not refused: {third:?}")
+    };
+    assert!(
+        retry_ms >= 1 && retry_ms as f64 <= piece_ms,
+        "retry after {retry_ms} ms (one piece time is {piece_ms:.0} ms)"
+    );
+    // Once that wait is over, the uplink takes the request.
+    let (resp, body) = rt
+        .block_on(async {
+            tokio::time::sleep(Duration::from_millis(retry_ms)).await;
+            probe.ask(s.p2p, &piece(2)).await
+        })
+        .unwrap();
+    assert!(matches!(resp, Response::Piece { .. }), "{resp:?}");
+    assert_eq!(body.map(|b| b.len() as u64), Some(DEFAULT_PIECE));
+}
+
+#[test]
 fn a_peer_sending_bad_pieces_is_banned_and_the_download_still_completes() {
     let d = tempfile::tempdir().unwrap();
     let s = Swarm::start(d.path(), 1, 4, 0.0);
