@@ -34,7 +34,7 @@ pub enum Request {
         node: String,
         index: usize,
     },
-    /// To the tracker: peers for `node`, and how many peers hold each piece.
+    /// To the tracker: peers for `node`, and which pieces some peer holds.
     Peers { blob: Digest, node: String, want: usize },
     /// To the tracker: `peer` failed or misbehaved; stop handing it out.
     Gone { blob: Digest, peer: String },
