@@ -320,6 +320,36 @@ fn the_tracker_hands_out_peers_with_what_they_hold() {
 }
 
 #[test]
+fn agents_asking_at_once_all_get_the_one_right_piece_table() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Swarm::start(d.path(), 0, 4, 0.0);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let probe = s.node(&rt, "probe");
+    // Eight asks at once for a table nobody has asked for yet: the origin
+    // makes it once and the others wait for it.
+    let ask = Request::Pieces {
+        blob: s.digest.clone(),
+    };
+    let answers = rt.block_on(async {
+        let asks = (0..8).map(|_| probe.ask(s.p2p, &ask));
+        futures_util::future::join_all(asks).await
+    });
+    let want: Vec<String> = s
+        .blob
+        .chunks(DEFAULT_PIECE as usize)
+        .map(|c| Digest::sha256_of(c).hex().to_string())
+        .collect();
+    for a in answers {
+        let Ok((Response::Pieces { table }, _)) = a else {
+            panic!("no piece table: {a:?}")
+        };
+        assert_eq!(table.digest, s.digest);
+        assert_eq!(table.size, s.blob.len() as u64);
+        assert_eq!(table.hashes, want);
+    }
+}
+
+#[test]
 fn a_full_uplink_answers_busy_with_the_time_until_it_takes_work_again() {
     let d = tempfile::tempdir().unwrap();
     // 2 Mbit/s: one piece takes about a second on the origin's uplink, and

@@ -121,6 +121,10 @@ struct Inner {
     fetching: Mutex<std::collections::HashSet<Digest>>,
     /// Blobs being read for a peer right now (count of readers).
     in_use: Mutex<HashMap<Digest, usize>>,
+    /// One lock per blob whose piece table is being read or made: agents
+    /// that ask at once wait for one hashing pass instead of each making
+    /// their own (sixteen passes over the blob when a fan-out starts).
+    tables: Mutex<HashMap<Digest, Arc<Mutex<()>>>>,
 }
 
 /// An agent as the origin knows it.
@@ -258,6 +262,7 @@ impl Node {
             download_free_at: Mutex::new(Instant::now()),
             in_use: Mutex::new(HashMap::new()),
             fetching: Mutex::new(std::collections::HashSet::new()),
+            tables: Mutex::new(HashMap::new()),
         });
         inner.evict();
         let serving = inner.clone();
@@ -548,10 +553,7 @@ impl Inner {
                     return err(format!("{blob} is not in this node's store"));
                 }
                 let node = self.clone();
-                let b = blob.clone();
-                match tokio::task::spawn_blocking(move || PieceTable::of_blob(&node.store, &b, DEFAULT_PIECE))
-                    .await
-                {
+                match tokio::task::spawn_blocking(move || node.piece_table(&blob)).await {
                     Ok(Ok(table)) => (Response::Pieces { table }, None),
                     Ok(Err(e)) => err(e.to_string()),
                     Err(e) => err(e.to_string()),
@@ -684,21 +686,42 @@ impl Inner {
         let s = match t.blobs.entry(blob.clone()) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             // First message about this blob: its piece count, once.
-            std::collections::hash_map::Entry::Vacant(e) => {
-                match PieceTable::of_blob(&self.store, blob, DEFAULT_PIECE) {
-                    Ok(table) => e.insert(BlobSwarm::new(table.count())),
-                    Err(err) => {
-                        return (
-                            Response::Error {
-                                message: err.to_string(),
-                            },
-                            None,
-                        );
-                    }
+            std::collections::hash_map::Entry::Vacant(e) => match self.piece_table(blob) {
+                Ok(table) => e.insert(BlobSwarm::new(table.count())),
+                Err(err) => {
+                    return (
+                        Response::Error {
+                            message: err.to_string(),
+                        },
+                        None,
+                    );
                 }
-            }
+            },
         };
         (f(s), None)
+    }
+
+    /// The piece table of a blob in the store: made once (and kept in the
+    /// store's metadata) however many ask at the same time.
+    fn piece_table(&self, blob: &Digest) -> Result<PieceTable, crate::store::StoreError> {
+        let lock = self
+            .tables
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(blob.clone())
+            .or_default()
+            .clone();
+        let table = {
+            let _one_at_a_time = lock.lock().unwrap_or_else(|e| e.into_inner());
+            PieceTable::of_blob(&self.store, blob, DEFAULT_PIECE)
+        };
+        drop(lock);
+        // Forget the locks nobody holds or waits for.
+        self.tables
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, l| Arc::strong_count(l) > 1);
+        table
     }
 
     /// The pieces of `blob` this node holds, if any.
