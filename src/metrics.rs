@@ -159,6 +159,8 @@ pub static P2P_BYTES_FROM_PEERS: Counter = Counter::new();
 pub static P2P_PIECE_FAILURES: Counter = Counter::new();
 /// Whole blobs completed by P2P download (digest verified).
 pub static P2P_BLOBS_COMPLETED: Counter = Counter::new();
+/// Piece tables made by hashing a blob (not read back from the store).
+pub static P2P_PIECE_TABLES_MADE: Counter = Counter::new();
 
 /// Per-host prewarm durations, by outcome.
 pub static PREWARM_OK: Histogram = Histogram::new();
@@ -268,6 +270,17 @@ pub fn render() -> String {
         out,
         "strata_p2p_blobs_completed_total {}",
         P2P_BLOBS_COMPLETED.get()
+    );
+    help(
+        &mut out,
+        "strata_p2p_piece_tables_made_total",
+        "counter",
+        "Piece tables made by hashing a blob (each blob once; later asks read it back).",
+    );
+    let _ = writeln!(
+        out,
+        "strata_p2p_piece_tables_made_total {}",
+        P2P_PIECE_TABLES_MADE.get()
     );
     help(
         &mut out,

@@ -143,6 +143,15 @@ impl Swarm {
         }
     }
 
+    /// An origin (as `start`, with no agents) and an in-process `probe`
+    /// node on a runtime of its own, to talk to the origin directly.
+    fn with_probe(dir: &Path, mib: usize, origin_mbit: f64) -> (Swarm, tokio::runtime::Runtime, Node) {
+        let s = Swarm::start(dir, 0, mib, origin_mbit);
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let probe = s.node(&rt, "probe");
+        (s, rt, probe)
+    }
+
     fn certs(&self) -> PathBuf {
         self.dir.join("ca-certs")
     }
@@ -280,9 +289,7 @@ fn every_agent_ends_with_the_blob_and_the_origin_sends_about_one_copy() {
 #[test]
 fn the_tracker_hands_out_peers_with_what_they_hold() {
     let d = tempfile::tempdir().unwrap();
-    let s = Swarm::start(d.path(), 0, 4, 0.0);
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let probe = s.node(&rt, "probe");
+    let (s, rt, probe) = Swarm::with_probe(d.path(), 4, 0.0);
     let n = s.blob.len().div_ceil(DEFAULT_PIECE as usize);
     let ask = |req: Request| rt.block_on(probe.ask(s.p2p, &req)).unwrap().0;
     let announce = Request::Announce {
@@ -322,9 +329,7 @@ fn the_tracker_hands_out_peers_with_what_they_hold() {
 #[test]
 fn agents_asking_at_once_all_get_the_one_right_piece_table() {
     let d = tempfile::tempdir().unwrap();
-    let s = Swarm::start(d.path(), 0, 4, 0.0);
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let probe = s.node(&rt, "probe");
+    let (s, rt, probe) = Swarm::with_probe(d.path(), 4, 0.0);
     // Eight asks at once for a table nobody has asked for yet: the origin
     // makes it once and the others wait for it.
     let ask = Request::Pieces {
@@ -347,6 +352,13 @@ fn agents_asking_at_once_all_get_the_one_right_piece_table() {
         assert_eq!(table.size, s.blob.len() as u64);
         assert_eq!(table.hashes, want);
     }
+    // One hashing pass for the eight: the origin says so on /metrics.
+    let m = common::scrape(&format!("http://127.0.0.1:{}", s.registry));
+    assert_eq!(
+        common::metric(&m, "strata_p2p_piece_tables_made_total"),
+        Some(1.0),
+        "{m}"
+    );
 }
 
 #[test]
@@ -354,10 +366,8 @@ fn a_full_uplink_answers_busy_with_the_time_until_it_takes_work_again() {
     let d = tempfile::tempdir().unwrap();
     // 2 Mbit/s: one piece takes about a second on the origin's uplink, and
     // the uplink queues one piece time of work before it refuses.
-    let s = Swarm::start(d.path(), 0, 4, 2.0);
+    let (s, rt, probe) = Swarm::with_probe(d.path(), 4, 2.0);
     let piece_ms = (DEFAULT_PIECE * 8) as f64 / 2e6 * 1e3;
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let probe = s.node(&rt, "probe");
     let piece = |index: usize| Request::Piece {
         blob: s.digest.clone(),
         index,
@@ -914,9 +924,7 @@ fn the_download_cap_holds() {
 #[test]
 fn two_fetches_of_one_blob_download_it_once() {
     let d = tempfile::tempdir().unwrap();
-    let s = Swarm::start(d.path(), 0, 4, 0.0);
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let node = s.node(&rt, "probe");
+    let (s, rt, node) = Swarm::with_probe(d.path(), 4, 0.0);
     let (a, b) =
         rt.block_on(async { tokio::join!(node.fetch(s.p2p, &s.digest), node.fetch(s.p2p, &s.digest)) });
     let (a, b) = (a.unwrap(), b.unwrap());

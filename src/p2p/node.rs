@@ -647,14 +647,9 @@ impl Inner {
                         Some(p)
                     })
                     .collect();
-                let n = s.swarm.pieces();
-                let mut seeded = Bitfield::new(n);
-                for i in (0..n).filter(|&i| s.swarm.holders(i) > 0) {
-                    seeded.set(i);
-                }
                 Response::Peers {
                     peers,
-                    seeded: seeded.to_bytes(),
+                    seeded: s.swarm.seeded().to_bytes(),
                 }
             }),
             Request::Gone { blob, peer } => self.track(&blob, |s| {
@@ -685,9 +680,10 @@ impl Inner {
         let mut t = t.lock().unwrap_or_else(|e| e.into_inner());
         let s = match t.blobs.entry(blob.clone()) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            // First message about this blob: its piece count, once.
-            std::collections::hash_map::Entry::Vacant(e) => match self.piece_table(blob) {
-                Ok(table) => e.insert(BlobSwarm::new(table.count())),
+            // First message about this blob: its piece count, from its
+            // size (no hashing under the tracker's lock).
+            std::collections::hash_map::Entry::Vacant(e) => match self.store.size(blob) {
+                Ok(size) => e.insert(BlobSwarm::new(size.div_ceil(DEFAULT_PIECE) as usize)),
                 Err(err) => {
                     return (
                         Response::Error {

@@ -84,6 +84,7 @@ impl PieceTable {
             hashes,
         };
         store.write_meta("pieces", &key, &serde_json::to_vec(&t).unwrap_or_default())?;
+        crate::metrics::P2P_PIECE_TABLES_MADE.add(1);
         Ok(t)
     }
 }

@@ -110,6 +110,15 @@ impl Swarm {
         self.holders[piece]
     }
 
+    /// The pieces at least one peer holds.
+    pub fn seeded(&self) -> Bitfield {
+        let mut b = Bitfield::new(self.holders.len());
+        for (i, _) in self.holders.iter().enumerate().filter(|(_, h)| **h > 0) {
+            b.set(i);
+        }
+        b
+    }
+
     /// Whether the origin may send `piece`: no peer holds it and the
     /// origin is not already sending it. Reserves it when true.
     pub fn origin_may_send(&mut self, piece: usize) -> bool {
