@@ -161,6 +161,11 @@ pub fn run(mut a: Args) -> Result<()> {
             _ => None,
         };
         let (registry, access) = (server.registry(), server.access());
+        if let Some(n) = &node {
+            // A pushed blob gets its piece table at once, off the fan-out.
+            let n = n.clone();
+            registry.on_new_blob(move |d| n.prepare(d));
+        }
         server = server.with_routes(strata::api::router(strata::api::ApiConfig {
             access,
             registry,

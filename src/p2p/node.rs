@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 
 use super::Bitfield;
 use super::picker::{PeerView, pick, unseeded};
-use super::pieces::{DEFAULT_PIECE, Partial, PieceTable};
+use super::pieces::{DEFAULT_PIECE, Partial, PieceTable, Tables};
 use super::rng::Rng;
 use super::tls::{CLUSTER_NAME, Identity};
 use super::tracker::Swarm;
@@ -121,10 +121,9 @@ struct Inner {
     fetching: Mutex<std::collections::HashSet<Digest>>,
     /// Blobs being read for a peer right now (count of readers).
     in_use: Mutex<HashMap<Digest, usize>>,
-    /// One lock per blob whose piece table is being read or made: agents
-    /// that ask at once wait for one hashing pass instead of each making
-    /// their own (sixteen passes over the blob when a fan-out starts).
-    tables: Mutex<HashMap<Digest, Arc<Mutex<()>>>>,
+    /// Piece tables, one hashing pass each (made when a blob is pushed
+    /// or first asked for).
+    tables: Tables,
 }
 
 /// An agent as the origin knows it.
@@ -262,7 +261,7 @@ impl Node {
             download_free_at: Mutex::new(Instant::now()),
             in_use: Mutex::new(HashMap::new()),
             fetching: Mutex::new(std::collections::HashSet::new()),
-            tables: Mutex::new(HashMap::new()),
+            tables: Tables::default(),
         });
         inner.evict();
         let serving = inner.clone();
@@ -306,6 +305,28 @@ impl Node {
 
     pub fn piece_bytes_served(&self) -> u64 {
         self.inner.piece_bytes_served.load(Ordering::Relaxed)
+    }
+
+    /// Makes the piece table of a blob just stored, on a thread of its
+    /// own, so the fan-out that follows starts without a hashing pass.
+    /// Agents that ask meanwhile wait for this pass. Only the origin
+    /// publishes tables; elsewhere this does nothing.
+    pub fn prepare(&self, blob: &Digest) {
+        if self.inner.tracker.is_none() {
+            return;
+        }
+        let (inner, digest) = (self.inner.clone(), blob.clone());
+        let made = std::thread::Builder::new()
+            .name("piece-table".into())
+            .spawn(move || {
+                if let Err(e) = inner.piece_table(&digest) {
+                    // Asks for it will try again and say why.
+                    tracing::warn!("p2p: the piece table of {digest}: {e}");
+                }
+            });
+        if let Err(e) = made {
+            tracing::warn!("p2p: no thread for the piece table of {blob}: {e}");
+        }
     }
 
     /// Downloads `blob` into the store through the swarm whose tracker
@@ -700,24 +721,7 @@ impl Inner {
     /// The piece table of a blob in the store: made once (and kept in the
     /// store's metadata) however many ask at the same time.
     fn piece_table(&self, blob: &Digest) -> Result<PieceTable, crate::store::StoreError> {
-        let lock = self
-            .tables
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(blob.clone())
-            .or_default()
-            .clone();
-        let table = {
-            let _one_at_a_time = lock.lock().unwrap_or_else(|e| e.into_inner());
-            PieceTable::of_blob(&self.store, blob, DEFAULT_PIECE)
-        };
-        drop(lock);
-        // Forget the locks nobody holds or waits for.
-        self.tables
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|_, l| Arc::strong_count(l) > 1);
-        table
+        self.tables.get(&self.store, blob, DEFAULT_PIECE)
     }
 
     /// The pieces of `blob` this node holds, if any.

@@ -5,9 +5,13 @@ use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
+
+use std::collections::HashMap;
 
 use super::Bitfield;
 use crate::digest::Digest;
@@ -57,14 +61,26 @@ impl PieceTable {
             && self.hashes.iter().all(|h| h.len() == 64)
     }
 
-    /// The table of a blob in `store`, computed once and cached.
+    /// The table of a blob in `store`, computed once and cached in the
+    /// store's metadata.
     pub fn of_blob(store: &Store, digest: &Digest, piece_size: u64) -> Result<PieceTable, StoreError> {
-        let key = format!("{}-{piece_size}", digest.hex());
-        if let Some(b) = store.read_meta("pieces", &key)
-            && let Ok(t) = serde_json::from_slice::<PieceTable>(&b)
-        {
-            return Ok(t);
+        match PieceTable::cached(store, digest, piece_size) {
+            Some(t) => Ok(t),
+            None => PieceTable::make(store, digest, piece_size),
         }
+    }
+
+    fn meta_key(digest: &Digest, piece_size: u64) -> String {
+        format!("{}-{piece_size}", digest.hex())
+    }
+
+    fn cached(store: &Store, digest: &Digest, piece_size: u64) -> Option<PieceTable> {
+        let b = store.read_meta("pieces", &PieceTable::meta_key(digest, piece_size))?;
+        serde_json::from_slice::<PieceTable>(&b).ok()
+    }
+
+    /// Hashes every piece of the blob and keeps the table.
+    fn make(store: &Store, digest: &Digest, piece_size: u64) -> Result<PieceTable, StoreError> {
         let path = store.blob_path(digest);
         let mut f = store.open_blob(digest)?;
         let size = f.metadata().map_err(crate::store::io_err(&path))?.len();
@@ -83,9 +99,56 @@ impl PieceTable {
             piece_size,
             hashes,
         };
+        let key = PieceTable::meta_key(digest, piece_size);
         store.write_meta("pieces", &key, &serde_json::to_vec(&t).unwrap_or_default())?;
         crate::metrics::P2P_PIECE_TABLES_MADE.add(1);
         Ok(t)
+    }
+}
+
+/// The origin's piece tables: each made in one hashing pass however many
+/// ask for it at once (the agents of a fan-out all ask in the same
+/// moment; each used to hash the whole blob itself), and made ahead when
+/// a blob is pushed, so a fan-out does not start with a pass at all.
+#[derive(Default)]
+pub struct Tables {
+    /// One lock per blob whose table is being read or made.
+    locks: Mutex<HashMap<Digest, Arc<Mutex<()>>>>,
+    made: AtomicU64,
+}
+
+impl Tables {
+    /// The table of `blob` in `store` (pieces of `piece_size`).
+    pub fn get(&self, store: &Store, blob: &Digest, piece_size: u64) -> Result<PieceTable, StoreError> {
+        let lock = self
+            .locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(blob.clone())
+            .or_default()
+            .clone();
+        let table = {
+            let _one_at_a_time = lock.lock().unwrap_or_else(|e| e.into_inner());
+            match PieceTable::cached(store, blob, piece_size) {
+                Some(t) => Ok(t),
+                None => {
+                    self.made.fetch_add(1, Ordering::Relaxed);
+                    PieceTable::make(store, blob, piece_size)
+                }
+            }
+        };
+        drop(lock);
+        // Forget the locks nobody holds or waits for.
+        self.locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, l| Arc::strong_count(l) > 1);
+        table
+    }
+
+    /// How many tables this made (hashing passes).
+    pub fn made(&self) -> u64 {
+        self.made.load(Ordering::Relaxed)
     }
 }
 
@@ -215,5 +278,32 @@ mod tests {
         assert_eq!(other.read_blob(&digest).unwrap(), bytes);
         assert_eq!(p.read_piece(2).unwrap(), piece(2), "still readable");
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn asking_at_once_makes_one_table() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(d.path().join("store")).unwrap();
+        let bytes: Vec<u8> = (0..3_000_000u32).map(|i| (i * 13 % 241) as u8).collect();
+        let (digest, _) = store.put(&bytes, None).unwrap();
+        let tables = Tables::default();
+        let got: Vec<PieceTable> = std::thread::scope(|s| {
+            let asks: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| tables.get(&store, &digest, 1 << 18).unwrap()))
+                .collect();
+            asks.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let want: Vec<String> = bytes
+            .chunks(1 << 18)
+            .map(|c| hex::encode(Sha256::digest(c)))
+            .collect();
+        for t in &got {
+            assert_eq!(t.hashes, want);
+        }
+        assert_eq!(tables.made(), 1, "one hashing pass for eight asks");
+        assert!(tables.locks.lock().unwrap().is_empty(), "no lock is kept");
+        // Another piece size is another table.
+        assert_eq!(tables.get(&store, &digest, 1 << 20).unwrap().count(), 3);
+        assert_eq!(tables.made(), 2);
     }
 }

@@ -7,7 +7,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use crate::digest::{Algorithm, Digest, Hasher};
 use crate::oci::{Index, Manifest};
@@ -78,6 +78,9 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RegistryError + '_ {
     }
 }
 
+/// What a registry calls with each blob an upload adds.
+type NewBlobHook = Box<dyn Fn(&Digest) + Send + Sync>;
+
 pub struct Registry {
     store: Store,
     root: PathBuf,
@@ -86,6 +89,9 @@ pub struct Registry {
     hashers: Mutex<HashMap<String, (Hasher, u64)>>,
     /// Largest blob an upload may grow to.
     max_blob: u64,
+    /// Told of every blob an upload adds to the store (the P2P origin
+    /// makes its piece table then).
+    on_new_blob: OnceLock<NewBlobHook>,
 }
 
 /// Appends to an upload session, hashing the bytes as they stream.
@@ -204,7 +210,15 @@ impl Registry {
             root,
             hashers: Mutex::new(HashMap::new()),
             max_blob: u64::MAX,
+            on_new_blob: OnceLock::new(),
         })
+    }
+
+    /// Calls `f` with the digest of every blob an upload adds from now on
+    /// (once per registry; a second hook is refused). `f` runs on the
+    /// request's thread: it must hand long work off.
+    pub fn on_new_blob(&self, f: impl Fn(&Digest) + Send + Sync + 'static) -> bool {
+        self.on_new_blob.set(Box::new(f)).is_ok()
     }
 
     /// Refuses uploads that grow past `bytes`.
@@ -564,7 +578,11 @@ impl Registry {
             }
             Err(e) => return Err(e.into()),
         }
-        Self::write_small(&Self::blob_marker(&repo, digest), b"")
+        Self::write_small(&Self::blob_marker(&repo, digest), b"")?;
+        if let Some(f) = self.on_new_blob.get() {
+            f(digest);
+        }
+        Ok(())
     }
 
     /// Deletes a tag, or a manifest by digest (with every tag naming it),
