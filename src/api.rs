@@ -216,7 +216,6 @@ pub fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
 
 /// Every API route, the dashboard and `/metrics`.
 pub fn router(cfg: ApiConfig) -> Router {
-    let data = cfg.data.clone();
     let api = Api::new(cfg);
     Router::new()
         .route("/strata/api/openapi.yaml", get(openapi))
@@ -224,8 +223,8 @@ pub fn router(cfg: ApiConfig) -> Router {
         .merge(apps::routes())
         .merge(audit::routes())
         .merge(ui::routes())
+        .route("/metrics", get(server_metrics))
         .with_state(api)
-        .merge(metrics_router(Some(data)))
 }
 
 /// The OpenAPI document of this API (kept in the repository as
@@ -236,33 +235,45 @@ async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI).into_response()
 }
 
-/// `GET /metrics`: this process's counters and, when `deploy_data` is
-/// given, deploy durations and outcomes from the apps' history there.
-pub fn metrics_router(deploy_data: Option<PathBuf>) -> Router {
-    Router::new().route(
-        "/metrics",
-        get(move || {
-            let data = deploy_data.clone();
-            async move {
-                let mut body = crate::metrics::render();
-                if let Some(data) = data {
-                    let deploys = tokio::task::spawn_blocking(move || {
-                        let all = crate::deploy::state::histories(&data);
-                        crate::metrics::render_deploys(all.iter().flat_map(|(app, h)| {
-                            h.iter().map(move |e| crate::metrics::DeployRecord {
-                                app,
-                                action: &e.action,
-                                outcome: &e.outcome,
-                                seconds: e.seconds,
-                            })
-                        }))
-                    })
-                    .await
-                    .unwrap_or_default();
-                    body.push_str(&deploys);
-                }
-                crate::metrics::response(body)
-            }
-        }),
-    )
+/// `GET /metrics` on an agent: this process's counters (the agent's
+/// listener is loopback by default, or where the operator put it).
+pub fn metrics_router() -> Router {
+    Router::new().route("/metrics", get(|| render_metrics(None)))
+}
+
+/// `GET /metrics` on the server: as an agent's, plus deploy durations
+/// and outcomes from the apps' history; it needs the read role, like the
+/// rest of the API (so a `--pull-auth` server wants a token: in
+/// Prometheus, `authorization: {credentials: TOKEN}` in the scrape job).
+async fn server_metrics(
+    axum::extract::State(api): axum::extract::State<Api>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = api.require(&headers, Role::Read) {
+        return r;
+    }
+    render_metrics(Some(api.cfg.data.clone())).await
+}
+
+/// This process's counters and, when `deploy_data` is given, deploy
+/// durations and outcomes from the apps' history there.
+async fn render_metrics(deploy_data: Option<PathBuf>) -> Response {
+    let mut body = crate::metrics::render();
+    if let Some(data) = deploy_data {
+        let deploys = tokio::task::spawn_blocking(move || {
+            let all = crate::deploy::state::histories(&data);
+            crate::metrics::render_deploys(all.iter().flat_map(|(app, h)| {
+                h.iter().map(move |e| crate::metrics::DeployRecord {
+                    app,
+                    action: &e.action,
+                    outcome: &e.outcome,
+                    seconds: e.seconds,
+                })
+            }))
+        })
+        .await
+        .unwrap_or_default();
+        body.push_str(&deploys);
+    }
+    crate::metrics::response(body)
 }

@@ -171,6 +171,16 @@ fn a_server_with_pull_auth_lets_no_anonymous_reader_in() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().unwrap(), serde_json::json!([]));
+    // So are the metrics (app names, hosts' traffic).
+    let r = http.get(serve.url("/metrics")).send().unwrap();
+    assert_eq!(r.status(), 401);
+    let r = http
+        .get(serve.url("/metrics"))
+        .bearer_auth(&serve.token)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().unwrap().contains("strata_registry_request_seconds"));
     // The dashboard sends anonymous browsers to the login page.
     let no_redirect = reqwest::blocking::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

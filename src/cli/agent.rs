@@ -150,7 +150,7 @@ pub fn run(a: Args) -> Result<()> {
                 upstream: upstream.trim_end_matches('/').to_string(),
                 mirror: Some(a.mirror_advertise.unwrap_or(mirror_addr)),
             });
-            let routes = strata::p2p::mirror::router(mirror).merge(strata::api::metrics_router(None));
+            let routes = strata::p2p::mirror::router(mirror).merge(strata::api::metrics_router());
             tokio::spawn(async move {
                 if let Err(e) = axum::serve(listener, routes).await {
                     eprintln!("strata agent: pull-through registry: {e}");
@@ -163,7 +163,7 @@ pub fn run(a: Args) -> Result<()> {
                 .with_context(|| format!("binding the metrics endpoint on {addr}"))?;
             println!("metrics on http://{}/metrics", listener.local_addr()?);
             tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, strata::api::metrics_router(None)).await {
+                if let Err(e) = axum::serve(listener, strata::api::metrics_router()).await {
                     eprintln!("strata agent: metrics endpoint: {e}");
                 }
             });
