@@ -46,7 +46,7 @@ pub fn record(data: &Path, who: &Caller, action: &str, target: &str, outcome: &s
         detail: detail.into(),
     };
     let path = data.join("audit.jsonl");
-    let written = (|| {
+    let write = || {
         std::fs::create_dir_all(data)?;
         let mut f = std::fs::OpenOptions::new()
             .create(true)
@@ -56,7 +56,17 @@ pub fn record(data: &Path, who: &Caller, action: &str, target: &str, outcome: &s
         line.push(b'\n');
         f.write_all(&line)?;
         f.sync_data()
-    })();
+    };
+    // The entry is on disk before the caller answers, but the fsync must
+    // not hold up the other requests of an async worker: on the server's
+    // multi-threaded runtime they move to another thread meanwhile.
+    let on_worker = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    let written = if on_worker {
+        tokio::task::block_in_place(write)
+    } else {
+        write()
+    };
     if let Err(err) = written {
         tracing::error!("audit: cannot append to {}: {err}", path.display());
     }
