@@ -1,6 +1,7 @@
 //! Blobs as pieces: the table of piece hashes the origin publishes, and a
 //! partially downloaded blob on disk that survives a restart.
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
@@ -10,8 +11,6 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
-
-use std::collections::HashMap;
 
 use super::Bitfield;
 use crate::digest::Digest;
