@@ -161,26 +161,29 @@ fn a_server_with_pull_auth_lets_no_anonymous_reader_in() {
     let serve =
         common::serve::Serve::start_with(&d.path().join("data"), &["--pull-auth", "--apps", "/nonexistent"]);
     let http = reqwest::blocking::Client::new();
-    let r = http.get(serve.url("/strata/api/apps")).send().unwrap();
-    assert_eq!(r.status(), 401);
-    assert!(r.headers().contains_key("www-authenticate"));
-    let r = http
-        .get(serve.url("/strata/api/apps"))
-        .bearer_auth(&serve.token)
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.json::<Value>().unwrap(), serde_json::json!([]));
-    // So are the metrics (app names, hosts' traffic).
-    let r = http.get(serve.url("/metrics")).send().unwrap();
-    assert_eq!(r.status(), 401);
-    let r = http
-        .get(serve.url("/metrics"))
-        .bearer_auth(&serve.token)
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert!(r.text().unwrap().contains("strata_registry_request_seconds"));
+    // The API and the metrics (app names, hosts' traffic) alike.
+    let read = |path: &str| {
+        let r = http.get(serve.url(path)).send().unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+        assert!(r.headers().contains_key("www-authenticate"), "{path}");
+        let r = http
+            .get(serve.url(path))
+            .bearer_auth(&serve.token)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        r
+    };
+    assert_eq!(
+        read("/strata/api/apps").json::<Value>().unwrap(),
+        serde_json::json!([])
+    );
+    assert!(
+        read("/metrics")
+            .text()
+            .unwrap()
+            .contains("strata_registry_request_seconds")
+    );
     // The dashboard sends anonymous browsers to the login page.
     let no_redirect = reqwest::blocking::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

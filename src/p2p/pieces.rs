@@ -60,25 +60,18 @@ impl PieceTable {
             && self.hashes.iter().all(|h| h.len() == 64)
     }
 
-    /// The table of a blob in `store`, computed once and cached in the
-    /// store's metadata.
-    pub fn of_blob(store: &Store, digest: &Digest, piece_size: u64) -> Result<PieceTable, StoreError> {
-        match PieceTable::cached(store, digest, piece_size) {
-            Some(t) => Ok(t),
-            None => PieceTable::make(store, digest, piece_size),
-        }
-    }
-
     fn meta_key(digest: &Digest, piece_size: u64) -> String {
         format!("{}-{piece_size}", digest.hex())
     }
 
+    /// The table kept in the store's metadata, if it was made before.
     fn cached(store: &Store, digest: &Digest, piece_size: u64) -> Option<PieceTable> {
         let b = store.read_meta("pieces", &PieceTable::meta_key(digest, piece_size))?;
         serde_json::from_slice::<PieceTable>(&b).ok()
     }
 
-    /// Hashes every piece of the blob and keeps the table.
+    /// Hashes every piece of the blob and keeps the table in the store's
+    /// metadata (through [`Tables::get`] only: one pass per blob).
     fn make(store: &Store, digest: &Digest, piece_size: u64) -> Result<PieceTable, StoreError> {
         let path = store.blob_path(digest);
         let mut f = store.open_blob(digest)?;
@@ -100,7 +93,6 @@ impl PieceTable {
         };
         let key = PieceTable::meta_key(digest, piece_size);
         store.write_meta("pieces", &key, &serde_json::to_vec(&t).unwrap_or_default())?;
-        crate::metrics::P2P_PIECE_TABLES_MADE.add(1);
         Ok(t)
     }
 }
@@ -132,6 +124,7 @@ impl Tables {
                 Some(t) => Ok(t),
                 None => {
                     self.made.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::P2P_PIECE_TABLES_MADE.add(1);
                     PieceTable::make(store, blob, piece_size)
                 }
             }
@@ -145,7 +138,8 @@ impl Tables {
         table
     }
 
-    /// How many tables this made (hashing passes).
+    /// How many tables this made (hashing passes); the process-wide sum
+    /// is `strata_p2p_piece_tables_made_total`.
     pub fn made(&self) -> u64 {
         self.made.load(Ordering::Relaxed)
     }
@@ -238,13 +232,20 @@ impl Partial {
 mod tests {
     use super::*;
 
+    /// A store in `d` holding `len` bytes of a pattern: the store, the
+    /// bytes and their digest.
+    fn stored(d: &Path, len: u32) -> (Store, Vec<u8>, Digest) {
+        let store = Store::open(d.join("store")).unwrap();
+        let bytes: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        let (digest, _) = store.put(&bytes, None).unwrap();
+        (store, bytes, digest)
+    }
+
     #[test]
     fn pieces_resume_and_finish() {
         let d = tempfile::tempdir().unwrap();
-        let store = Store::open(d.path().join("store")).unwrap();
-        let bytes: Vec<u8> = (0..2_500_000u32).map(|i| (i * 7 % 251) as u8).collect();
-        let (digest, _) = store.put(&bytes, None).unwrap();
-        let t = PieceTable::of_blob(&store, &digest, 1 << 20).unwrap();
+        let (store, bytes, digest) = stored(d.path(), 2_500_000);
+        let t = Tables::default().get(&store, &digest, 1 << 20).unwrap();
         assert_eq!(t.count(), 3);
         assert!(t.is_consistent());
         assert_eq!(t.range(2), (2 << 20, 2_500_000 - (2 << 20)));
@@ -282,9 +283,7 @@ mod tests {
     #[test]
     fn asking_at_once_makes_one_table() {
         let d = tempfile::tempdir().unwrap();
-        let store = Store::open(d.path().join("store")).unwrap();
-        let bytes: Vec<u8> = (0..3_000_000u32).map(|i| (i * 13 % 241) as u8).collect();
-        let (digest, _) = store.put(&bytes, None).unwrap();
+        let (store, bytes, digest) = stored(d.path(), 3_000_000);
         let tables = Tables::default();
         let got: Vec<PieceTable> = std::thread::scope(|s| {
             let asks: Vec<_> = (0..8)

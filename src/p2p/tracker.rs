@@ -112,8 +112,8 @@ impl Swarm {
 
     /// The pieces at least one peer holds.
     pub fn seeded(&self) -> Bitfield {
-        let mut b = Bitfield::new(self.holders.len());
-        for (i, _) in self.holders.iter().enumerate().filter(|(_, h)| **h > 0) {
+        let mut b = Bitfield::new(self.pieces);
+        for i in (0..self.pieces).filter(|&i| self.holders[i] > 0) {
             b.set(i);
         }
         b
