@@ -18,6 +18,7 @@ pub mod mirror;
 pub mod node;
 pub mod picker;
 pub mod pieces;
+pub mod relay;
 pub mod rng;
 pub mod sim;
 pub mod tls;

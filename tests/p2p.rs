@@ -161,6 +161,11 @@ impl Swarm {
     }
 
     fn agent_with(&self, i: usize, upload_mbit: f64, extra: &[&str]) -> Proc {
+        self.agent_listening(i, upload_mbit, extra).0
+    }
+
+    /// An agent, and the address its QUIC endpoint listens on.
+    fn agent_listening(&self, i: usize, upload_mbit: f64, extra: &[&str]) -> (Proc, SocketAddr) {
         let name = format!("agent-{i}");
         let p = Proc::spawn(
             strata()
@@ -182,11 +187,11 @@ impl Swarm {
                 ])
                 .args(extra),
         );
-        assert!(
-            p.line("p2p listening on", Duration::from_secs(20)).is_some(),
-            "{name} started"
-        );
-        p
+        let listening = p
+            .line("p2p listening on", Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("{name} did not start"));
+        let addr = listening.rsplit(' ').next().unwrap().parse().unwrap();
+        (p, addr)
     }
 
     /// The agent's report, once it completed.
@@ -507,6 +512,202 @@ fn evil_peer(rt: &tokio::runtime::Runtime, s: &Swarm) -> SocketAddr {
         }
     });
     addr
+}
+
+#[test]
+fn a_piece_still_arriving_is_forwarded_and_one_that_fails_is_cut_short() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Swarm::start(d.path(), 1, 1, 0.0);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let piece = DEFAULT_PIECE as usize;
+    let half = piece / 2;
+    // "evil" claims every piece, so the origin leaves them to it; it sends
+    // the first half of each piece it is asked for, then waits for the
+    // test to say whether the rest is right or garbage.
+    let (evil, asked, gate) = pausing_peer(&rt, &s);
+    let probe = s.node(&rt, "probe");
+    let announce = Request::Announce {
+        blob: s.digest.clone(),
+        node: "evil".into(),
+        addr: evil.to_string(),
+        zone: 0,
+        have: strata::p2p::Bitfield::full(s.blob.len().div_ceil(piece)).to_bytes(),
+    };
+    assert!(matches!(
+        rt.block_on(probe.ask(s.p2p, &announce)).unwrap().0,
+        Response::Ok
+    ));
+    let (a, agent) = s.agent_listening(0, 0.0, &["--fetch", &s.digest.to_string()]);
+    let client = rt.block_on(quic_client(&s, agent));
+    let bytes_of = |i: usize| &s.blob[i * piece..((i + 1) * piece).min(s.blob.len())];
+
+    // Half of piece p is at the agent: a peer asking gets that half now.
+    let p = asked
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the agent asks evil");
+    let (mut stream, len) = rt.block_on(ask_piece(&client, &s.digest, p));
+    assert_eq!(len, piece);
+    let first = rt.block_on(read_at_least(&mut stream, half));
+    assert_eq!(first, bytes_of(p)[..half], "the half that arrived, forwarded");
+    // The rest comes right, the piece passes its hash: the peer gets it whole.
+    gate.send(true).unwrap();
+    let rest = rt.block_on(read_to_end(&mut stream));
+    assert_eq!(rest.as_ref().map(|r| r.len()), Ok(piece - half), "{rest:?}");
+    assert_eq!([first, rest.unwrap()].concat(), bytes_of(p));
+
+    // Piece q: the rest is garbage. The peer forwarded its first half
+    // never gets a whole piece: the stream is reset with the code that
+    // tells it the forwarder is not to blame.
+    let q = asked
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the agent asks evil again");
+    let (mut stream, _) = rt.block_on(ask_piece(&client, &s.digest, q));
+    let first = rt.block_on(read_at_least(&mut stream, half));
+    gate.send(false).unwrap();
+    match rt.block_on(read_to_end(&mut stream)) {
+        Err(quinn::ReadError::Reset(code)) => assert_eq!(code, quinn::VarInt::from_u32(1)),
+        Err(e) => panic!("a forward of a bad piece must be cut short, not end with {e}"),
+        Ok(rest) => panic!(
+            "a forward of a bad piece must be cut short: {} more bytes came",
+            rest.len()
+        ),
+    }
+    assert!(first.len() < piece);
+
+    // The agent bans evil, gets the rest from the origin, and ends whole.
+    let r = s.completed(&a, Duration::from_secs(60));
+    assert_eq!(r["banned"], serde_json::json!(["evil"]), "{r}");
+    s.assert_holds(0);
+}
+
+/// A QUIC server with the `evil` certificate that holds the swarm's blob
+/// and answers each `Piece` with its first half, then, when the test says
+/// so, the right rest (`true`) or garbage (`false`). Which piece was asked
+/// for comes out of the receiver.
+fn pausing_peer(
+    rt: &tokio::runtime::Runtime,
+    s: &Swarm,
+) -> (
+    SocketAddr,
+    Receiver<usize>,
+    tokio::sync::mpsc::UnboundedSender<bool>,
+) {
+    let id = Identity::from_dir(&s.certs(), "evil").unwrap();
+    let _guard = rt.enter();
+    let ep = quinn::Endpoint::server(id.server_config().unwrap(), "127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = ep.local_addr().unwrap();
+    let (asked_tx, asked) = channel();
+    let (gate, gates) = tokio::sync::mpsc::unbounded_channel::<bool>();
+    let gates = std::sync::Arc::new(tokio::sync::Mutex::new(gates));
+    let blob = std::sync::Arc::new(s.blob.clone());
+    rt.spawn(async move {
+        while let Some(inc) = ep.accept().await {
+            let Ok(conn) = inc.await else { continue };
+            let (asked_tx, gates, blob) = (asked_tx.clone(), gates.clone(), blob.clone());
+            tokio::spawn(async move {
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    let Ok(req) = strata::p2p::wire::read_msg::<Request>(&mut recv).await else {
+                        continue;
+                    };
+                    let Request::Piece { index, .. } = req else {
+                        let _ = strata::p2p::wire::write_msg(&mut send, &Response::Ok).await;
+                        let _ = send.finish();
+                        continue;
+                    };
+                    let piece = DEFAULT_PIECE as usize;
+                    let bytes = blob[index * piece..((index + 1) * piece).min(blob.len())].to_vec();
+                    let half = bytes.len() / 2;
+                    let (asked_tx, gates) = (asked_tx.clone(), gates.clone());
+                    tokio::spawn(async move {
+                        let head = Response::Piece {
+                            len: bytes.len() as u64,
+                        };
+                        let _ = strata::p2p::wire::write_msg(&mut send, &head).await;
+                        let _ = send.write_all(&bytes[..half]).await;
+                        let _ = asked_tx.send(index);
+                        let good = gates.lock().await.recv().await.unwrap_or(false);
+                        let rest = if good {
+                            bytes[half..].to_vec()
+                        } else {
+                            vec![0xEE; bytes.len() - half]
+                        };
+                        let _ = send.write_all(&rest).await;
+                        let _ = send.finish();
+                        let _ = send.stopped().await;
+                    });
+                }
+            });
+        }
+    });
+    (addr, asked, gate)
+}
+
+/// A raw QUIC connection to `addr` with the `probe` certificate, to read
+/// a piece's bytes as they come.
+async fn quic_client(s: &Swarm, addr: SocketAddr) -> quinn::Connection {
+    let id = Identity::from_dir(&s.certs(), "probe").unwrap();
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(id.client_config().unwrap());
+    ep.connect(addr, strata::p2p::tls::CLUSTER_NAME)
+        .unwrap()
+        .await
+        .unwrap()
+}
+
+/// Asks for a piece until it is there (for up to 5 s: the bytes the
+/// peer sent may still be on their way); the stream its bytes come on,
+/// and their length.
+async fn ask_piece(c: &quinn::Connection, blob: &Digest, index: usize) -> (quinn::RecvStream, usize) {
+    let mut last = None;
+    for _ in 0..100 {
+        let (mut send, mut recv) = c.open_bi().await.unwrap();
+        let req = Request::Piece {
+            blob: blob.clone(),
+            index,
+        };
+        strata::p2p::wire::write_msg(&mut send, &req).await.unwrap();
+        send.finish().unwrap();
+        match strata::p2p::wire::read_msg::<Response>(&mut recv).await.unwrap() {
+            Response::Piece { len } => return (recv, len as usize),
+            other => last = Some(other),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("piece {index} not there within 5 s: {last:?}")
+}
+
+/// At least `n` bytes from the stream (within 10 s).
+async fn read_at_least(r: &mut quinn::RecvStream, n: usize) -> Vec<u8> {
+    let mut got = Vec::new();
+    let work = async {
+        while got.len() < n {
+            match r.read_chunk(usize::MAX, true).await {
+                Ok(Some(c)) => got.extend_from_slice(&c.bytes),
+                other => panic!("after {} bytes: {other:?}", got.len()),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), work)
+        .await
+        .expect("bytes within 10 s");
+    got
+}
+
+/// The rest of the stream (within 10 s), or how it ended early.
+async fn read_to_end(r: &mut quinn::RecvStream) -> Result<Vec<u8>, quinn::ReadError> {
+    let mut got = Vec::new();
+    let work = async {
+        loop {
+            match r.read_chunk(usize::MAX, true).await? {
+                Some(c) => got.extend_from_slice(&c.bytes),
+                None => return Ok::<(), quinn::ReadError>(()),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), work)
+        .await
+        .expect("an end within 10 s")?;
+    Ok(got)
 }
 
 #[test]

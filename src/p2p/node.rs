@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 use super::Bitfield;
 use super::picker::{PeerView, pick, unseeded};
 use super::pieces::{DEFAULT_PIECE, Partial, PieceTable, Tables};
+use super::relay::{Arriving, Flow};
 use super::rng::Rng;
 use super::tls::{CLUSTER_NAME, Identity};
 use super::tracker::Swarm;
@@ -124,6 +125,8 @@ struct Inner {
     /// Piece tables, one hashing pass each (made when a blob is pushed
     /// or first asked for).
     tables: Tables,
+    /// Pieces on their way in, forwarded to peers before they are whole.
+    arriving: Mutex<HashMap<(Digest, usize), Arc<Arriving>>>,
 }
 
 /// An agent as the origin knows it.
@@ -196,8 +199,76 @@ impl BlobSwarm {
 }
 
 /// A piece request's outcome: who was asked (None: the origin), which
-/// piece, its bytes or why not.
-type PieceResult = (Option<String>, usize, Result<Vec<u8>, PieceError>);
+/// piece, its bytes (and their entry among the arriving pieces, until
+/// they are written) or why not.
+type PieceResult = (
+    Option<String>,
+    usize,
+    Result<(Vec<u8>, Option<Receiving>), PieceError>,
+);
+
+/// The stream error code of a forward cut short: the piece failed (or
+/// its sender vanished) at the forwarder, which is not to blame for it.
+const CUT_SHORT: u32 = 1;
+
+/// A piece body to send: read from disk, or still arriving.
+enum Body {
+    Bytes(Vec<u8>),
+    Arriving(Arc<Arriving>),
+}
+
+impl Body {
+    fn len(&self) -> usize {
+        match self {
+            Body::Bytes(b) => b.len(),
+            Body::Arriving(a) => a.len(),
+        }
+    }
+}
+
+/// A piece this node is receiving, listed in `Inner::arriving` while the
+/// value lives: peers asking for it get its bytes as they come in. Ends
+/// the piece as failed if it is dropped before it was verified.
+struct Receiving {
+    node: Arc<Inner>,
+    key: (Digest, usize),
+    piece: Arc<Arriving>,
+}
+
+impl Receiving {
+    /// Lists the piece as arriving, unless it already is (a duplicate).
+    fn start(node: &Arc<Inner>, blob: &Digest, index: usize, len: usize) -> Option<Receiving> {
+        let key = (blob.clone(), index);
+        let piece = Arc::new(Arriving::new(len));
+        let mut map = node.arriving.lock().unwrap_or_else(|e| e.into_inner());
+        if map.contains_key(&key) {
+            return None;
+        }
+        map.insert(key.clone(), piece.clone());
+        Some(Receiving {
+            node: node.clone(),
+            key,
+            piece,
+        })
+    }
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        self.piece.end(false);
+        let mut map = self.node.arriving.lock().unwrap_or_else(|e| e.into_inner());
+        if map.get(&self.key).is_some_and(|p| Arc::ptr_eq(p, &self.piece)) {
+            map.remove(&self.key);
+        }
+    }
+}
+
+/// Why a piece could not be read for a peer.
+enum Unread {
+    /// Not (or no longer) here: the asker should try another holder.
+    NotHere(String),
+    Failed(String),
+}
 
 /// Why a piece did not come.
 enum PieceError {
@@ -207,6 +278,11 @@ enum PieceError {
     /// Unreachable, or not holding what it said.
     Failed(String),
 }
+
+/// How long to leave a holder alone that does not hold a piece the
+/// tracker said it does (its own download of it failed), or whose
+/// forward of a piece was cut short.
+const NOT_HERE: Duration = Duration::from_millis(100);
 
 /// What a background refresh learnt: the pieces some peer holds (from
 /// the tracker) and each peer's pieces (None: it did not answer).
@@ -262,6 +338,7 @@ impl Node {
             in_use: Mutex::new(HashMap::new()),
             fetching: Mutex::new(std::collections::HashSet::new()),
             tables: Tables::default(),
+            arriving: Mutex::new(HashMap::new()),
         });
         inner.evict();
         let serving = inner.clone();
@@ -522,12 +599,34 @@ impl Inner {
                 }
                 if write_msg(&mut send, &resp).await.is_ok() {
                     if let Some(b) = body {
-                        node.piece_bytes_served
-                            .fetch_add(b.len() as u64, Ordering::Relaxed);
-                        node.pieces_served.fetch_add(1, Ordering::Relaxed);
-                        crate::metrics::P2P_BYTES_SERVED.add(b.len() as u64);
+                        let len = b.len() as u64;
                         tracing::debug!("p2p: sending a piece to {remote}");
-                        let _ = send.write_all(&b).await;
+                        let sent = match b {
+                            Body::Bytes(b) => send.write_all(&b).await.is_ok(),
+                            Body::Arriving(a) => {
+                                tracing::debug!("p2p: forwarding a piece still arriving, {:?}", a.flow());
+                                let mut r = a.reader();
+                                loop {
+                                    match r.next().await {
+                                        Ok(Some(c)) => {
+                                            if send.write_all(&c).await.is_err() {
+                                                break false;
+                                            }
+                                        }
+                                        Ok(None) => break true,
+                                        Err(_) => {
+                                            let _ = send.reset(CUT_SHORT.into());
+                                            return;
+                                        }
+                                    }
+                                }
+                            }
+                        };
+                        if sent {
+                            node.piece_bytes_served.fetch_add(len, Ordering::Relaxed);
+                            node.pieces_served.fetch_add(1, Ordering::Relaxed);
+                            crate::metrics::P2P_BYTES_SERVED.add(len);
+                        }
                     }
                     let _ = send.finish();
                     let _ = send.stopped().await;
@@ -536,7 +635,7 @@ impl Inner {
         }
     }
 
-    async fn answer(self: &Arc<Self>, req: Request) -> (Response, Option<Vec<u8>>) {
+    async fn answer(self: &Arc<Self>, req: Request) -> (Response, Option<Body>) {
         let err = |m: String| (Response::Error { message: m }, None);
         match req {
             Request::Register {
@@ -609,15 +708,34 @@ impl Inner {
                         );
                     }
                 }
+                let arriving = self
+                    .arriving
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&(blob.clone(), index))
+                    .filter(|a| a.flow() != Flow::Failed)
+                    .cloned();
+                if let Some(a) = arriving {
+                    return (Response::Piece { len: a.len() as u64 }, Some(Body::Arriving(a)));
+                }
                 let node = self.clone();
                 match tokio::task::spawn_blocking(move || node.read_piece(&blob, index)).await {
                     Ok(Ok(bytes)) => (
                         Response::Piece {
                             len: bytes.len() as u64,
                         },
-                        Some(bytes),
+                        Some(Body::Bytes(bytes)),
                     ),
-                    Ok(Err(e)) => err(e),
+                    // Reported (it was arriving), but its download failed:
+                    // the asker tries another holder.
+                    Ok(Err(Unread::NotHere(why))) => (
+                        Response::Busy {
+                            retry_ms: NOT_HERE.as_millis() as u64,
+                            message: why,
+                        },
+                        None,
+                    ),
+                    Ok(Err(Unread::Failed(e))) => err(e),
                     Err(e) => err(e.to_string()),
                 }
             }
@@ -685,11 +803,7 @@ impl Inner {
 
     /// Runs `f` on the swarm of `blob` (creating it from the piece table
     /// on first use). Only the origin tracks.
-    fn track(
-        &self,
-        blob: &Digest,
-        f: impl FnOnce(&mut BlobSwarm) -> Response,
-    ) -> (Response, Option<Vec<u8>>) {
+    fn track(&self, blob: &Digest, f: impl FnOnce(&mut BlobSwarm) -> Response) -> (Response, Option<Body>) {
         let Some(t) = &self.tracker else {
             return (
                 Response::Error {
@@ -724,10 +838,17 @@ impl Inner {
         self.tables.get(&self.store, blob, DEFAULT_PIECE)
     }
 
-    /// The pieces of `blob` this node holds, if any.
+    /// The pieces of `blob` this node holds (or is receiving), if any.
     fn holding(&self, blob: &Digest) -> Option<Bitfield> {
-        if let Some(p) = self.partials.lock().unwrap_or_else(|e| e.into_inner()).get(blob) {
-            return Some(p.lock().unwrap_or_else(|e| e.into_inner()).have().clone());
+        let partial = self
+            .partials
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(blob)
+            .cloned();
+        if let Some(p) = partial {
+            let have = p.lock().unwrap_or_else(|e| e.into_inner()).have().clone();
+            return Some(self.with_arriving(blob, have));
         }
         if self.store.has(blob) {
             let size = self.store.size(blob).ok()?;
@@ -736,7 +857,18 @@ impl Inner {
         None
     }
 
-    fn read_piece(&self, blob: &Digest, index: usize) -> Result<Vec<u8>, String> {
+    /// `have` and the pieces of `blob` arriving now.
+    fn with_arriving(&self, blob: &Digest, mut have: Bitfield) -> Bitfield {
+        let arriving = self.arriving.lock().unwrap_or_else(|e| e.into_inner());
+        for (b, i) in arriving.keys() {
+            if b == blob && *i < have.len() {
+                have.set(*i);
+            }
+        }
+        have
+    }
+
+    fn read_piece(&self, blob: &Digest, index: usize) -> Result<Vec<u8>, Unread> {
         let partial = self
             .partials
             .lock()
@@ -746,49 +878,118 @@ impl Inner {
         if let Some(p) = partial {
             let p = p.lock().unwrap_or_else(|e| e.into_inner());
             if !p.have().get(index) {
-                return Err(format!("piece {index} of {blob} is not held here"));
+                return Err(Unread::NotHere(format!(
+                    "piece {index} of {blob} is not held here"
+                )));
             }
-            return p.read_piece(index).map_err(|e| e.to_string());
+            return p.read_piece(index).map_err(|e| Unread::Failed(e.to_string()));
         }
         if !self.store.has(blob) {
-            return Err(format!("{blob} is not held here"));
+            return Err(Unread::Failed(format!("{blob} is not held here")));
         }
         use std::os::unix::fs::FileExt;
         let _in_use = InUse::new(self, blob);
-        let f = self.store.open_blob(blob).map_err(|e| e.to_string())?;
+        let failed = |e: std::io::Error| Unread::Failed(e.to_string());
+        let f = self
+            .store
+            .open_blob(blob)
+            .map_err(|e| Unread::Failed(e.to_string()))?;
         // Recently served blobs are the last to be evicted.
         let _ = f.set_modified(std::time::SystemTime::now());
-        let size = f.metadata().map_err(|e| e.to_string())?.len();
+        let size = f.metadata().map_err(failed)?.len();
         let start = index as u64 * DEFAULT_PIECE;
         if start >= size {
-            return Err(format!("{blob} has no piece {index}"));
+            return Err(Unread::Failed(format!("{blob} has no piece {index}")));
         }
         let mut buf = vec![0u8; (size - start).min(DEFAULT_PIECE) as usize];
-        f.read_exact_at(&mut buf, start).map_err(|e| e.to_string())?;
+        f.read_exact_at(&mut buf, start).map_err(failed)?;
         Ok(buf)
     }
 
-    /// Requests one piece from `addr` (`target`: the peer's name, None for
-    /// the origin), after its slot under the download cap.
+    /// Requests one piece (`len` bytes) from `addr` (`target`: the peer's
+    /// name, None for the origin), after its slot under the download cap.
     async fn piece_from(
         self: Arc<Self>,
+        origin: SocketAddr,
         addr: SocketAddr,
         target: Option<String>,
         blob: Digest,
         piece: usize,
+        len: usize,
     ) -> PieceResult {
         self.download_slot().await;
-        let req = Request::Piece { blob, index: piece };
-        let r = match self.request(addr, &req).await {
-            Ok((_, Some(bytes))) => Ok(bytes),
-            Ok((Response::Busy { retry_ms, .. }, _)) => {
-                Err(PieceError::Busy(Duration::from_millis(retry_ms)))
-            }
-            Ok((Response::Error { message }, _)) => Err(PieceError::Failed(message)),
-            Ok((other, _)) => Err(PieceError::Failed(format!("unexpected answer {other:?}"))),
-            Err(e) => Err(PieceError::Failed(e.to_string())),
+        let work = self.receive(origin, addr, &blob, piece, len);
+        let r = match tokio::time::timeout(REQUEST_TIMEOUT, work).await {
+            Ok(r) => r,
+            Err(_) => Err(PieceError::Failed(format!("{addr}: no answer in time"))),
         };
         (target, piece, r)
+    }
+
+    /// One piece's bytes from `addr`. They are listed among the arriving
+    /// pieces as they come in, so peers may ask for them before they are
+    /// whole, and the tracker hears of the piece at its first byte.
+    async fn receive(
+        self: &Arc<Self>,
+        origin: SocketAddr,
+        addr: SocketAddr,
+        blob: &Digest,
+        piece: usize,
+        len: usize,
+    ) -> Result<(Vec<u8>, Option<Receiving>), PieceError> {
+        let failed = |why: String| PieceError::Failed(format!("{addr}: {why}"));
+        let conn = self
+            .connection(addr)
+            .await
+            .map_err(|e| PieceError::Failed(e.to_string()))?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| failed(e.to_string()))?;
+        let req = Request::Piece {
+            blob: blob.clone(),
+            index: piece,
+        };
+        write_msg(&mut send, &req)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let _ = send.finish();
+        match read_msg(&mut recv).await.map_err(|e| failed(e.to_string()))? {
+            Response::Piece { len: l } if l == len as u64 => {}
+            Response::Piece { len: l } => {
+                return Err(failed(format!("piece {piece} of {l} bytes, not {len}")));
+            }
+            Response::Busy { retry_ms, .. } => return Err(PieceError::Busy(Duration::from_millis(retry_ms))),
+            Response::Error { message } => return Err(PieceError::Failed(message)),
+            other => return Err(failed(format!("unexpected answer {other:?}"))),
+        }
+        let receiving = Receiving::start(self, blob, piece, len);
+        if receiving.is_some() {
+            self.tell(
+                origin,
+                Request::Got {
+                    blob: blob.clone(),
+                    node: self.name.clone(),
+                    index: piece,
+                },
+            )
+            .await;
+        }
+        let mut bytes = Vec::with_capacity(len);
+        while bytes.len() < len {
+            match recv.read_chunk(len - bytes.len(), true).await {
+                Ok(Some(c)) => {
+                    if let Some(r) = &receiving {
+                        r.piece.push(&c.bytes);
+                    }
+                    bytes.extend_from_slice(&c.bytes);
+                }
+                Ok(None) => return Err(failed(format!("piece {piece} ended early"))),
+                // The forwarder's own download of it failed: not its fault.
+                Err(quinn::ReadError::Reset(code)) if code == CUT_SHORT.into() => {
+                    return Err(PieceError::Busy(NOT_HERE));
+                }
+                Err(e) => return Err(failed(e.to_string())),
+            }
+        }
+        Ok((bytes, receiving))
     }
 
     /// Waits for this piece's slot under the download cap, if any.
@@ -868,8 +1069,10 @@ impl Inner {
     }
 
     /// Asks the tracker for peers and what they hold. The tracker knows
-    /// every piece a peer announced or reported verified, so its answer is
-    /// never ahead of the peer; only a peer handed out without a bitfield
+    /// every piece a peer announced or reported (held, or arriving and
+    /// forwarded as it comes), so its answer is not ahead of the peer
+    /// (but for a piece whose download failed there, which the peer
+    /// answers with `Busy` until its next full announce); only a peer handed out without a bitfield
     /// is asked itself. Known peers the tracker did not hand out this time
     /// keep what was learnt of them before. When the tracker does not
     /// answer (the origin is gone), every known peer is asked instead, so
@@ -1181,6 +1384,8 @@ impl Inner {
     ) -> Result<()> {
         let n = report.pieces;
         let have = |p: &Arc<Mutex<Partial>>| p.lock().unwrap_or_else(|e| e.into_inner()).have().clone();
+        let piece_len =
+            |i: usize| partial.lock().unwrap_or_else(|e| e.into_inner()).table.range(i).1 as usize;
         let origin_have = Bitfield::full(n);
         // Known peers: name → (addr, their pieces, requests in flight).
         let mut peers: HashMap<String, (SocketAddr, Bitfield, u32)> = HashMap::new();
@@ -1222,7 +1427,7 @@ impl Inner {
                             node: self.name.clone(),
                             addr: self.addr.to_string(),
                             zone: self.zone,
-                            have: have(partial).to_bytes(),
+                            have: self.with_arriving(blob, have(partial)).to_bytes(),
                         },
                     )
                     .await;
@@ -1310,7 +1515,11 @@ impl Inner {
                     }
                 };
                 pending.set(piece);
-                tasks.spawn(self.clone().piece_from(addr, target, blob.clone(), piece));
+                let len = piece_len(piece);
+                tasks.spawn(
+                    self.clone()
+                        .piece_from(origin, addr, target, blob.clone(), piece, len),
+                );
             }
             // Keep the origin busy with pieces no peer holds yet.
             if origin_load == 0
@@ -1320,7 +1529,11 @@ impl Inner {
             {
                 origin_load += 1;
                 pending.set(piece);
-                tasks.spawn(self.clone().piece_from(origin, None, blob.clone(), piece));
+                let len = piece_len(piece);
+                tasks.spawn(
+                    self.clone()
+                        .piece_from(origin, origin, None, blob.clone(), piece, len),
+                );
             }
             if tasks.is_empty() {
                 // Nothing to ask anyone right now: wait for the swarm.
@@ -1342,7 +1555,7 @@ impl Inner {
             }
             pending.unset(piece);
             match result {
-                Ok(bytes) => {
+                Ok((bytes, receiving)) => {
                     let p = partial.clone();
                     let len = bytes.len() as u64;
                     let written = tokio::task::spawn_blocking(move || {
@@ -1356,6 +1569,11 @@ impl Inner {
                     .map_err(|e| fetch_err(blob, e))?;
                     match written {
                         Ok(true) => {
+                            // Verified and on disk: forwards of it may end.
+                            if let Some(r) = &receiving {
+                                r.piece.end(true);
+                            }
+                            drop(receiving);
                             tracing::debug!(
                                 "p2p: piece {piece} from {} at {:.3}",
                                 target.as_deref().unwrap_or("origin"),
@@ -1374,15 +1592,6 @@ impl Inner {
                                     crate::metrics::P2P_BYTES_FROM_ORIGIN.add(len);
                                 }
                             }
-                            self.tell(
-                                origin,
-                                Request::Got {
-                                    blob: blob.clone(),
-                                    node: self.name.clone(),
-                                    index: piece,
-                                },
-                            )
-                            .await;
                         }
                         Ok(false) => {}
                         Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {

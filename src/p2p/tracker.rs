@@ -78,7 +78,8 @@ impl Swarm {
         Some(p.have.count() as f64 / self.pieces.max(1) as f64)
     }
 
-    /// A peer verified one more piece.
+    /// A peer holds one more piece (or is receiving it, and forwards it
+    /// as it comes).
     pub fn add_piece(&mut self, id: u32, piece: usize) {
         if let Some(p) = self.peers.get_mut(&id)
             && p.have.set(piece)
@@ -101,7 +102,8 @@ impl Swarm {
     }
 
     /// What peer `id` holds, as far as the tracker knows: every piece in
-    /// it was announced or reported verified by the peer.
+    /// it was announced or reported by the peer (held, or arriving there
+    /// and forwarded as it comes).
     pub fn have_of(&self, id: u32) -> Option<&Bitfield> {
         self.peers.get(&id).map(|p| &p.have)
     }

@@ -28,7 +28,8 @@ pub enum Request {
         #[serde(with = "b64")]
         have: Vec<u8>,
     },
-    /// To the tracker: `node` verified one more piece.
+    /// To the tracker: `node` holds one more piece, or is receiving it
+    /// (and forwards its bytes as they come: see `relay`).
     Got {
         blob: Digest,
         node: String,

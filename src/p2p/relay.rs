@@ -1,0 +1,192 @@
+//! Cut-through: a piece still arriving from a peer, shared with the
+//! uploads that forward it before it is whole.
+//!
+//! Stored and forwarded whole, a piece costs every hop the time it takes
+//! to arrive, and on links that each carry about ten transfers at once
+//! that is half a second or more: the swarm's newest pieces stay with few
+//! holders for long. Forwarded as it arrives, a hop costs the time to its
+//! first bytes. Every byte but the last goes out as soon as it is in; the
+//! last only once the piece has passed its hash. A forwarded piece that
+//! fails (or whose sender vanishes) is cut short instead: the next peer
+//! never holds it whole and wrong, so it never bans an honest forwarder
+//! for a bad piece that came from somewhere else.
+
+use std::sync::Mutex;
+
+use tokio::sync::watch;
+
+/// Where an arriving piece stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// This many bytes are in.
+    Open(usize),
+    /// All in, and it passed its hash.
+    Verified,
+    /// It will not be whole: it failed its hash, or its sender vanished.
+    Failed,
+}
+
+/// One piece on its way in.
+pub struct Arriving {
+    len: usize,
+    bytes: Mutex<Vec<u8>>,
+    flow: watch::Sender<Flow>,
+}
+
+/// Why a forward stopped short.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Cut;
+
+impl Arriving {
+    pub fn new(len: usize) -> Arriving {
+        Arriving {
+            len,
+            bytes: Mutex::new(Vec::with_capacity(len)),
+            flow: watch::Sender::new(Flow::Open(0)),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// More bytes in (never past the piece's length: the rest is ignored,
+    /// and the piece will fail its hash).
+    pub fn push(&self, chunk: &[u8]) {
+        let got = {
+            let mut b = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
+            let room = self.len - b.len();
+            b.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            b.len()
+        };
+        self.flow.send_if_modified(|f| match f {
+            Flow::Open(n) if *n != got => {
+                *n = got;
+                true
+            }
+            _ => false,
+        });
+    }
+
+    /// The end: verified or not. Only the first end counts.
+    pub fn end(&self, verified: bool) {
+        self.flow.send_if_modified(|f| match f {
+            Flow::Open(_) => {
+                *f = if verified { Flow::Verified } else { Flow::Failed };
+                true
+            }
+            _ => false,
+        });
+    }
+
+    pub fn flow(&self) -> Flow {
+        *self.flow.borrow()
+    }
+
+    /// A reader of the bytes as they may go out.
+    pub fn reader(&self) -> Reader<'_> {
+        Reader {
+            piece: self,
+            rx: self.flow.subscribe(),
+            sent: 0,
+        }
+    }
+}
+
+/// Hands out a piece's bytes as they may go: all but the last as they
+/// arrive, the last once the piece is verified.
+pub struct Reader<'a> {
+    piece: &'a Arriving,
+    rx: watch::Receiver<Flow>,
+    sent: usize,
+}
+
+impl Reader<'_> {
+    /// The next bytes (waiting for them), `None` once all went, or
+    /// `Err(Cut)` when the piece will not be whole: the caller then cuts
+    /// the transfer short.
+    pub async fn next(&mut self) -> Result<Option<Vec<u8>>, Cut> {
+        let len = self.piece.len;
+        while self.sent < len {
+            let upto = match *self.rx.borrow_and_update() {
+                Flow::Open(got) => got.min(len - 1),
+                Flow::Verified => len,
+                Flow::Failed => return Err(Cut),
+            };
+            if upto > self.sent {
+                let b = self.piece.bytes.lock().unwrap_or_else(|e| e.into_inner());
+                let chunk = b[self.sent..upto].to_vec();
+                self.sent = upto;
+                return Ok(Some(chunk));
+            }
+            // The sender half lives in the piece: this only ends with news.
+            if self.rx.changed().await.is_err() {
+                return Err(Cut);
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    async fn collect(a: Arc<Arriving>) -> (Vec<u8>, Result<(), Cut>) {
+        let mut got = Vec::new();
+        let mut r = a.reader();
+        loop {
+            match r.next().await {
+                Ok(Some(c)) => got.extend_from_slice(&c),
+                Ok(None) => return (got, Ok(())),
+                Err(cut) => return (got, Err(cut)),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn all_but_the_last_byte_goes_before_the_hash_passes() {
+        let a = Arc::new(Arriving::new(6));
+        let f = tokio::spawn(collect(a.clone()));
+        a.push(b"abc");
+        a.push(b"def");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!f.is_finished(), "the last byte waits for the verdict");
+        a.end(true);
+        let (bytes, r) = f.await.unwrap();
+        assert_eq!(r, Ok(()));
+        assert_eq!(bytes, b"abcdef");
+    }
+
+    #[tokio::test]
+    async fn a_piece_that_fails_is_cut_short() {
+        let a = Arc::new(Arriving::new(4));
+        let f = tokio::spawn(collect(a.clone()));
+        a.push(b"wxyz");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        a.end(false);
+        // A late "verified" does not undo the failure.
+        a.end(true);
+        let (bytes, r) = f.await.unwrap();
+        assert_eq!(r, Err(Cut));
+        assert_eq!(bytes, b"wxy", "never the whole piece");
+        assert_eq!(a.flow(), Flow::Failed);
+    }
+
+    #[tokio::test]
+    async fn a_late_forward_of_a_verified_piece_sends_it_whole() {
+        let a = Arc::new(Arriving::new(3));
+        a.push(b"12345");
+        assert_eq!(a.flow(), Flow::Open(3), "bytes past the length are dropped");
+        a.end(true);
+        let (bytes, r) = collect(a).await;
+        assert_eq!(r, Ok(()));
+        assert_eq!(bytes, b"123");
+    }
+}
