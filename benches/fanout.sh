@@ -8,6 +8,7 @@
 #
 #   sudo N=16 benches/fanout.sh          # N=16 S=64 MIB B=50 (Mbit/s) by default
 #   sudo N=32 benches/fanout.sh
+#   sudo ORIGIN_ARGS="--p2p-chain 0" N=16 benches/fanout.sh   # swarm only, no chain
 #   sudo LINKSTATS=1 KEEP=1 N=16 BASELINE=0 benches/fanout.sh
 #       then benches/fanout-links.py WORKDIR 50 1 64: link use per second
 #
@@ -65,7 +66,7 @@ origin=10.203.1.1
 # pieces leave one at a time instead of queueing in tbf.
 cap=$(python3 -c "print($mbit * ${UPLOAD_CAP:-95} / 100)")
 ip netns exec "sf$$-0" "$strata" serve --open-push --listen "$origin:5000" --data "$work/origin" \
-    --p2p-listen "$origin:5001" --p2p-certs "$work/certs" --p2p-upload-mbit "$cap" >"$work/origin.out" 2>"$work/origin.err" &
+    --p2p-listen "$origin:5001" --p2p-certs "$work/certs" --p2p-upload-mbit "$cap" ${ORIGIN_ARGS:-} >"$work/origin.out" 2>"$work/origin.err" &
 pids+=($!)
 for _ in $(seq 1 100); do on_origin curl -sf "http://$origin:5000/v2/" >/dev/null && break; sleep 0.1; done
 head -c "$((size_mib << 20))" /dev/urandom >"$work/blob"

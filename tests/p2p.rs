@@ -102,6 +102,11 @@ impl Swarm {
     /// An origin whose P2P egress is capped at `origin_mbit`, holding a
     /// blob of `mib` MiB.
     fn start(dir: &Path, agents: usize, mib: usize, origin_mbit: f64) -> Swarm {
+        Swarm::start_with(dir, agents, mib, origin_mbit, &[])
+    }
+
+    /// As `start`, with more arguments for `strata serve`.
+    fn start_with(dir: &Path, agents: usize, mib: usize, origin_mbit: f64, extra: &[&str]) -> Swarm {
         let mut names = vec!["origin".to_string(), "probe".to_string(), "evil".to_string()];
         names.extend((0..agents).map(|i| format!("agent-{i}")));
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -113,7 +118,8 @@ impl Swarm {
                 .args(["--p2p-listen", "127.0.0.1:0", "--p2p-certs"])
                 .arg(&certs)
                 .args(["--p2p-upload-mbit", &origin_mbit.to_string(), "--cluster-ca"])
-                .arg(dir.join("ca")),
+                .arg(dir.join("ca"))
+                .args(extra),
         );
         let http = origin
             .line("listening on", Duration::from_secs(20))
@@ -250,6 +256,7 @@ impl Swarm {
             upload_rate: None,
             download_rate: None,
             cache: None,
+            chain_max: 0,
         }))
         .unwrap()
     }
@@ -421,11 +428,22 @@ fn a_full_uplink_answers_busy_with_the_time_until_it_takes_work_again() {
 
 #[test]
 fn a_peer_sending_bad_pieces_is_banned_and_the_download_still_completes() {
+    bad_pieces_are_banned(false);
+}
+
+#[test]
+fn a_chain_upstream_streaming_bad_pieces_is_banned_and_the_swarm_completes() {
+    bad_pieces_are_banned(true);
+}
+
+/// An agent meets "evil", which has a valid cluster certificate but
+/// sends garbage for every piece: as a swarm peer claiming every piece
+/// (chains off), or as the agent before it in a chain.
+fn bad_pieces_are_banned(chain: bool) {
     let d = tempfile::tempdir().unwrap();
-    let s = Swarm::start(d.path(), 1, 4, 0.0);
+    let chains = if chain { "64" } else { "0" };
+    let s = Swarm::start_with(d.path(), 1, 4, 0.0, &["--p2p-chain", chains]);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    // "evil" has a valid cluster certificate and claims every piece, but
-    // every piece it sends is garbage.
     let evil = evil_peer(&rt, &s);
     let probe = s.node(&rt, "probe");
     let announce = Request::Announce {
@@ -439,6 +457,19 @@ fn a_peer_sending_bad_pieces_is_banned_and_the_download_still_completes() {
         rt.block_on(probe.ask(s.p2p, &announce)).unwrap().0,
         Response::Ok
     ));
+    if chain {
+        // Evil takes the chain's first place: the agent streams from it.
+        let upstream = Request::Upstream {
+            blob: s.digest.clone(),
+            node: "evil".into(),
+            addr: evil.to_string(),
+            zone: 0,
+        };
+        match rt.block_on(probe.ask(s.p2p, &upstream)).unwrap().0 {
+            Response::Upstream { peer: None } => {}
+            other => panic!("evil should stream from the origin: {other:?}"),
+        }
+    }
     let a = s.agent_with(
         0,
         0.0,
@@ -500,6 +531,14 @@ fn evil_peer(rt: &tokio::runtime::Runtime, s: &Swarm) -> SocketAddr {
                         Request::Piece { .. } => {
                             (Response::Piece { len: piece as u64 }, Some(vec![0xEE; piece]))
                         }
+                        // As a chain's upstream: the first piece, garbage.
+                        Request::Stream { .. } => (
+                            Response::Next {
+                                index: 0,
+                                len: piece as u64,
+                            },
+                            Some(vec![0xEE; piece]),
+                        ),
                         _ => (Response::Ok, None),
                     };
                     let _ = strata::p2p::wire::write_msg(&mut send, &resp).await;
@@ -517,7 +556,8 @@ fn evil_peer(rt: &tokio::runtime::Runtime, s: &Swarm) -> SocketAddr {
 #[test]
 fn a_piece_still_arriving_is_forwarded_and_one_that_fails_is_cut_short() {
     let d = tempfile::tempdir().unwrap();
-    let s = Swarm::start(d.path(), 1, 1, 0.0);
+    // Chains off: the agent swarms, and asks evil.
+    let s = Swarm::start_with(d.path(), 1, 1, 0.0, &["--p2p-chain", "0"]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let piece = DEFAULT_PIECE as usize;
     let half = piece / 2;
@@ -782,6 +822,7 @@ fn a_process_without_a_cluster_certificate_gets_nothing() {
             upload_rate: None,
             download_rate: None,
             cache: None,
+            chain_max: 0,
         }))
         .unwrap();
     let r = rt.block_on(stranger.ask(
@@ -1027,6 +1068,7 @@ fn the_cache_evicts_least_recently_used_blobs_between_its_watermarks() {
             upload_rate: None,
             download_rate: None,
             cache: Some((10 << 20, 9 << 20)),
+            chain_max: 0,
         }))
         .unwrap();
     for dg in &digests[..2] {

@@ -128,6 +128,7 @@ pub fn run(a: Args) -> Result<()> {
             cache: a
                 .cache_high_mib
                 .map(|h| (h << 20, a.cache_low_mib.unwrap_or(h * 8 / 10) << 20)),
+            chain_max: 0,
         })
         .await?;
         println!("p2p listening on {}", node.local_addr());

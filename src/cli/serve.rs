@@ -72,6 +72,13 @@ pub struct Args {
     /// Cap on the origin's P2P egress, Mbit/s (0: none).
     #[arg(long, default_value_t = 0.0)]
     pub p2p_upload_mbit: f64,
+    /// How many agents fetching one blob form a chain: each streams it
+    /// from the one before (the first from the origin), piece by piece as
+    /// they arrive, so every link carries one stream at full rate. Past
+    /// this many, and whenever a chain breaks or stalls, agents swarm
+    /// (rarest first among peers). 0: always swarm.
+    #[arg(long, default_value_t = strata::p2p::node::CHAIN_MAX)]
+    pub p2p_chain: usize,
     /// Folder of app specs the API and dashboard deploy (as `strata deploy
     /// --apps`); their state and history live under --data.
     #[arg(long, env = "STRATA_APPS", default_value = "deploy/apps")]
@@ -153,6 +160,7 @@ pub fn run(mut a: Args) -> Result<()> {
                     upload_rate: Some(a.p2p_upload_mbit * 1e6 / 8.0),
                     cache: None,
                     download_rate: None,
+                    chain_max: a.p2p_chain,
                 })
                 .await?;
                 println!("p2p listening on {}", node.local_addr());

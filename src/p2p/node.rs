@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use super::Bitfield;
 use super::picker::{PeerView, pick, unseeded};
 use super::pieces::{DEFAULT_PIECE, Partial, PieceTable, Tables};
-use super::relay::{Arriving, Flow};
+use super::relay::{self, Arriving, Flow};
 use super::rng::Rng;
 use super::tls::{CLUSTER_NAME, Identity};
 use super::tracker::Swarm;
@@ -70,7 +70,29 @@ pub struct NodeConfig {
     /// than high, least recently used ones go until they take at most low.
     /// Blobs in use (being served or downloaded) are never evicted.
     pub cache: Option<(u64, u64)>,
+    /// On the origin: how many agents of one blob may form a chain (each
+    /// streams from the one before it, cut-through); 0 turns chains off
+    /// and every agent swarms. See `CHAIN_MAX`.
+    pub chain_max: usize,
 }
+
+/// Agents per blob that form a chain by default. A chain keeps every link
+/// busy with one stream at the full rate, so each agent gets the blob in
+/// about S/B plus a few milliseconds per agent before it; past this many,
+/// the agents swarm (the chain's delay grows with its length, the swarm's
+/// with the log of its size).
+pub const CHAIN_MAX: usize = 64;
+
+/// A chain that delivered no byte for this long is left for the swarm
+/// (`FIRST_BYTE` for its first: every agent before this one must have
+/// started and connected).
+const STALL: Duration = Duration::from_secs(1);
+const FIRST_BYTE: Duration = Duration::from_secs(5);
+/// How long a forward whose source failed waits for a verified copy.
+const CUT_GRACE: Duration = Duration::from_millis(500);
+/// A stream to the next agent of a chain ends after this long without a
+/// new piece to send.
+const STREAM_IDLE: Duration = Duration::from_secs(10);
 
 /// Requests in flight to one peer, and in all.
 const PER_PEER: u32 = 1;
@@ -127,6 +149,9 @@ struct Inner {
     tables: Tables,
     /// Pieces on their way in, forwarded to peers before they are whole.
     arriving: Mutex<HashMap<(Digest, usize), Arc<Arriving>>>,
+    /// Woken when a piece starts arriving or is written (streams wait on it).
+    news: tokio::sync::Notify,
+    chain_max: usize,
 }
 
 /// An agent as the origin knows it.
@@ -163,6 +188,9 @@ struct BlobSwarm {
     peers: HashMap<u32, PeerAddr>,
     origin_reserved: HashMap<usize, Instant>,
     rng: Rng,
+    /// Agents streaming the blob one from the next, the first from the
+    /// origin.
+    chain: Vec<u32>,
 }
 
 impl BlobSwarm {
@@ -173,6 +201,7 @@ impl BlobSwarm {
             peers: HashMap::new(),
             origin_reserved: HashMap::new(),
             rng: Rng::new(pieces as u64),
+            chain: Vec::new(),
         }
     }
 
@@ -214,14 +243,18 @@ const CUT_SHORT: u32 = 1;
 /// A piece body to send: read from disk, or still arriving.
 enum Body {
     Bytes(Vec<u8>),
-    Arriving(Arc<Arriving>),
+    Arriving {
+        piece: Arc<Arriving>,
+        blob: Digest,
+        index: usize,
+    },
 }
 
 impl Body {
     fn len(&self) -> usize {
         match self {
             Body::Bytes(b) => b.len(),
-            Body::Arriving(a) => a.len(),
+            Body::Arriving { piece, .. } => piece.len(),
         }
     }
 }
@@ -245,6 +278,7 @@ impl Receiving {
             return None;
         }
         map.insert(key.clone(), piece.clone());
+        node.news.notify_waiters();
         Some(Receiving {
             node: node.clone(),
             key,
@@ -259,6 +293,64 @@ impl Drop for Receiving {
         let mut map = self.node.arriving.lock().unwrap_or_else(|e| e.into_inner());
         if map.get(&self.key).is_some_and(|p| Arc::ptr_eq(p, &self.piece)) {
             map.remove(&self.key);
+        }
+    }
+}
+
+/// How a chain is going, shared between its task and the download.
+struct ChainProgress {
+    started: Instant,
+    /// When the last byte came (micros since `started`; 0: none yet).
+    last_byte: AtomicU64,
+    from_peers: std::sync::atomic::AtomicUsize,
+    from_origin: std::sync::atomic::AtomicUsize,
+}
+
+impl ChainProgress {
+    fn new(started: Instant) -> ChainProgress {
+        ChainProgress {
+            last_byte: AtomicU64::new(0),
+            started,
+            from_peers: Default::default(),
+            from_origin: Default::default(),
+        }
+    }
+
+    fn seconds(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    fn moved(&self) {
+        let now = self.started.elapsed().as_micros().max(1) as u64;
+        self.last_byte.store(now, Ordering::Relaxed);
+    }
+
+    /// No byte for `STALL`, or none at all for `FIRST_BYTE`.
+    fn stalled(&self) -> bool {
+        match self.last_byte.load(Ordering::Relaxed) {
+            0 => self.started.elapsed() > FIRST_BYTE,
+            last => self.started.elapsed().saturating_sub(Duration::from_micros(last)) > STALL,
+        }
+    }
+}
+
+/// Why a chain ended before the blob was whole.
+#[derive(Debug)]
+enum ChainEnd {
+    /// No place in a chain (chains off or full, or no tracker).
+    None(String),
+    /// The stream broke or ended short; the swarm takes over.
+    Lost(String),
+    /// This peer (or "origin") sent a piece that failed its hash.
+    Bad(String),
+}
+
+impl std::fmt::Display for ChainEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChainEnd::None(why) => write!(f, "no chain: {why}"),
+            ChainEnd::Lost(why) => write!(f, "the chain broke: {why}"),
+            ChainEnd::Bad(who) => write!(f, "{who} sent a bad piece"),
         }
     }
 }
@@ -339,6 +431,8 @@ impl Node {
             fetching: Mutex::new(std::collections::HashSet::new()),
             tables: Tables::default(),
             arriving: Mutex::new(HashMap::new()),
+            news: tokio::sync::Notify::new(),
+            chain_max: cfg.chain_max,
         });
         inner.evict();
         let serving = inner.clone();
@@ -552,7 +646,10 @@ impl Inner {
                 };
                 // An agent listening on 0.0.0.0 or [::] announces that
                 // address; peers reach it at the address it came from.
-                if let Request::Register { addr, .. } | Request::Announce { addr, .. } = &mut req {
+                if let Request::Register { addr, .. }
+                | Request::Announce { addr, .. }
+                | Request::Upstream { addr, .. } = &mut req
+                {
                     *addr = reachable(addr, remote);
                 }
                 if let Request::Prewarm { image, load } = req {
@@ -565,6 +662,10 @@ impl Inner {
                     let _ = write_msg(&mut send, &last).await;
                     let _ = send.finish();
                     let _ = send.stopped().await;
+                    return;
+                }
+                if let Request::Stream { blob, pieces, have } = req {
+                    node.stream_pieces(blob, pieces, &have, &mut send).await;
                     return;
                 }
                 // Backpressure: a piece request that would wait long for
@@ -583,55 +684,166 @@ impl Inner {
                     return;
                 }
                 let (resp, body) = node.answer(req).await;
-                if let (Some(b), Some(rate)) = (&body, node.upload_rate) {
-                    // Reserve the uplink for this piece and send it when its
-                    // slot starts: pieces leave one after another at the
-                    // capped rate instead of sharing the link, so each one
-                    // arrives (and becomes useful to the swarm) as early as
-                    // possible.
-                    let start = {
-                        let mut free = node.upload_free_at.lock().unwrap_or_else(|e| e.into_inner());
-                        let start = (*free).max(Instant::now());
-                        *free = start + Duration::from_secs_f64(b.len() as f64 / rate);
-                        start
-                    };
-                    tokio::time::sleep_until(start.into()).await;
+                if let Some(b) = &body {
+                    node.upload_slot(b.len()).await;
                 }
                 if write_msg(&mut send, &resp).await.is_ok() {
                     if let Some(b) = body {
-                        let len = b.len() as u64;
                         tracing::debug!("p2p: sending a piece to {remote}");
-                        let sent = match b {
-                            Body::Bytes(b) => send.write_all(&b).await.is_ok(),
-                            Body::Arriving(a) => {
-                                tracing::debug!("p2p: forwarding a piece still arriving, {:?}", a.flow());
-                                let mut r = a.reader();
-                                loop {
-                                    match r.next().await {
-                                        Ok(Some(c)) => {
-                                            if send.write_all(&c).await.is_err() {
-                                                break false;
-                                            }
-                                        }
-                                        Ok(None) => break true,
-                                        Err(_) => {
-                                            let _ = send.reset(CUT_SHORT.into());
-                                            return;
-                                        }
-                                    }
-                                }
-                            }
-                        };
-                        if sent {
-                            node.piece_bytes_served.fetch_add(len, Ordering::Relaxed);
-                            node.pieces_served.fetch_add(1, Ordering::Relaxed);
-                            crate::metrics::P2P_BYTES_SERVED.add(len);
+                        if node.send_body(&mut send, b).await.is_err() {
+                            return;
                         }
                     }
                     let _ = send.finish();
                     let _ = send.stopped().await;
                 }
             });
+        }
+    }
+
+    /// Waits for the slot of a piece of `len` bytes on the capped uplink's
+    /// timeline: pieces leave one after another at the capped rate instead
+    /// of sharing the link, so each one arrives (and becomes useful to the
+    /// swarm) as early as possible.
+    async fn upload_slot(&self, len: usize) {
+        let Some(rate) = self.upload_rate else { return };
+        let start = {
+            let mut free = self.upload_free_at.lock().unwrap_or_else(|e| e.into_inner());
+            let start = (*free).max(Instant::now());
+            *free = start + Duration::from_secs_f64(len as f64 / rate);
+            start
+        };
+        tokio::time::sleep_until(start.into()).await;
+    }
+
+    /// Sends a piece's bytes; a piece still arriving goes as it comes and
+    /// is cut short (the stream reset with `CUT_SHORT`) when it fails here
+    /// and no verified copy that agrees with what went comes within
+    /// `CUT_GRACE` (the request that brought it may have been dropped as
+    /// a duplicate of one that arrived first, or the chain it came on may
+    /// have stalled while the swarm brings it).
+    async fn send_body(self: &Arc<Self>, send: &mut quinn::SendStream, body: Body) -> Result<(), relay::Cut> {
+        let len = body.len() as u64;
+        match body {
+            Body::Bytes(b) => send.write_all(&b).await.map_err(|_| relay::Cut)?,
+            Body::Arriving { piece, blob, index } => {
+                tracing::debug!("p2p: forwarding a piece still arriving, {:?}", piece.flow());
+                let mut r = piece.reader();
+                loop {
+                    match r.next().await {
+                        Ok(Some(c)) => send.write_all(&c).await.map_err(|_| relay::Cut)?,
+                        Ok(None) => break,
+                        Err(cut) => match self.verified_piece(&blob, index).await {
+                            Some(whole) if piece.starts_like(&whole, r.sent()) => {
+                                send.write_all(&whole[r.sent()..]).await.map_err(|_| relay::Cut)?;
+                                break;
+                            }
+                            _ => {
+                                let _ = send.reset(CUT_SHORT.into());
+                                return Err(cut);
+                            }
+                        },
+                    }
+                }
+            }
+        }
+        self.piece_bytes_served.fetch_add(len, Ordering::Relaxed);
+        self.pieces_served.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::P2P_BYTES_SERVED.add(len);
+        Ok(())
+    }
+
+    /// Piece `index` of `blob`, once it is held here (verified), waiting
+    /// up to `CUT_GRACE` for it.
+    async fn verified_piece(self: &Arc<Self>, blob: &Digest, index: usize) -> Option<Vec<u8>> {
+        let until = Instant::now() + CUT_GRACE;
+        loop {
+            let news = self.news.notified();
+            tokio::pin!(news);
+            news.as_mut().enable();
+            let (node, b) = (self.clone(), blob.clone());
+            if let Ok(Ok(bytes)) = tokio::task::spawn_blocking(move || node.read_piece(&b, index)).await {
+                return Some(bytes);
+            }
+            let left = until.checked_duration_since(Instant::now())?;
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), news).await;
+        }
+    }
+
+    /// Streams to the next agent of a chain every piece of `blob` it lacks
+    /// (not in `have`), as this node gets them: the lowest-numbered piece
+    /// that is here, held or still arriving (cut-through), each on the
+    /// uplink's timeline like any piece. Ends when the asker has them all,
+    /// or after `STREAM_IDLE` without anything new (the asker swarms then).
+    async fn stream_pieces(
+        self: &Arc<Self>,
+        blob: Digest,
+        pieces: usize,
+        have: &[u8],
+        send: &mut quinn::SendStream,
+    ) {
+        let Some(mut sent) = Bitfield::from_bytes(pieces, have) else {
+            let bad = Response::Error {
+                message: format!("the bitfield does not fit {pieces} pieces"),
+            };
+            let _ = write_msg(send, &bad).await;
+            let _ = send.finish();
+            return;
+        };
+        let mut idle_since = Instant::now();
+        while !sent.is_full() && !self.closing.load(Ordering::Relaxed) {
+            let news = self.news.notified();
+            tokio::pin!(news);
+            news.as_mut().enable();
+            let Some((index, body)) = self.next_to_stream(&blob, &sent).await else {
+                if idle_since.elapsed() > STREAM_IDLE {
+                    break;
+                }
+                // Woken by news; the timeout only bounds a missed wake-up.
+                let _ = tokio::time::timeout(Duration::from_millis(50), news).await;
+                continue;
+            };
+            sent.set(index);
+            self.upload_slot(body.len()).await;
+            let head = Response::Next {
+                index,
+                len: body.len() as u64,
+            };
+            if write_msg(send, &head).await.is_err() || self.send_body(send, body).await.is_err() {
+                return;
+            }
+            idle_since = Instant::now();
+        }
+        let _ = send.finish();
+        let _ = send.stopped().await;
+    }
+
+    /// The lowest-numbered piece of `blob` here (held, or arriving and not
+    /// failed) that is not in `sent`.
+    async fn next_to_stream(self: &Arc<Self>, blob: &Digest, sent: &Bitfield) -> Option<(usize, Body)> {
+        let n = sent.len();
+        let held = self.holding(blob).filter(|h| h.len() == n);
+        let arriving: HashMap<usize, Arc<Arriving>> = self
+            .arriving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|((b, _), a)| b == blob && a.flow() != Flow::Failed)
+            .map(|((_, i), a)| (*i, a.clone()))
+            .collect();
+        let index = (0..n).find(|&i| !sent.get(i) && held.as_ref().is_some_and(|h| h.get(i)))?;
+        if let Some(a) = arriving.get(&index) {
+            let body = Body::Arriving {
+                piece: a.clone(),
+                blob: blob.clone(),
+                index,
+            };
+            return Some((index, body));
+        }
+        let (node, b) = (self.clone(), blob.clone());
+        match tokio::task::spawn_blocking(move || node.read_piece(&b, index)).await {
+            Ok(Ok(bytes)) => Some((index, Body::Bytes(bytes))),
+            _ => None,
         }
     }
 
@@ -715,8 +927,12 @@ impl Inner {
                     .get(&(blob.clone(), index))
                     .filter(|a| a.flow() != Flow::Failed)
                     .cloned();
-                if let Some(a) = arriving {
-                    return (Response::Piece { len: a.len() as u64 }, Some(Body::Arriving(a)));
+                if let Some(piece) = arriving {
+                    let len = piece.len() as u64;
+                    return (
+                        Response::Piece { len },
+                        Some(Body::Arriving { piece, blob, index }),
+                    );
                 }
                 let node = self.clone();
                 match tokio::task::spawn_blocking(move || node.read_piece(&blob, index)).await {
@@ -795,9 +1011,46 @@ impl Inner {
                 if let Some(&id) = s.ids.get(&peer) {
                     s.swarm.remove(id);
                     s.peers.remove(&id);
+                    s.chain.retain(|i| *i != id);
                 }
                 Response::Ok
             }),
+            Request::Upstream { blob, node, addr, .. } => {
+                let max = self.chain_max;
+                self.track(&blob, |s| {
+                    let id = s.id(&node);
+                    let pos = match s.chain.iter().position(|i| *i == id) {
+                        Some(pos) => pos,
+                        None if s.chain.len() >= max => {
+                            return Response::Error {
+                                message: format!("no chain for {node}: {max} agents may chain; swarm"),
+                            };
+                        }
+                        // At the end: an agent in the middle would give the
+                        // one before it a second stream to carry (a chain
+                        // runs at full rate only while every agent feeds
+                        // one other). Zones count in the swarm, not here.
+                        None => {
+                            s.chain.push(id);
+                            s.chain.len() - 1
+                        }
+                    };
+                    s.peers.entry(id).or_insert(PeerAddr {
+                        name: node,
+                        addr,
+                        have: None,
+                    });
+                    let peer = pos
+                        .checked_sub(1)
+                        .and_then(|p| s.peers.get(&s.chain[p]))
+                        .map(|p| PeerAddr {
+                            have: None,
+                            ..p.clone()
+                        });
+                    Response::Upstream { peer }
+                })
+            }
+            Request::Stream { .. } => err("a stream is answered on its own stream".into()),
         }
     }
 
@@ -1333,6 +1586,10 @@ impl Inner {
             }
         };
         let n = table.count();
+        tracing::debug!(
+            "p2p: {blob}: piece table after {:.3} s",
+            started.elapsed().as_secs_f64()
+        );
         let dir = self.partial_dir.clone();
         let partial = tokio::task::spawn_blocking(move || Partial::open(&dir, table))
             .await
@@ -1347,7 +1604,15 @@ impl Inner {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(blob.clone(), partial.clone());
+        tracing::debug!(
+            "p2p: {blob}: partial open after {:.3} s",
+            started.elapsed().as_secs_f64()
+        );
         let mut result = self.download(origin, blob, &partial, &mut report).await;
+        tracing::debug!(
+            "p2p: {blob}: downloaded after {:.3} s",
+            started.elapsed().as_secs_f64()
+        );
         if result.is_ok() {
             // Into the store while still registered as a partial: peers
             // asking for pieces never find the blob held nowhere.
@@ -1373,6 +1638,130 @@ impl Inner {
         }
         report.seconds = started.elapsed().as_secs_f64();
         result.map(|_| report)
+    }
+
+    /// Follows a chain: asks the tracker which agent to stream `blob` from
+    /// (or the origin), then takes every piece it sends, listed as
+    /// arriving while it comes (so the next agent gets it cut-through),
+    /// written once it passed its hash. Ends when the blob is whole, or
+    /// with why the swarm must take over.
+    async fn follow(
+        self: Arc<Self>,
+        origin: SocketAddr,
+        blob: Digest,
+        partial: Arc<Mutex<Partial>>,
+        chain: Arc<ChainProgress>,
+    ) -> Result<(), ChainEnd> {
+        let have = || partial.lock().unwrap_or_else(|e| e.into_inner()).have().clone();
+        let ask = Request::Upstream {
+            blob: blob.clone(),
+            node: self.name.clone(),
+            addr: self.addr.to_string(),
+            zone: self.zone,
+        };
+        let peer = match tokio::time::timeout(TRACKER_TIMEOUT, self.request(origin, &ask)).await {
+            Ok(Ok((Response::Upstream { peer }, _))) => peer,
+            Ok(Ok((Response::Error { message }, _))) => return Err(ChainEnd::None(message)),
+            Ok(Ok((other, _))) => return Err(ChainEnd::None(format!("unexpected answer {other:?}"))),
+            Ok(Err(e)) => return Err(ChainEnd::None(e.to_string())),
+            Err(_) => return Err(ChainEnd::None("the tracker did not answer".into())),
+        };
+        let (name, addr) = match &peer {
+            Some(p) => match p.addr.parse() {
+                Ok(a) => (p.name.clone(), a),
+                Err(_) => return Err(ChainEnd::None(format!("{} at {:?}", p.name, p.addr))),
+            },
+            None => ("origin".to_string(), origin),
+        };
+        let lost = |why: String| ChainEnd::Lost(format!("{name}: {why}"));
+        let conn = self.connection(addr).await.map_err(|e| lost(e.to_string()))?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(e.to_string()))?;
+        let n = have().len();
+        let req = Request::Stream {
+            blob: blob.clone(),
+            pieces: n,
+            have: have().to_bytes(),
+        };
+        write_msg(&mut send, &req)
+            .await
+            .map_err(|e| lost(e.to_string()))?;
+        let _ = send.finish();
+        tracing::debug!("p2p: streaming {blob} from {name}");
+        loop {
+            let (index, len) = match read_msg(&mut recv).await {
+                Ok(Response::Next { index, len }) => (index, len as usize),
+                Ok(Response::Error { message }) => return Err(lost(message)),
+                Ok(other) => return Err(lost(format!("unexpected answer {other:?}"))),
+                Err(_) if have().is_full() => return Ok(()),
+                Err(e) => return Err(lost(e.to_string())),
+            };
+            let expected = partial
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .table
+                .range(index)
+                .1;
+            if index >= n || len as u64 != expected {
+                return Err(ChainEnd::Bad(name));
+            }
+            self.download_slot().await;
+            let receiving = Receiving::start(&self, &blob, index, len);
+            if receiving.is_some() {
+                self.tell(
+                    origin,
+                    Request::Got {
+                        blob: blob.clone(),
+                        node: self.name.clone(),
+                        index,
+                    },
+                )
+                .await;
+            }
+            let mut bytes = Vec::with_capacity(len);
+            while bytes.len() < len {
+                match recv.read_chunk(len - bytes.len(), true).await {
+                    Ok(Some(c)) => {
+                        if let Some(r) = &receiving {
+                            r.piece.push(&c.bytes);
+                        }
+                        bytes.extend_from_slice(&c.bytes);
+                        chain.moved();
+                    }
+                    Ok(None) => return Err(lost(format!("piece {index} ended early"))),
+                    Err(e) => return Err(lost(e.to_string())),
+                }
+            }
+            let p = partial.clone();
+            let written = tokio::task::spawn_blocking(move || {
+                let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
+                if p.have().get(index) {
+                    return Ok(false);
+                }
+                p.write_piece(index, &bytes).map(|_| true)
+            })
+            .await
+            .map_err(|e| lost(e.to_string()))?;
+            match written {
+                Ok(true) => {
+                    if let Some(r) = &receiving {
+                        r.piece.end(true);
+                    }
+                    drop(receiving);
+                    self.news.notify_waiters();
+                    tracing::debug!("p2p: piece {index} from {name} at {:.3}", chain.seconds());
+                    if peer.is_some() {
+                        chain.from_peers.fetch_add(1, Ordering::Relaxed);
+                        crate::metrics::P2P_BYTES_FROM_PEERS.add(len as u64);
+                    } else {
+                        chain.from_origin.fetch_add(1, Ordering::Relaxed);
+                        crate::metrics::P2P_BYTES_FROM_ORIGIN.add(len as u64);
+                    }
+                }
+                Ok(false) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => return Err(ChainEnd::Bad(name)),
+                Err(e) => return Err(lost(e.to_string())),
+            }
+        }
     }
 
     async fn download(
@@ -1408,15 +1797,70 @@ impl Inner {
         let mut cooldown: HashMap<String, Instant> = HashMap::new();
         let mut origin_cooldown = Instant::now();
         let deadline = Instant::now() + Duration::from_secs(3600);
+        // First follow a chain, if the tracker gives this agent a place in
+        // one; the swarm below takes over when it ends short or stalls.
+        let chain = Arc::new(ChainProgress::new(started));
+        let mut following = Some(tokio::spawn(self.clone().follow(
+            origin,
+            blob.clone(),
+            partial.clone(),
+            chain.clone(),
+        )));
         while !have(partial).is_full() {
             if Instant::now() > deadline {
                 return Err(fetch_err(blob, "no completion within an hour"));
             }
+            if let Some(h) = &following {
+                if h.is_finished() {
+                    let end = match following.take() {
+                        Some(h) => h.await,
+                        None => Ok(Ok(())),
+                    };
+                    match end {
+                        Ok(Ok(())) => {}
+                        Ok(Err(ChainEnd::Bad(who))) => {
+                            crate::metrics::P2P_PIECE_FAILURES.add(1);
+                            tracing::warn!("p2p: {who} streamed a bad piece of {blob}; banned");
+                            if !report.banned.contains(&who) {
+                                report.banned.push(who.clone());
+                            }
+                            banned.insert(who.clone(), Instant::now());
+                            peers.remove(&who);
+                            if who != "origin" {
+                                self.tell(
+                                    origin,
+                                    Request::Gone {
+                                        blob: blob.clone(),
+                                        peer: who,
+                                    },
+                                )
+                                .await;
+                            }
+                        }
+                        Ok(Err(e @ ChainEnd::None(_))) => tracing::debug!("p2p: {blob}: swarming ({e})"),
+                        Ok(Err(e)) => tracing::info!("p2p: {blob}: swarming ({e})"),
+                        Err(e) => tracing::debug!("p2p: {blob}: the chain task: {e}"),
+                    }
+                } else if chain.stalled() {
+                    tracing::info!("p2p: {blob}: the chain stalled; swarming");
+                    h.abort();
+                    following = None;
+                }
+            }
+            // On a chain, the tracker is told and asked once a second: it
+            // keeps what this agent holds (for other agents and the hosts
+            // page), and this agent knows peers to swarm with should the
+            // chain break after the origin is gone.
+            let refresh_every = if following.is_some() {
+                ANNOUNCE_EVERY
+            } else {
+                Duration::from_millis(100)
+            };
             // Refresh in the background: learn peers and what they hold
             // from the tracker, without stalling the requests in flight.
             // Announce in full now and then: the tracker learns of each new
             // piece from `Got`, which is sent without waiting and may be lost.
-            if refreshing.is_none() && last_refresh.is_none_or(|t| t.elapsed() > Duration::from_millis(100)) {
+            if refreshing.is_none() && last_refresh.is_none_or(|t| t.elapsed() > refresh_every) {
                 last_refresh = Some(Instant::now());
                 if last_announce.is_none_or(|t| t.elapsed() > ANNOUNCE_EVERY) {
                     last_announce = Some(Instant::now());
@@ -1469,6 +1913,10 @@ impl Inner {
                         .await;
                     }
                 }
+            }
+            if following.is_some() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
             }
             // Fill the request slots.
             let own = have(partial);
@@ -1649,6 +2097,11 @@ impl Inner {
         }
         // Drain duplicates still in flight.
         tasks.abort_all();
+        if let Some(h) = following {
+            h.abort();
+        }
+        report.from_peers += chain.from_peers.load(Ordering::Relaxed);
+        report.from_origin += chain.from_origin.load(Ordering::Relaxed);
         Ok(())
     }
 }

@@ -148,12 +148,22 @@ impl Tables {
 /// A blob being downloaded: `DIR/HEX.part` (sparse, full size) and
 /// `DIR/HEX.have` (the pieces written). On open, every recorded piece is
 /// hashed again, so a piece lost in a crash is simply fetched again.
+///
+/// The whole blob's digest is computed as pieces come, over the longest
+/// run of pieces from the first: pieces that arrive in order (a chain
+/// streams them so) are hashed once more while still in memory, and the
+/// blob enters the store at the end without a pass over all of it, which
+/// on a host finishing at the same moment as its neighbours is a pass
+/// over the whole blob on cores they all share.
 pub struct Partial {
     pub table: PieceTable,
     data: File,
     path: PathBuf,
     have_path: PathBuf,
     have: Bitfield,
+    /// The blob's digest over pieces `0..hashed`.
+    whole: crate::digest::Hasher,
+    hashed: usize,
 }
 
 impl Partial {
@@ -174,6 +184,8 @@ impl Partial {
             .unwrap_or_else(|| Bitfield::new(table.count()));
         let mut p = Partial {
             have: Bitfield::new(table.count()),
+            whole: table.digest.algorithm().hasher(),
+            hashed: 0,
             table,
             data,
             path,
@@ -184,6 +196,7 @@ impl Partial {
                 p.have.set(i);
             }
         }
+        p.hash_on(None)?;
         Ok(p)
     }
 
@@ -207,6 +220,22 @@ impl Partial {
         if self.have.set(i) {
             crate::store::write_atomic(&self.have_path, &self.have.to_bytes())?;
         }
+        self.hash_on(Some((i, bytes)))
+    }
+
+    /// Feeds the whole-blob digest every piece held from `hashed` on, in
+    /// order: `just` (the piece just written) from memory, others from disk.
+    fn hash_on(&mut self, just: Option<(usize, &[u8])>) -> io::Result<()> {
+        while self.hashed < self.table.count() && self.have.get(self.hashed) {
+            match just {
+                Some((i, bytes)) if i == self.hashed => self.whole.update(bytes),
+                _ => {
+                    let b = self.read_piece(self.hashed)?;
+                    self.whole.update(&b);
+                }
+            }
+            self.hashed += 1;
+        }
         Ok(())
     }
 
@@ -217,11 +246,27 @@ impl Partial {
         Ok(buf)
     }
 
-    /// Moves the complete blob into the store (hashing it whole once more).
-    /// Pieces stay readable through this `Partial` afterwards: its file
-    /// is the one now in the store.
+    /// Moves the complete blob into the store once its digest, computed
+    /// as the pieces came, matches. Pieces stay readable through this
+    /// `Partial` afterwards: its file is the one now in the store.
     pub fn finish(&mut self, store: &Store) -> Result<(), StoreError> {
-        store.adopt(&self.path, &self.table.digest)?;
+        if self.hashed < self.table.count() {
+            // Not every piece is here: the store's own check says which
+            // bytes are wrong.
+            store.adopt(&self.path, &self.table.digest)?;
+        } else {
+            let algorithm = self.table.digest.algorithm();
+            let actual = std::mem::replace(&mut self.whole, algorithm.hasher()).finish();
+            self.hashed = 0;
+            if actual != self.table.digest {
+                return Err(StoreError::DigestMismatch {
+                    expected: self.table.digest.clone(),
+                    actual,
+                    size: self.table.size,
+                });
+            }
+            store.adopt_verified(&self.path, &self.table.digest)?;
+        }
         let _ = fs::remove_file(&self.have_path);
         let _ = fs::remove_file(&self.path);
         Ok(())
@@ -278,6 +323,44 @@ mod tests {
         assert_eq!(other.read_blob(&digest).unwrap(), bytes);
         assert_eq!(p.read_piece(2).unwrap(), piece(2), "still readable");
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn the_whole_digest_is_checked_however_the_pieces_came() {
+        let d = tempfile::tempdir().unwrap();
+        let (store, bytes, digest) = stored(d.path(), 2_500_000);
+        let t = Tables::default().get(&store, &digest, 1 << 20).unwrap();
+        let piece = |i: usize| {
+            let (o, l) = t.range(i);
+            bytes[o as usize..(o + l) as usize].to_vec()
+        };
+        // Last piece first: the digest waits for the run from piece 0.
+        let other = Store::open(d.path().join("other")).unwrap();
+        let mut p = Partial::open(&d.path().join("backwards"), t.clone()).unwrap();
+        for i in [2, 1, 0] {
+            p.write_piece(i, &piece(i)).unwrap();
+        }
+        p.finish(&other).unwrap();
+        assert_eq!(other.read_blob(&digest).unwrap(), bytes);
+        // Pieces that each pass their hash but make another blob than the
+        // table names: refused, and nothing enters the store.
+        let wrong = PieceTable {
+            digest: Digest::sha256_of(b"another blob"),
+            ..t.clone()
+        };
+        let third = Store::open(d.path().join("third")).unwrap();
+        let mut p = Partial::open(&d.path().join("wrong"), wrong.clone()).unwrap();
+        for i in 0..3 {
+            p.write_piece(i, &piece(i)).unwrap();
+        }
+        match p.finish(&third) {
+            Err(StoreError::DigestMismatch { expected, actual, .. }) => {
+                assert_eq!(expected, wrong.digest);
+                assert_eq!(actual, digest);
+            }
+            other => panic!("a wrong whole must be refused: {other:?}"),
+        }
+        assert!(!third.has(&wrong.digest) && !third.has(&digest));
     }
 
     #[test]

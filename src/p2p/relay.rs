@@ -87,6 +87,14 @@ impl Arriving {
         *self.flow.borrow()
     }
 
+    /// Whether the first `n` bytes that came are those of `whole` (a
+    /// verified copy of the piece): a forward cut short may then go on
+    /// from it.
+    pub fn starts_like(&self, whole: &[u8], n: usize) -> bool {
+        let b = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
+        n <= b.len() && n <= whole.len() && b[..n] == whole[..n]
+    }
+
     /// A reader of the bytes as they may go out.
     pub fn reader(&self) -> Reader<'_> {
         Reader {
@@ -106,6 +114,11 @@ pub struct Reader<'a> {
 }
 
 impl Reader<'_> {
+    /// Bytes handed out so far.
+    pub fn sent(&self) -> usize {
+        self.sent
+    }
+
     /// The next bytes (waiting for them), `None` once all went, or
     /// `Err(Cut)` when the piece will not be whole: the caller then cuts
     /// the transfer short.
@@ -177,6 +190,15 @@ mod tests {
         assert_eq!(r, Err(Cut));
         assert_eq!(bytes, b"wxy", "never the whole piece");
         assert_eq!(a.flow(), Flow::Failed);
+    }
+
+    #[test]
+    fn a_forward_goes_on_from_a_verified_copy_only_if_it_agrees() {
+        let a = Arriving::new(4);
+        a.push(b"ab");
+        assert!(a.starts_like(b"abcd", 2));
+        assert!(!a.starts_like(b"axcd", 2));
+        assert!(!a.starts_like(b"abcd", 3), "not past what came");
     }
 
     #[tokio::test]

@@ -37,6 +37,26 @@ pub enum Request {
     },
     /// To the tracker: peers for `node`, and which pieces some peer holds.
     Peers { blob: Digest, node: String, want: usize },
+    /// To the tracker: where `node` should stream `blob` from. Agents
+    /// form a chain, each streaming from the one before it and the first
+    /// from the origin (a `Response::Upstream`), or an error when chains
+    /// are off or full (the agent then swarms).
+    Upstream {
+        blob: Digest,
+        node: String,
+        addr: String,
+        zone: u32,
+    },
+    /// To the agent before the asker in a chain (or the origin): every
+    /// piece of `blob` not in `have`, as this node gets them, each a
+    /// `Response::Next` and its bytes; the stream ends once the asker has
+    /// all `pieces`, or when nothing new came for a while.
+    Stream {
+        blob: Digest,
+        pieces: usize,
+        #[serde(with = "b64")]
+        have: Vec<u8>,
+    },
     /// To the tracker: `peer` failed or misbehaved; stop handing it out.
     Gone { blob: Digest, peer: String },
     /// Counters of the node (origin egress for the benchmarks).
@@ -76,6 +96,15 @@ pub enum Response {
         peers: Vec<PeerAddr>,
         #[serde(with = "b64")]
         seeded: Vec<u8>,
+    },
+    /// The agent to stream a blob from (None: the origin).
+    Upstream {
+        peer: Option<PeerAddr>,
+    },
+    /// One piece of a `Stream`: `len` raw bytes of piece `index` follow.
+    Next {
+        index: usize,
+        len: u64,
     },
     Stats {
         piece_bytes_served: u64,
