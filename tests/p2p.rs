@@ -554,6 +554,68 @@ fn evil_peer(rt: &tokio::runtime::Runtime, s: &Swarm) -> SocketAddr {
 }
 
 #[test]
+fn the_tracker_chains_agents_one_after_another_only_while_all_fit() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Swarm::start_with(d.path(), 0, 1, 0.0, &["--p2p-chain", "2"]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let probe = s.node(&rt, "probe");
+    let ask = |node: &str, port: u16| {
+        let req = Request::Upstream {
+            blob: s.digest.clone(),
+            node: node.into(),
+            addr: format!("127.0.0.1:{port}"),
+            zone: 0,
+        };
+        rt.block_on(probe.ask(s.p2p, &req)).unwrap().0
+    };
+    // The first streams from the origin, the second from the first, again
+    // when it asks again (a restart); the third finds the chain full.
+    assert!(matches!(ask("h1", 7001), Response::Upstream { peer: None }));
+    let second = ask("h2", 7002);
+    match &second {
+        Response::Upstream { peer: Some(p) } => {
+            assert_eq!((p.name.as_str(), p.addr.as_str()), ("h1", "127.0.0.1:7001"));
+        }
+        other => panic!("h2 should stream from h1: {other:?}"),
+    }
+    assert_eq!(format!("{:?}", ask("h2", 7002)), format!("{second:?}"));
+    match ask("h3", 7003) {
+        Response::Error { message } => assert!(message.contains("swarm"), "{message}"),
+        other => panic!("the chain holds two: {other:?}"),
+    }
+    // With more agents registered than may chain, nobody chains: a chain
+    // would hold the origin's uplink while the others wait.
+    let d = tempfile::tempdir().unwrap();
+    let s = Swarm::start_with(d.path(), 0, 1, 0.0, &["--p2p-chain", "2"]);
+    let probe = s.node(&rt, "probe");
+    let ask = |node: &str, port: u16| {
+        let req = Request::Upstream {
+            blob: s.digest.clone(),
+            node: node.into(),
+            addr: format!("127.0.0.1:{port}"),
+            zone: 0,
+        };
+        rt.block_on(probe.ask(s.p2p, &req)).unwrap().0
+    };
+    for h in ["r1", "r2", "r3"] {
+        let register = Request::Register {
+            node: h.into(),
+            addr: "127.0.0.1:7100".into(),
+            zone: 0,
+            labels: vec![],
+        };
+        assert!(matches!(
+            rt.block_on(probe.ask(s.p2p, &register)).unwrap().0,
+            Response::Ok
+        ));
+    }
+    match ask("r1", 7101) {
+        Response::Error { message } => assert!(message.contains("3 agents"), "{message}"),
+        other => panic!("three registered agents do not fit a chain of two: {other:?}"),
+    }
+}
+
+#[test]
 fn a_piece_still_arriving_is_forwarded_and_one_that_fails_is_cut_short() {
     let d = tempfile::tempdir().unwrap();
     // Chains off: the agent swarms, and asks evil.

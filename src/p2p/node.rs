@@ -78,9 +78,11 @@ pub struct NodeConfig {
 
 /// Agents per blob that form a chain by default. A chain keeps every link
 /// busy with one stream at the full rate, so each agent gets the blob in
-/// about S/B plus a few milliseconds per agent before it; past this many,
-/// the agents swarm (the chain's delay grows with its length, the swarm's
-/// with the log of its size).
+/// about S/B plus a few milliseconds per agent before it. With more agents
+/// than this registered, or past this many in the chain, agents swarm: a
+/// chain's delay grows with its length, the swarm's with the log of its
+/// size, and a chain busy with the origin's uplink would leave agents
+/// outside it waiting.
 pub const CHAIN_MAX: usize = 64;
 
 /// A chain that delivered no byte for this long is left for the swarm
@@ -1017,13 +1019,20 @@ impl Inner {
             }),
             Request::Upstream { blob, node, addr, .. } => {
                 let max = self.chain_max;
+                // A chain takes the origin's whole uplink and every member's,
+                // so agents outside it would wait for it to end: chains only
+                // while every registered agent fits in one.
+                let hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner()).len();
                 self.track(&blob, |s| {
                     let id = s.id(&node);
                     let pos = match s.chain.iter().position(|i| *i == id) {
                         Some(pos) => pos,
-                        None if s.chain.len() >= max => {
+                        None if s.chain.len() >= max || hosts > max => {
                             return Response::Error {
-                                message: format!("no chain for {node}: {max} agents may chain; swarm"),
+                                message: format!(
+                                    "no chain for {node}: {} agents, {max} may chain; swarm",
+                                    hosts.max(s.chain.len() + 1)
+                                ),
                             };
                         }
                         // At the end: an agent in the middle would give the
