@@ -12,6 +12,12 @@
 //! [`sim`] runs thousands of hosts through exactly this code in rounds of
 //! one piece time (p/B), to compare the completion times with the lower
 //! bound of any schedule.
+//!
+//! Before swarming, agents of a small cluster form a chain (see
+//! `node::CHAIN_MAX`): each streams the blob from the one before it as the
+//! pieces arrive there ([`relay`]), so every link carries one stream at
+//! full rate. The swarm is what a chain falls back to, and what a larger
+//! cluster uses.
 
 pub mod bitfield;
 pub mod mirror;

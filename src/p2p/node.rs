@@ -1704,13 +1704,17 @@ impl Inner {
                 Err(_) if have().is_full() => return Ok(()),
                 Err(e) => return Err(lost(e.to_string())),
             };
+            // A piece number past the blob is a lie, not a range to compute.
+            if index >= n {
+                return Err(ChainEnd::Bad(name));
+            }
             let expected = partial
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .table
                 .range(index)
                 .1;
-            if index >= n || len as u64 != expected {
+            if len as u64 != expected {
                 return Err(ChainEnd::Bad(name));
             }
             self.download_slot().await;
