@@ -446,17 +446,7 @@ fn bad_pieces_are_banned(chain: bool) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let evil = evil_peer(&rt, &s);
     let probe = s.node(&rt, "probe");
-    let announce = Request::Announce {
-        blob: s.digest.clone(),
-        node: "evil".into(),
-        addr: evil.to_string(),
-        zone: 0,
-        have: strata::p2p::Bitfield::full(s.blob.len().div_ceil(DEFAULT_PIECE as usize)).to_bytes(),
-    };
-    assert!(matches!(
-        rt.block_on(probe.ask(s.p2p, &announce)).unwrap().0,
-        Response::Ok
-    ));
+    announce_holding_all(&rt, &probe, &s, "evil", evil);
     if chain {
         // Evil takes the chain's first place: the agent streams from it.
         let upstream = Request::Upstream {
@@ -559,15 +549,7 @@ fn the_tracker_chains_agents_one_after_another_only_while_all_fit() {
     let s = Swarm::start_with(d.path(), 0, 1, 0.0, &["--p2p-chain", "2"]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let probe = s.node(&rt, "probe");
-    let ask = |node: &str, port: u16| {
-        let req = Request::Upstream {
-            blob: s.digest.clone(),
-            node: node.into(),
-            addr: format!("127.0.0.1:{port}"),
-            zone: 0,
-        };
-        rt.block_on(probe.ask(s.p2p, &req)).unwrap().0
-    };
+    let ask = |node: &str, port: u16| upstream(&rt, &probe, &s, node, port);
     // The first streams from the origin, the second from the first, again
     // when it asks again (a restart); the third finds the chain full.
     assert!(matches!(ask("h1", 7001), Response::Upstream { peer: None }));
@@ -588,15 +570,7 @@ fn the_tracker_chains_agents_one_after_another_only_while_all_fit() {
     let d = tempfile::tempdir().unwrap();
     let s = Swarm::start_with(d.path(), 0, 1, 0.0, &["--p2p-chain", "2"]);
     let probe = s.node(&rt, "probe");
-    let ask = |node: &str, port: u16| {
-        let req = Request::Upstream {
-            blob: s.digest.clone(),
-            node: node.into(),
-            addr: format!("127.0.0.1:{port}"),
-            zone: 0,
-        };
-        rt.block_on(probe.ask(s.p2p, &req)).unwrap().0
-    };
+    let ask = |node: &str, port: u16| upstream(&rt, &probe, &s, node, port);
     for h in ["r1", "r2", "r3"] {
         let register = Request::Register {
             node: h.into(),
@@ -615,6 +589,34 @@ fn the_tracker_chains_agents_one_after_another_only_while_all_fit() {
     }
 }
 
+/// Tells the tracker that `node`, at `addr`, holds every piece of the
+/// swarm's blob.
+fn announce_holding_all(rt: &tokio::runtime::Runtime, probe: &Node, s: &Swarm, node: &str, addr: SocketAddr) {
+    let announce = Request::Announce {
+        blob: s.digest.clone(),
+        node: node.into(),
+        addr: addr.to_string(),
+        zone: 0,
+        have: strata::p2p::Bitfield::full(s.blob.len().div_ceil(DEFAULT_PIECE as usize)).to_bytes(),
+    };
+    assert!(matches!(
+        rt.block_on(probe.ask(s.p2p, &announce)).unwrap().0,
+        Response::Ok
+    ));
+}
+
+/// The tracker's answer to `node` (at 127.0.0.1:`port`) asking where to
+/// stream the swarm's blob from.
+fn upstream(rt: &tokio::runtime::Runtime, probe: &Node, s: &Swarm, node: &str, port: u16) -> Response {
+    let req = Request::Upstream {
+        blob: s.digest.clone(),
+        node: node.into(),
+        addr: format!("127.0.0.1:{port}"),
+        zone: 0,
+    };
+    rt.block_on(probe.ask(s.p2p, &req)).unwrap().0
+}
+
 #[test]
 fn a_piece_still_arriving_is_forwarded_and_one_that_fails_is_cut_short() {
     let d = tempfile::tempdir().unwrap();
@@ -628,17 +630,7 @@ fn a_piece_still_arriving_is_forwarded_and_one_that_fails_is_cut_short() {
     // test to say whether the rest is right or garbage.
     let (evil, asked, gate) = pausing_peer(&rt, &s);
     let probe = s.node(&rt, "probe");
-    let announce = Request::Announce {
-        blob: s.digest.clone(),
-        node: "evil".into(),
-        addr: evil.to_string(),
-        zone: 0,
-        have: strata::p2p::Bitfield::full(s.blob.len().div_ceil(piece)).to_bytes(),
-    };
-    assert!(matches!(
-        rt.block_on(probe.ask(s.p2p, &announce)).unwrap().0,
-        Response::Ok
-    ));
+    announce_holding_all(&rt, &probe, &s, "evil", evil);
     let (a, agent) = s.agent_listening(0, 0.0, &["--fetch", &s.digest.to_string()]);
     let client = rt.block_on(quic_client(&s, agent));
     let bytes_of = |i: usize| &s.blob[i * piece..((i + 1) * piece).min(s.blob.len())];

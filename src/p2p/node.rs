@@ -708,14 +708,7 @@ impl Inner {
     /// of sharing the link, so each one arrives (and becomes useful to the
     /// swarm) as early as possible.
     async fn upload_slot(&self, len: usize) {
-        let Some(rate) = self.upload_rate else { return };
-        let start = {
-            let mut free = self.upload_free_at.lock().unwrap_or_else(|e| e.into_inner());
-            let start = (*free).max(Instant::now());
-            *free = start + Duration::from_secs_f64(len as f64 / rate);
-            start
-        };
-        tokio::time::sleep_until(start.into()).await;
+        slot(&self.upload_free_at, len, self.upload_rate).await;
     }
 
     /// Sends a piece's bytes; a piece still arriving goes as it comes and
@@ -1102,13 +1095,7 @@ impl Inner {
 
     /// The pieces of `blob` this node holds (or is receiving), if any.
     fn holding(&self, blob: &Digest) -> Option<Bitfield> {
-        let partial = self
-            .partials
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(blob)
-            .cloned();
-        if let Some(p) = partial {
+        if let Some(p) = self.partial(blob) {
             let have = p.lock().unwrap_or_else(|e| e.into_inner()).have().clone();
             return Some(self.with_arriving(blob, have));
         }
@@ -1130,14 +1117,17 @@ impl Inner {
         have
     }
 
-    fn read_piece(&self, blob: &Digest, index: usize) -> Result<Vec<u8>, Unread> {
-        let partial = self
-            .partials
+    /// The download of `blob` in progress here, if any.
+    fn partial(&self, blob: &Digest) -> Option<Arc<Mutex<Partial>>> {
+        self.partials
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(blob)
-            .cloned();
-        if let Some(p) = partial {
+            .cloned()
+    }
+
+    fn read_piece(&self, blob: &Digest, index: usize) -> Result<Vec<u8>, Unread> {
+        if let Some(p) = self.partial(blob) {
             let p = p.lock().unwrap_or_else(|e| e.into_inner());
             if !p.have().get(index) {
                 return Err(Unread::NotHere(format!(
@@ -1222,48 +1212,87 @@ impl Inner {
             Response::Error { message } => return Err(PieceError::Failed(message)),
             other => return Err(failed(format!("unexpected answer {other:?}"))),
         }
-        let receiving = Receiving::start(self, blob, piece, len);
+        match self.take_piece(origin, blob, piece, len, &mut recv, || {}).await {
+            Ok(taken) => Ok(taken),
+            // The forwarder's own download of it failed: not its fault.
+            Err(Some(quinn::ReadError::Reset(code))) if code == CUT_SHORT.into() => {
+                Err(PieceError::Busy(NOT_HERE))
+            }
+            Err(Some(e)) => Err(failed(e.to_string())),
+            Err(None) => Err(failed(format!("piece {piece} ended early"))),
+        }
+    }
+
+    /// Takes the `len` bytes of piece `index` of `blob` off `recv`, listed
+    /// among the arriving pieces as they come (unless the piece already
+    /// is: a duplicate), the tracker told at the first byte; `moved` runs
+    /// for every chunk. `Err(None)`: the stream ended early.
+    async fn take_piece(
+        self: &Arc<Self>,
+        origin: SocketAddr,
+        blob: &Digest,
+        index: usize,
+        len: usize,
+        recv: &mut quinn::RecvStream,
+        moved: impl Fn(),
+    ) -> Result<(Vec<u8>, Option<Receiving>), Option<quinn::ReadError>> {
+        let receiving = Receiving::start(self, blob, index, len);
         if receiving.is_some() {
             self.tell(
                 origin,
                 Request::Got {
                     blob: blob.clone(),
                     node: self.name.clone(),
-                    index: piece,
+                    index,
                 },
             )
             .await;
         }
         let mut bytes = Vec::with_capacity(len);
         while bytes.len() < len {
-            match recv.read_chunk(len - bytes.len(), true).await {
-                Ok(Some(c)) => {
-                    if let Some(r) = &receiving {
-                        r.piece.push(&c.bytes);
-                    }
-                    bytes.extend_from_slice(&c.bytes);
-                }
-                Ok(None) => return Err(failed(format!("piece {piece} ended early"))),
-                // The forwarder's own download of it failed: not its fault.
-                Err(quinn::ReadError::Reset(code)) if code == CUT_SHORT.into() => {
-                    return Err(PieceError::Busy(NOT_HERE));
-                }
-                Err(e) => return Err(failed(e.to_string())),
+            let c = recv.read_chunk(len - bytes.len(), true).await?.ok_or(None)?;
+            if let Some(r) = &receiving {
+                r.piece.push(&c.bytes);
             }
+            bytes.extend_from_slice(&c.bytes);
+            moved();
         }
         Ok((bytes, receiving))
     }
 
+    /// Writes a piece that came (checking its hash) unless it is already
+    /// here (`Ok(false)`: a duplicate); once written, forwards of it may
+    /// send its last byte. Fails with `InvalidData` for a bad piece.
+    async fn write_taken(
+        &self,
+        partial: &Arc<Mutex<Partial>>,
+        index: usize,
+        bytes: Vec<u8>,
+        receiving: Option<Receiving>,
+    ) -> std::io::Result<bool> {
+        let p = partial.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
+            if p.have().get(index) {
+                return Ok(false);
+            }
+            p.write_piece(index, &bytes).map(|_| true)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        if written {
+            if let Some(r) = &receiving {
+                r.piece.end(true);
+            }
+            drop(receiving);
+            self.news.notify_waiters();
+        }
+        Ok(written)
+    }
+
     /// Waits for this piece's slot under the download cap, if any.
     async fn download_slot(&self) {
-        let Some(rate) = self.download_rate else { return };
-        let start = {
-            let mut free = self.download_free_at.lock().unwrap_or_else(|e| e.into_inner());
-            let start = (*free).max(Instant::now());
-            *free = start + Duration::from_secs_f64(DEFAULT_PIECE as f64 / rate);
-            start
-        };
-        tokio::time::sleep_until(start.into()).await;
+        slot(&self.download_free_at, DEFAULT_PIECE as usize, self.download_rate).await;
     }
 
     /// Whether the uplink already has about a piece's worth of work
@@ -1718,49 +1747,16 @@ impl Inner {
                 return Err(ChainEnd::Bad(name));
             }
             self.download_slot().await;
-            let receiving = Receiving::start(&self, &blob, index, len);
-            if receiving.is_some() {
-                self.tell(
-                    origin,
-                    Request::Got {
-                        blob: blob.clone(),
-                        node: self.name.clone(),
-                        index,
-                    },
-                )
-                .await;
-            }
-            let mut bytes = Vec::with_capacity(len);
-            while bytes.len() < len {
-                match recv.read_chunk(len - bytes.len(), true).await {
-                    Ok(Some(c)) => {
-                        if let Some(r) = &receiving {
-                            r.piece.push(&c.bytes);
-                        }
-                        bytes.extend_from_slice(&c.bytes);
-                        chain.moved();
-                    }
-                    Ok(None) => return Err(lost(format!("piece {index} ended early"))),
-                    Err(e) => return Err(lost(e.to_string())),
-                }
-            }
-            let p = partial.clone();
-            let written = tokio::task::spawn_blocking(move || {
-                let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
-                if p.have().get(index) {
-                    return Ok(false);
-                }
-                p.write_piece(index, &bytes).map(|_| true)
-            })
-            .await
-            .map_err(|e| lost(e.to_string()))?;
-            match written {
+            let (bytes, receiving) = match self
+                .take_piece(origin, &blob, index, len, &mut recv, || chain.moved())
+                .await
+            {
+                Ok(taken) => taken,
+                Err(Some(e)) => return Err(lost(e.to_string())),
+                Err(None) => return Err(lost(format!("piece {index} ended early"))),
+            };
+            match self.write_taken(&partial, index, bytes, receiving).await {
                 Ok(true) => {
-                    if let Some(r) = &receiving {
-                        r.piece.end(true);
-                    }
-                    drop(receiving);
-                    self.news.notify_waiters();
                     tracing::debug!("p2p: piece {index} from {name} at {:.3}", chain.seconds());
                     if peer.is_some() {
                         chain.from_peers.fetch_add(1, Ordering::Relaxed);
@@ -1774,6 +1770,33 @@ impl Inner {
                 Err(e) if e.kind() == std::io::ErrorKind::InvalidData => return Err(ChainEnd::Bad(name)),
                 Err(e) => return Err(lost(e.to_string())),
             }
+        }
+    }
+
+    /// Bans `who` (a peer's name, or "origin") for a bad piece of `blob`:
+    /// counted, in the report, not asked again for `BAN`, and a peer (with
+    /// `peers`, the downloader's known peers) forgotten and reported gone.
+    async fn ban(
+        self: &Arc<Self>,
+        origin: SocketAddr,
+        blob: &Digest,
+        who: String,
+        report: &mut FetchReport,
+        banned: &mut HashMap<String, Instant>,
+        peers: Option<&mut HashMap<String, (SocketAddr, Bitfield, u32)>>,
+    ) {
+        crate::metrics::P2P_PIECE_FAILURES.add(1);
+        if !report.banned.contains(&who) {
+            report.banned.push(who.clone());
+        }
+        banned.insert(who.clone(), Instant::now());
+        if let Some(peers) = peers {
+            peers.remove(&who);
+            let gone = Request::Gone {
+                blob: blob.clone(),
+                peer: who,
+            };
+            self.tell(origin, gone).await;
         }
     }
 
@@ -1832,23 +1855,9 @@ impl Inner {
                     match end {
                         Ok(Ok(())) => {}
                         Ok(Err(ChainEnd::Bad(who))) => {
-                            crate::metrics::P2P_PIECE_FAILURES.add(1);
                             tracing::warn!("p2p: {who} streamed a bad piece of {blob}; banned");
-                            if !report.banned.contains(&who) {
-                                report.banned.push(who.clone());
-                            }
-                            banned.insert(who.clone(), Instant::now());
-                            peers.remove(&who);
-                            if who != "origin" {
-                                self.tell(
-                                    origin,
-                                    Request::Gone {
-                                        blob: blob.clone(),
-                                        peer: who,
-                                    },
-                                )
-                                .await;
-                            }
+                            let peer = (who != "origin").then_some(&mut peers);
+                            self.ban(origin, blob, who, report, &mut banned, peer).await;
                         }
                         Ok(Err(e @ ChainEnd::None(_))) => tracing::debug!("p2p: {blob}: swarming ({e})"),
                         Ok(Err(e)) => tracing::info!("p2p: {blob}: swarming ({e})"),
@@ -2017,24 +2026,10 @@ impl Inner {
             pending.unset(piece);
             match result {
                 Ok((bytes, receiving)) => {
-                    let p = partial.clone();
                     let len = bytes.len() as u64;
-                    let written = tokio::task::spawn_blocking(move || {
-                        let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
-                        if p.have().get(piece) {
-                            return Ok(false); // an endgame duplicate
-                        }
-                        p.write_piece(piece, &bytes).map(|_| true)
-                    })
-                    .await
-                    .map_err(|e| fetch_err(blob, e))?;
-                    match written {
+                    // Ok(false): an endgame duplicate.
+                    match self.write_taken(partial, piece, bytes, receiving).await {
                         Ok(true) => {
-                            // Verified and on disk: forwards of it may end.
-                            if let Some(r) = &receiving {
-                                r.piece.end(true);
-                            }
-                            drop(receiving);
                             tracing::debug!(
                                 "p2p: piece {piece} from {} at {:.3}",
                                 target.as_deref().unwrap_or("origin"),
@@ -2058,23 +2053,9 @@ impl Inner {
                         Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
                             // A piece that fails its hash: ban whoever sent it.
                             let who = target.clone().unwrap_or_else(|| "origin".into());
-                            crate::metrics::P2P_PIECE_FAILURES.add(1);
                             tracing::warn!("p2p: {who} sent a bad piece {piece} of {blob}; banned");
-                            if !report.banned.contains(&who) {
-                                report.banned.push(who.clone());
-                            }
-                            banned.insert(who.clone(), Instant::now());
-                            if target.is_some() {
-                                peers.remove(&who);
-                                self.tell(
-                                    origin,
-                                    Request::Gone {
-                                        blob: blob.clone(),
-                                        peer: who,
-                                    },
-                                )
-                                .await;
-                            }
+                            let peer = target.is_some().then_some(&mut peers);
+                            self.ban(origin, blob, who, report, &mut banned, peer).await;
                         }
                         Err(e) => return Err(e.into()),
                     }
@@ -2161,6 +2142,19 @@ async fn fetch_manifest(
     Err(NodeError::Prewarm(format!(
         "{repo}:{reference}: an index inside an index"
     )))
+}
+
+/// Waits for the slot of `len` bytes on a link capped at `rate` bytes a
+/// second (None: no cap), whose timeline is free again at `free`.
+async fn slot(free: &Mutex<Instant>, len: usize, rate: Option<f64>) {
+    let Some(rate) = rate else { return };
+    let start = {
+        let mut free = free.lock().unwrap_or_else(|e| e.into_inner());
+        let start = (*free).max(Instant::now());
+        *free = start + Duration::from_secs_f64(len as f64 / rate);
+        start
+    };
+    tokio::time::sleep_until(start.into()).await;
 }
 
 /// Marks a blob in use for as long as it lives.
