@@ -85,6 +85,10 @@ pub struct NodeConfig {
 /// outside it waiting.
 pub const CHAIN_MAX: usize = 64;
 
+/// An agent whose last heartbeat (every 3 s) is older than this no longer
+/// counts towards the cluster's size when the tracker decides on chains.
+const LIVE_HOST: Duration = Duration::from_secs(30);
+
 /// A chain that delivered no byte for this long is left for the swarm
 /// (`FIRST_BYTE` for its first: every agent before this one must have
 /// started and connected).
@@ -1014,8 +1018,14 @@ impl Inner {
                 let max = self.chain_max;
                 // A chain takes the origin's whole uplink and every member's,
                 // so agents outside it would wait for it to end: chains only
-                // while every registered agent fits in one.
-                let hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner()).len();
+                // while every live registered agent fits in one.
+                let hosts = self
+                    .hosts
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .values()
+                    .filter(|(_, seen)| seen.elapsed() < LIVE_HOST)
+                    .count();
                 self.track(&blob, |s| {
                     let id = s.id(&node);
                     let pos = match s.chain.iter().position(|i| *i == id) {
@@ -1262,21 +1272,35 @@ impl Inner {
 
     /// Writes a piece that came (checking its hash) unless it is already
     /// here (`Ok(false)`: a duplicate); once written, forwards of it may
-    /// send its last byte. Fails with `InvalidData` for a bad piece.
+    /// send its last byte. Fails with `InvalidData` for a bad piece. With
+    /// `counted` (a chain's progress, and whether the piece came from the
+    /// origin), the piece is counted as it is written.
     async fn write_taken(
         &self,
         partial: &Arc<Mutex<Partial>>,
         index: usize,
         bytes: Vec<u8>,
         receiving: Option<Receiving>,
+        counted: Option<(Arc<ChainProgress>, bool)>,
     ) -> std::io::Result<bool> {
         let p = partial.clone();
         let written = tokio::task::spawn_blocking(move || {
             let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
             if p.have().get(index) {
-                return Ok(false);
+                return Ok::<bool, std::io::Error>(false);
             }
-            p.write_piece(index, &bytes).map(|_| true)
+            p.write_piece(index, &bytes)?;
+            if let Some((chain, from_origin)) = counted {
+                let len = bytes.len() as u64;
+                if from_origin {
+                    chain.from_origin.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::P2P_BYTES_FROM_ORIGIN.add(len);
+                } else {
+                    chain.from_peers.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::P2P_BYTES_FROM_PEERS.add(len);
+                }
+            }
+            Ok(true)
         })
         .await
         .map_err(std::io::Error::other)??;
@@ -1755,16 +1779,15 @@ impl Inner {
                 Err(Some(e)) => return Err(lost(e.to_string())),
                 Err(None) => return Err(lost(format!("piece {index} ended early"))),
             };
-            match self.write_taken(&partial, index, bytes, receiving).await {
+            // Counted with the write itself: this task may be aborted (a
+            // stall) while the write goes on.
+            let counted = (chain.clone(), peer.is_none());
+            match self
+                .write_taken(&partial, index, bytes, receiving, Some(counted))
+                .await
+            {
                 Ok(true) => {
                     tracing::debug!("p2p: piece {index} from {name} at {:.3}", chain.seconds());
-                    if peer.is_some() {
-                        chain.from_peers.fetch_add(1, Ordering::Relaxed);
-                        crate::metrics::P2P_BYTES_FROM_PEERS.add(len as u64);
-                    } else {
-                        chain.from_origin.fetch_add(1, Ordering::Relaxed);
-                        crate::metrics::P2P_BYTES_FROM_ORIGIN.add(len as u64);
-                    }
                 }
                 Ok(false) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::InvalidData => return Err(ChainEnd::Bad(name)),
@@ -2028,7 +2051,7 @@ impl Inner {
                 Ok((bytes, receiving)) => {
                     let len = bytes.len() as u64;
                     // Ok(false): an endgame duplicate.
-                    match self.write_taken(partial, piece, bytes, receiving).await {
+                    match self.write_taken(partial, piece, bytes, receiving, None).await {
                         Ok(true) => {
                             tracing::debug!(
                                 "p2p: piece {piece} from {} at {:.3}",
