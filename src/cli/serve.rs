@@ -74,9 +74,10 @@ pub struct Args {
     pub p2p_upload_mbit: f64,
     /// How many agents fetching one blob form a chain: each streams it
     /// from the one before (the first from the origin), piece by piece as
-    /// they arrive, so every link carries one stream at full rate. Past
-    /// this many, and whenever a chain breaks or stalls, agents swarm
-    /// (rarest first among peers). 0: always swarm.
+    /// they arrive, so every link carries one stream at full rate. With
+    /// more live agents than this (a heartbeat in the last 30 s), past
+    /// this many in the chain, and whenever a chain breaks or stalls,
+    /// agents swarm (rarest first among peers). 0: always swarm.
     #[arg(long, default_value_t = strata::p2p::node::CHAIN_MAX)]
     pub p2p_chain: usize,
     /// Folder of app specs the API and dashboard deploy (as `strata deploy
