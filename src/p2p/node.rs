@@ -78,8 +78,9 @@ pub struct NodeConfig {
 
 /// Agents per blob that form a chain by default. A chain keeps every link
 /// busy with one stream at the full rate, so each agent gets the blob in
-/// about S/B plus a few milliseconds per agent before it. With more agents
-/// than this registered, or past this many in the chain, agents swarm: a
+/// about S/B plus a few milliseconds per agent before it. With more live
+/// agents than this (`LIVE_HOST`), or past this many in the chain, agents
+/// swarm: a
 /// chain's delay grows with its length, the swarm's with the log of its
 /// size, and a chain busy with the origin's uplink would leave agents
 /// outside it waiting.
@@ -820,23 +821,9 @@ impl Inner {
     /// The lowest-numbered piece of `blob` here (held, or arriving and not
     /// failed) that is not in `sent`.
     async fn next_to_stream(self: &Arc<Self>, blob: &Digest, sent: &Bitfield) -> Option<(usize, Body)> {
-        let n = sent.len();
-        let held = self.holding(blob).filter(|h| h.len() == n);
-        let arriving: HashMap<usize, Arc<Arriving>> = self
-            .arriving
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter(|((b, _), a)| b == blob && a.flow() != Flow::Failed)
-            .map(|((_, i), a)| (*i, a.clone()))
-            .collect();
-        let index = (0..n).find(|&i| !sent.get(i) && held.as_ref().is_some_and(|h| h.get(i)))?;
-        if let Some(a) = arriving.get(&index) {
-            let body = Body::Arriving {
-                piece: a.clone(),
-                blob: blob.clone(),
-                index,
-            };
+        let held = self.holding(blob).filter(|h| h.len() == sent.len())?;
+        let index = sent.wanted_from(&held).next()?;
+        if let Some(body) = self.arriving_body(blob, index) {
             return Some((index, body));
         }
         let (node, b) = (self.clone(), blob.clone());
@@ -919,19 +906,9 @@ impl Inner {
                         );
                     }
                 }
-                let arriving = self
-                    .arriving
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(&(blob.clone(), index))
-                    .filter(|a| a.flow() != Flow::Failed)
-                    .cloned();
-                if let Some(piece) = arriving {
-                    let len = piece.len() as u64;
-                    return (
-                        Response::Piece { len },
-                        Some(Body::Arriving { piece, blob, index }),
-                    );
+                if let Some(body) = self.arriving_body(&blob, index) {
+                    let len = body.len() as u64;
+                    return (Response::Piece { len }, Some(body));
                 }
                 let node = self.clone();
                 match tokio::task::spawn_blocking(move || node.read_piece(&blob, index)).await {
@@ -1014,7 +991,7 @@ impl Inner {
                 }
                 Response::Ok
             }),
-            Request::Upstream { blob, node, addr, .. } => {
+            Request::Upstream { blob, node, addr } => {
                 let max = self.chain_max;
                 // A chain takes the origin's whole uplink and every member's,
                 // so agents outside it would wait for it to end: chains only
@@ -1114,6 +1091,18 @@ impl Inner {
             return Some(Bitfield::full(size.div_ceil(DEFAULT_PIECE) as usize));
         }
         None
+    }
+
+    /// Piece `index` of `blob` while it arrives here (and has not failed),
+    /// to forward as it comes.
+    fn arriving_body(&self, blob: &Digest, index: usize) -> Option<Body> {
+        let arriving = self.arriving.lock().unwrap_or_else(|e| e.into_inner());
+        let piece = arriving.get(&(blob.clone(), index))?;
+        (piece.flow() != Flow::Failed).then(|| Body::Arriving {
+            piece: piece.clone(),
+            blob: blob.clone(),
+            index,
+        })
     }
 
     /// `have` and the pieces of `blob` arriving now.
@@ -1719,7 +1708,6 @@ impl Inner {
             blob: blob.clone(),
             node: self.name.clone(),
             addr: self.addr.to_string(),
-            zone: self.zone,
         };
         let peer = match tokio::time::timeout(TRACKER_TIMEOUT, self.request(origin, &ask)).await {
             Ok(Ok((Response::Upstream { peer }, _))) => peer,
@@ -1738,11 +1726,12 @@ impl Inner {
         let lost = |why: String| ChainEnd::Lost(format!("{name}: {why}"));
         let conn = self.connection(addr).await.map_err(|e| lost(e.to_string()))?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(e.to_string()))?;
-        let n = have().len();
+        let own = have();
+        let n = own.len();
         let req = Request::Stream {
             blob: blob.clone(),
             pieces: n,
-            have: have().to_bytes(),
+            have: own.to_bytes(),
         };
         write_msg(&mut send, &req)
             .await
@@ -1869,28 +1858,21 @@ impl Inner {
             if Instant::now() > deadline {
                 return Err(fetch_err(blob, "no completion within an hour"));
             }
-            if let Some(h) = &following {
-                if h.is_finished() {
-                    let end = match following.take() {
-                        Some(h) => h.await,
-                        None => Ok(Ok(())),
-                    };
-                    match end {
-                        Ok(Ok(())) => {}
-                        Ok(Err(ChainEnd::Bad(who))) => {
-                            tracing::warn!("p2p: {who} streamed a bad piece of {blob}; banned");
-                            let peer = (who != "origin").then_some(&mut peers);
-                            self.ban(origin, blob, who, report, &mut banned, peer).await;
-                        }
-                        Ok(Err(e @ ChainEnd::None(_))) => tracing::debug!("p2p: {blob}: swarming ({e})"),
-                        Ok(Err(e)) => tracing::info!("p2p: {blob}: swarming ({e})"),
-                        Err(e) => tracing::debug!("p2p: {blob}: the chain task: {e}"),
+            if let Some(h) = following.take_if(|h| h.is_finished()) {
+                match h.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(ChainEnd::Bad(who))) => {
+                        tracing::warn!("p2p: {who} streamed a bad piece of {blob}; banned");
+                        let peer = (who != "origin").then_some(&mut peers);
+                        self.ban(origin, blob, who, report, &mut banned, peer).await;
                     }
-                } else if chain.stalled() {
-                    tracing::info!("p2p: {blob}: the chain stalled; swarming");
-                    h.abort();
-                    following = None;
+                    Ok(Err(e @ ChainEnd::None(_))) => tracing::debug!("p2p: {blob}: swarming ({e})"),
+                    Ok(Err(e)) => tracing::info!("p2p: {blob}: swarming ({e})"),
+                    Err(e) => tracing::debug!("p2p: {blob}: the chain task: {e}"),
                 }
+            } else if let Some(h) = following.take_if(|_| chain.stalled()) {
+                tracing::info!("p2p: {blob}: the chain stalled; swarming");
+                h.abort();
             }
             // On a chain, the tracker is told and asked once a second: it
             // keeps what this agent holds (for other agents and the hosts

@@ -192,11 +192,18 @@ impl Partial {
             have_path,
         };
         for i in 0..p.table.count() {
-            if recorded.get(i) && p.read_piece(i).is_ok_and(|b| p.table.verify(i, &b)) {
+            let Some(b) = recorded.get(i).then(|| p.read_piece(i)).and_then(Result::ok) else {
+                continue;
+            };
+            if p.table.verify(i, &b) {
                 p.have.set(i);
+                // The run from the first piece, read once for both hashes.
+                if p.hashed == i {
+                    p.whole.update(&b);
+                    p.hashed += 1;
+                }
             }
         }
-        p.hash_on(None)?;
         Ok(p)
     }
 
@@ -220,15 +227,15 @@ impl Partial {
         if self.have.set(i) {
             crate::store::write_atomic(&self.have_path, &self.have.to_bytes())?;
         }
-        self.hash_on(Some((i, bytes)))
+        self.hash_on((i, bytes))
     }
 
     /// Feeds the whole-blob digest every piece held from `hashed` on, in
     /// order: `just` (the piece just written) from memory, others from disk.
-    fn hash_on(&mut self, just: Option<(usize, &[u8])>) -> io::Result<()> {
+    fn hash_on(&mut self, just: (usize, &[u8])) -> io::Result<()> {
         while self.hashed < self.table.count() && self.have.get(self.hashed) {
             match just {
-                Some((i, bytes)) if i == self.hashed => self.whole.update(bytes),
+                (i, bytes) if i == self.hashed => self.whole.update(bytes),
                 _ => {
                     let b = self.read_piece(self.hashed)?;
                     self.whole.update(&b);

@@ -45,7 +45,6 @@ pub enum Request {
         blob: Digest,
         node: String,
         addr: String,
-        zone: u32,
     },
     /// To the agent before the asker in a chain (or the origin): every
     /// piece of `blob` not in `have`, as this node gets them, each a
