@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Hotfix vs full redeploy of the same change (10 changed files of a Tomcat
-# app), side by side, and the redeploy gap: how long the instance's IP
-# answers no HTTP, measured by polling it every few milliseconds during
-# each redeploy — with the warm swap (the app declares the engine's
-# dynamic range) and with the cold path (stop, then start on the IP).
+# app), side by side, and the redeploy gap as clients see it
+# (benches/redeploy-gap.py: a new connection per request every 10 ms, and
+# a keep-alive client; failed requests and the longest time without a 200)
+# for the three ways to hand the IP over: the warm swap that detaches the
+# old container first (`swap = "detach"`, the default), the warm swap that
+# drains it first (`swap = "drain"`: the order strata used before), and the
+# cold path (no dynamic range: stop, then start on the IP).
 #
 #   benches/deploy.sh            # RUNS=5 by default
 #
 # Needs: the Docker engine, hyperfine, python3, a release build, and the
 # Debian packages (base-images/fetch-debs.sh). Creates networks
-# strata-bench-warm/cold (10.93.1.0/24, 10.93.2.0/24) and removes them.
+# strata-bench-warm/drain/cold (10.93.1-3.0/24) and removes them.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 strata="${STRATA_BIN:-${CARGO_TARGET_DIR:-$here/target}/release/strata}"
@@ -17,7 +20,7 @@ strata="${STRATA_BIN:-${CARGO_TARGET_DIR:-$here/target}/release/strata}"
 runs="${RUNS:-5}"
 work=$(mktemp -d /var/tmp/strata-deploy-bench-XXXXXX)
 export STRATA_STORE="$work/store"
-apps=(warm cold)
+apps=(warm drain cold)
 cleanup() {
     for a in "${apps[@]}"; do
         docker ps -aq --filter "label=org.strata.app=bench-$a" | xargs -r docker rm -f >/dev/null
@@ -66,7 +69,9 @@ paths = ["/var/lib/tomcat10/webapps/**"]
 TOML
 }
 spec warm 1 'dynamic_range = "10.93.1.128/25"'
-spec cold 2 ''
+spec drain 2 'dynamic_range = "10.93.2.128/25"'
+sed -i '1a swap = "drain"' "$work/apps/bench-drain.toml"
+spec cold 3 ''
 s() { "$strata" "$@" --apps "$work/apps" --data "$work/data" --layout "$work/oci"; }
 
 for a in "${apps[@]}"; do s deploy "bench-$a" --image v1 >/dev/null 2>&1; done
@@ -93,44 +98,29 @@ for name, m in r.items():
 PY
 
 echo
-echo "== redeploy gap: time the IP answers no HTTP (polled every ~5 ms)"
-cat > "$work/poll.py" <<'PY'
-import socket, sys, time
-ip, stop = sys.argv[1], sys.argv[2]
-import os
-gaps, down = [], None
-while not os.path.exists(stop):
-    t = time.monotonic()
-    ok = False
-    try:
-        c = socket.create_connection((ip, 8080), timeout=0.25)
-        c.sendall(b"GET /health.txt HTTP/1.0\r\n\r\n")
-        ok = c.recv(16).startswith(b"HTTP/1.1 200")
-        c.close()
-    except OSError:
-        pass
-    if ok and down is not None:
-        gaps.append(t - down)
-        down = None
-    elif not ok and down is None:
-        down = t
-    time.sleep(0.005)
-print(f"{max(gaps) * 1000 if gaps else 0:.0f}")
-PY
+echo "== redeploy gap as clients see it (a new connection every 10 ms; one keep-alive connection)"
 for a in "${apps[@]}"; do
     ip=$(s status "bench-$a" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["instances"][0]["ip"])')
-    gaps=()
+    : > "$work/gaps-$a"
     for i in $(seq 1 "$runs"); do
         img=$([ $((i % 2)) = 1 ] && echo v1 || echo v2)
         rm -f "$work/stop"
-        python3 "$work/poll.py" "$ip" "$work/stop" > "$work/gap" &
+        python3 "$here/benches/redeploy-gap.py" "$ip" 8080 /health.txt "$work/stop" >> "$work/gaps-$a" &
         poller=$!
         sleep 0.5
         s deploy "bench-$a" --image "$img" --redeploy >/dev/null 2>&1
-        sleep 0.5
+        sleep 1.5
         touch "$work/stop"
         wait "$poller"
-        gaps+=("$(cat "$work/gap")")
     done
-    printf '%-5s gaps (ms): %s\n' "$a" "${gaps[*]}"
+    python3 - "$a" "$work/gaps-$a" <<'PY'
+import json, sys
+runs = [json.loads(l) for l in open(sys.argv[2]) if l.strip()]
+for c in ("new", "keep"):
+    gaps = sorted(r[c]["longest_without_200_s"] for r in runs)
+    failed = [r[c]["failed"] for r in runs]
+    slow = max(r[c]["slowest_ok_s"] for r in runs)
+    print(f"{sys.argv[1]:<6} {c:<5} longest without a 200: median {gaps[len(gaps)//2]*1000:5.0f} ms, "
+          f"max {gaps[-1]*1000:5.0f} ms; failed requests per redeploy: {failed}; slowest ok request {slow*1000:.0f} ms")
+PY
 done

@@ -217,6 +217,7 @@ pub fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
 /// Every API route, the dashboard and `/metrics`.
 pub fn router(cfg: ApiConfig) -> Router {
     let api = Api::new(cfg);
+    apps::recover_unfinished(api.clone());
     Router::new()
         .route("/strata/api/openapi.yaml", get(openapi))
         .merge(prewarm::routes())

@@ -11,18 +11,25 @@
 //! container it did not create, and never leaves a half-applied hotfix:
 //! on any failure the backup goes back.
 
+pub mod desired;
 pub mod health;
 pub mod host;
 mod hotfix;
 pub mod plan;
+mod recover;
 mod redeploy;
+mod run;
 pub mod spec;
 pub mod state;
+mod status;
+pub mod verify;
+
+pub use status::{InstanceStatus, Status};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -33,9 +40,9 @@ use crate::oci::listing::Entry;
 use crate::oci::{ImageConfig, Manifest};
 use crate::store::Store;
 use host::Host;
-use plan::{Decision, Mode};
+use plan::Mode;
 use spec::App;
-use state::{AppDir, AppState, HistoryEntry, ImageRef, Instance, Operation};
+use state::{AppDir, AppState, HistoryEntry, ImageRef, Instance};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
@@ -107,6 +114,14 @@ pub enum DeployError {
     NoImage(String),
     #[error("instance {instance}: {why}")]
     Instance { instance: String, why: String },
+    #[error("{instance}: the hotfixed files did not read back as in the image: {why}")]
+    Unverified { instance: String, why: String },
+    #[error(
+        "pool `{pool}` has {free} free address(es) but the deploy needs {need} more; nothing was changed (widen the pool or release leases: strata lease list)"
+    )]
+    PoolShort { pool: String, free: u64, need: u64 },
+    #[error("app `{0}` has no instances to remove")]
+    NothingToRemove(String),
 }
 
 pub type Result<T, E = DeployError> = std::result::Result<T, E>;
@@ -301,210 +316,6 @@ impl<'a> Orchestrator<'a> {
         self.dir.history()
     }
 
-    /// Deploys `target` to every instance: hotfix where eligible (or as
-    /// `mode` demands), redeploy otherwise. Stops at the first instance
-    /// that fails; that instance is rolled back or restored.
-    pub fn deploy(&self, target: &Target, mode: Mode, action: &str) -> Result<Report> {
-        let _lock = self.lock()?;
-        let started = Instant::now();
-        let mut st = self.state()?;
-        self.recover(&mut st)?;
-
-        // Reach every engine and decide for every instance before touching
-        // any: an unreachable host or a refused change leaves all as they are.
-        for index in 1..=self.app.instances {
-            self.host(self.app.host_of(index))?;
-        }
-        let mut plans: Vec<(u32, Decision)> = Vec::new();
-        for index in 1..=self.app.instances {
-            let live = match st.instances.get(&index) {
-                Some(i) => {
-                    let host = self.host_of_instance(i)?;
-                    self.block(host.inspect(&i.container))?.map(|c| (i.clone(), c))
-                }
-                None => None,
-            };
-            let d = match live {
-                None => Decision::Redeploy {
-                    reason: "no running instance yet".into(),
-                },
-                Some((_, c)) if !c.running => Decision::Redeploy {
-                    reason: "the container is not running".into(),
-                },
-                Some((i, _)) => {
-                    let old: ImageConfig = self.store.read_json(&i.effective().config)?;
-                    plan::decide(
-                        &old.config,
-                        &target.config.config,
-                        &self.changes(i.effective(), target)?,
-                        &self.app.hotfix,
-                    )
-                }
-            };
-            let d = match (mode, d) {
-                (Mode::Hotfix, Decision::Redeploy { reason }) => {
-                    return Err(DeployError::NotHotfixable {
-                        image: target.image.to_string(),
-                        reason: format!("{}: {reason}", self.app.instance_name(index)),
-                    });
-                }
-                (Mode::Redeploy, Decision::Hotfix | Decision::Nothing) => Decision::Redeploy {
-                    reason: "a redeploy was asked for".into(),
-                },
-                (_, d) => d,
-            };
-            if d == Decision::Hotfix {
-                let from = st.instances[&index].effective().clone();
-                self.check_hotfix(&from, target)?;
-            }
-            plans.push((index, d));
-        }
-
-        let version = st.version + 1;
-        let from = st.instances.get(&1).map(|i| i.effective().clone());
-        let mut reports = Vec::new();
-        let mut failure = None;
-        for (index, d) in plans {
-            let name = self.app.instance_name(index);
-            let t = Instant::now();
-            let r = match &d {
-                Decision::Nothing => {
-                    let i = &st.instances[&index];
-                    Ok(InstanceReport {
-                        instance: name.clone(),
-                        host: i.host.clone(),
-                        ip: i.ip.to_string(),
-                        mode: "unchanged".into(),
-                        outcome: "ok".into(),
-                        seconds: 0.0,
-                        gap_seconds: None,
-                        files: None,
-                        detail: format!("already runs {}", i.effective()),
-                    })
-                }
-                Decision::Hotfix => {
-                    self.say(&format!("{name}: hotfix in place"));
-                    self.hotfix_instance(&mut st, index, target)
-                }
-                Decision::Redeploy { reason } => {
-                    self.say(&format!("{name}: redeploy ({reason})"));
-                    self.redeploy_instance(&mut st, index, target)
-                }
-            };
-            match r {
-                Ok(mut rep) => {
-                    rep.seconds = t.elapsed().as_secs_f64();
-                    self.say(&format!(
-                        "{name}: {} {} in {:.2}s{}",
-                        rep.mode,
-                        rep.outcome,
-                        rep.seconds,
-                        rep.gap_seconds
-                            .map(|g| format!(", gap {g:.2}s"))
-                            .unwrap_or_default()
-                    ));
-                    reports.push(rep);
-                }
-                Err(e) => {
-                    reports.push(InstanceReport {
-                        instance: name.clone(),
-                        host: self.app.host_of(index).to_string(),
-                        ip: st
-                            .instances
-                            .get(&index)
-                            .map(|i| i.ip.to_string())
-                            .unwrap_or_default(),
-                        mode: match d {
-                            Decision::Hotfix => "hotfix".into(),
-                            _ => "redeploy".into(),
-                        },
-                        outcome: match &e {
-                            DeployError::RolledBack { .. } => "rolled-back".into(),
-                            DeployError::HotfixRestored { .. } => "restored".into(),
-                            _ => "failed".into(),
-                        },
-                        seconds: t.elapsed().as_secs_f64(),
-                        gap_seconds: None,
-                        files: None,
-                        detail: e.to_string(),
-                    });
-                    failure = Some(e);
-                    break;
-                }
-            }
-        }
-        if failure.is_none() {
-            reports.extend(self.scale_down(&mut st)?);
-        }
-
-        let modes: std::collections::BTreeSet<&str> = reports.iter().map(|r| r.mode.as_str()).collect();
-        let outcome = match &failure {
-            None => "ok".to_string(),
-            Some(DeployError::RolledBack { .. }) => "rolled-back".into(),
-            Some(DeployError::HotfixRestored { .. }) => "restored".into(),
-            Some(_) => "failed".into(),
-        };
-        let entry = HistoryEntry {
-            version,
-            at: state::now(),
-            action: action.to_string(),
-            mode: modes.into_iter().collect::<Vec<_>>().join("+"),
-            image: target.image.clone(),
-            from,
-            outcome,
-            detail: failure.as_ref().map(|e| e.to_string()).unwrap_or_default(),
-            seconds: started.elapsed().as_secs_f64(),
-            by: self.actor(),
-        };
-        st.version = version;
-        self.dir.save(&st)?;
-        self.dir.append_history(&entry)?;
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(Report {
-                app: self.app.name.clone(),
-                version,
-                action: action.to_string(),
-                image: target.image.to_string(),
-                seconds: entry.seconds,
-                instances: reports,
-            }),
-        }
-    }
-
-    /// Instances above the spec's count: containers removed, leases freed.
-    fn scale_down(&self, st: &mut AppState) -> Result<Vec<InstanceReport>> {
-        let extra: Vec<u32> = st
-            .instances
-            .keys()
-            .copied()
-            .filter(|i| *i > self.app.instances)
-            .collect();
-        let mut out = Vec::new();
-        for index in extra {
-            let i = st.instances[&index].clone();
-            self.say(&format!("{}: removing (scaled down)", i.name));
-            let host = self.host_of_instance(&i)?;
-            self.block(host.stop(&i.container, self.app.stop_grace))?;
-            self.block(host.remove(&i.container))?;
-            self.leases.release(&self.app.network.pool, &i.name)?;
-            st.instances.remove(&index);
-            self.dir.save(st)?;
-            out.push(InstanceReport {
-                instance: i.name,
-                host: i.host,
-                ip: i.ip.to_string(),
-                mode: "removed".into(),
-                outcome: "ok".into(),
-                seconds: 0.0,
-                gap_seconds: None,
-                files: None,
-                detail: "lease released".into(),
-            });
-        }
-        Ok(out)
-    }
-
     /// Redeploys the image of history `version` (default: the last
     /// successful deploy before the current one).
     pub fn rollback(&self, to: Option<u64>) -> Result<Report> {
@@ -531,64 +342,6 @@ impl<'a> Orchestrator<'a> {
             entry.version, target.image
         ));
         self.deploy(&target, Mode::Auto, "rollback")
-    }
-
-    /// Finishes or undoes an operation a crashed orchestrator left behind.
-    fn recover(&self, st: &mut AppState) -> Result<()> {
-        let Some(op) = st.operation.take() else {
-            return Ok(());
-        };
-        match op {
-            Operation::Redeploy {
-                index,
-                old,
-                new,
-                phase,
-                pid,
-                ..
-            } => {
-                self.say(&format!(
-                    "recovering: pid {pid} left a redeploy of {} in phase `{phase}`; undoing it",
-                    self.app.instance_name(index)
-                ));
-                let host = self.host(self.app.host_of(index))?;
-                if let Some(n) = new
-                    && st.instances.get(&index).map(|i| &i.container) != Some(&n)
-                {
-                    self.block(host.remove(&n))?;
-                }
-                if let Some(o) = old
-                    && let Some(c) = self.block(host.inspect(&o))?
-                    && !c.running
-                {
-                    self.block(host.start(&o))?;
-                    if let Some(i) = st.instances.get(&index) {
-                        self.block(health::wait_healthy(&host, &o, i.ip, &self.app.health))
-                            .map_err(|why| DeployError::Instance {
-                                instance: i.name.clone(),
-                                why: format!("restarted after the crash but unhealthy: {why}"),
-                            })?;
-                    }
-                }
-            }
-            Operation::Hotfix {
-                index,
-                container,
-                backup,
-                phase,
-                pid,
-                ..
-            } => {
-                self.say(&format!(
-                    "recovering: pid {pid} left a hotfix of {} in phase `{phase}`; restoring its backup",
-                    self.app.instance_name(index)
-                ));
-                let host = self.host(self.app.host_of(index))?;
-                hotfix::restore_from_dir(self, &host, &container, &backup)?;
-            }
-        }
-        self.dir.save(st)?;
-        Ok(())
     }
 
     /// The engine must have the image: load it from the store when not.
@@ -620,52 +373,6 @@ impl<'a> Orchestrator<'a> {
             });
         }
         Ok(name)
-    }
-
-    /// Every instance as the engines see it now.
-    pub fn status(&self) -> Result<Status> {
-        let st = self.state()?;
-        let mut instances = Vec::new();
-        for i in st.instances.values() {
-            let (running, started_at, health) = match self.host_of_instance(i) {
-                Err(e) => (false, String::new(), format!("engine unreachable: {e}")),
-                Ok(host) => match self.block(host.inspect(&i.container)) {
-                    Err(e) => (false, String::new(), e.to_string()),
-                    Ok(None) => (false, String::new(), "container missing".into()),
-                    Ok(Some(c)) if !c.running => (false, c.started_at, "stopped".into()),
-                    Ok(Some(c)) => {
-                        let h = self.block(health::probe(
-                            &host,
-                            &i.container,
-                            i.ip,
-                            &self.app.health.check,
-                            self.app.health.timeout,
-                        ));
-                        (
-                            true,
-                            c.started_at,
-                            match h {
-                                Ok(()) => "healthy".into(),
-                                Err(e) => format!("unhealthy: {e}"),
-                            },
-                        )
-                    }
-                },
-            };
-            let mut instance = i.clone();
-            instance.health = health;
-            instances.push(InstanceStatus {
-                instance,
-                running,
-                started_at,
-            });
-        }
-        Ok(Status {
-            app: self.app.name.clone(),
-            version: st.version,
-            unfinished: st.operation.clone(),
-            instances,
-        })
     }
 
     /// Streams every instance's log lines (`NAME | line`) to `out` until
@@ -732,24 +439,6 @@ impl<'a> Orchestrator<'a> {
         });
         Ok(())
     }
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct InstanceStatus {
-    /// The instance as recorded, with `health` the live probe's answer.
-    #[serde(flatten)]
-    pub instance: Instance,
-    pub running: bool,
-    pub started_at: String,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Status {
-    pub app: String,
-    pub version: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unfinished: Option<Operation>,
-    pub instances: Vec<InstanceStatus>,
 }
 
 /// Seconds as f64, for reports.

@@ -6,368 +6,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
+use common::deploy::*;
 use common::*;
-use flate2::Compression;
-use flate2::write::GzEncoder;
 use serde_json::Value;
-use sha2::{Digest as _, Sha256};
-
-/// The tier stack with app versions v1, v2 (index.html and a JSP changed,
-/// a file added in a new directory) and bad (no /health.txt), plus a
-/// hand-made `hostile` image, in one store and layout.
-struct Stack {
-    _dir: tempfile::TempDir,
-    store: PathBuf,
-    layout: PathBuf,
-}
-
-fn stack() -> Option<&'static Stack> {
-    static STACK: OnceLock<Option<Stack>> = OnceLock::new();
-    STACK
-        .get_or_init(|| {
-            if !have_docker() {
-                return None;
-            }
-            debs()?;
-            let dir = tempfile::tempdir().unwrap();
-            let web = |name: &str| dir.path().join(format!("web-{name}"));
-            let src = repo().join("base-images/webapp");
-            for v in ["v1", "v2", "bad"] {
-                copy_dir(&src, &web(v));
-                if v != "bad" {
-                    write(&web(v).join("health.txt"), "ok\n");
-                }
-            }
-            write(&web("v2").join("index.html"), "<h1>version two</h1>\n");
-            let jsp = std::fs::read_to_string(src.join("info.jsp")).unwrap();
-            write(
-                &web("v2").join("info.jsp"),
-                jsp.replace(
-                    "out.println(\"pid=\"",
-                    "out.println(\"jsp=two\");\nout.println(\"pid=\"",
-                ),
-            );
-            write(&web("v2").join("extra/added.txt"), "added by v2\n");
-            let store = dir.path().join("store");
-            let layout = dir.path().join("oci");
-            let o = strata()
-                .env("STRATA_STORE", &store)
-                .arg("build")
-                .arg("-c")
-                .arg(repo().join("deploy/examples/offline.toml"))
-                .arg("--layout")
-                .arg(&layout)
-                .args(["--tier", "v1", "--tier", "v2", "--tier", "bad"])
-                .arg("--war")
-                .arg(format!("v1={}", web("v1").display()))
-                .arg("--war")
-                .arg(format!("v2={}", web("v2").display()))
-                .arg("--war")
-                .arg(format!("bad={}", web("bad").display()))
-                .output()
-                .unwrap();
-            assert!(o.status.success(), "build: {}", stderr(&o));
-            add_hostile_image(&layout);
-            Some(Stack {
-                _dir: dir,
-                store,
-                layout,
-            })
-        })
-        .as_ref()
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    for e in walkdir::WalkDir::new(from) {
-        let e = e.unwrap();
-        let rel = e.path().strip_prefix(from).unwrap();
-        let dest = to.join(rel);
-        if e.file_type().is_dir() {
-            std::fs::create_dir_all(&dest).unwrap();
-        } else {
-            std::fs::copy(e.path(), &dest).unwrap();
-        }
-    }
-}
-
-fn sha256(b: &[u8]) -> String {
-    hex::encode(Sha256::digest(b))
-}
-
-/// v1 plus a layer with `ROOT/lnk -> /etc` and `ROOT/lnk/pwned`: written
-/// into a running container, the file would land in /etc.
-fn add_hostile_image(layout: &Path) {
-    let index_path = layout.join("index.json");
-    let mut index: Value = serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
-    let blob = |d: &str| layout.join("blobs/sha256").join(d.trim_start_matches("sha256:"));
-    let v1 = index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == "v1")
-        .unwrap()
-        .clone();
-    let mut manifest: Value =
-        serde_json::from_slice(&std::fs::read(blob(v1["digest"].as_str().unwrap())).unwrap()).unwrap();
-    let mut config: Value =
-        serde_json::from_slice(&std::fs::read(blob(manifest["config"]["digest"].as_str().unwrap())).unwrap())
-            .unwrap();
-    let tar = tar_of(&[
-        ("var/lib/tomcat10/webapps/ROOT/lnk@", "/etc"),
-        (
-            "var/lib/tomcat10/webapps/ROOT/lnk/pwned",
-            "written through a link\n",
-        ),
-    ]);
-    let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
-    std::io::Write::write_all(&mut gz, &tar).unwrap();
-    let gz = gz.finish().unwrap();
-    let put = |bytes: &[u8]| -> String {
-        let d = sha256(bytes);
-        std::fs::write(layout.join("blobs/sha256").join(&d), bytes).unwrap();
-        format!("sha256:{d}")
-    };
-    let layer = put(&gz);
-    config["rootfs"]["diff_ids"]
-        .as_array_mut()
-        .unwrap()
-        .push(format!("sha256:{}", sha256(&tar)).into());
-    if let Some(h) = config["history"].as_array_mut() {
-        h.push(serde_json::json!({ "created_by": "hostile layer" }));
-    }
-    let cfg = serde_json::to_vec(&config).unwrap();
-    manifest["config"]["digest"] = put(&cfg).into();
-    manifest["config"]["size"] = cfg.len().into();
-    manifest["layers"]
-        .as_array_mut()
-        .unwrap()
-        .push(serde_json::json!({
-            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-            "digest": layer,
-            "size": gz.len(),
-        }));
-    let m = serde_json::to_vec(&manifest).unwrap();
-    let mut entry = v1.clone();
-    entry["digest"] = put(&m).into();
-    entry["size"] = m.len().into();
-    entry["annotations"]["org.opencontainers.image.ref.name"] = "hostile".into();
-    index["manifests"].as_array_mut().unwrap().push(entry);
-    std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
-}
-
-/// One app of a test: its spec, data directory and the engine objects to
-/// remove afterwards (by label and name, also when the test fails).
-struct App {
-    name: String,
-    dir: tempfile::TempDir,
-    network: String,
-    subnet: String,
-}
-
-impl App {
-    /// `warm`: declare the engine's dynamic range (warm swap redeploys).
-    fn new(tag: &str, warm: bool, third_octet: u8, retries: u32) -> App {
-        let name = format!("t{tag}-{}", std::process::id() % 100_000);
-        let network = format!("strata-test-{name}");
-        let octet = 200 + (std::process::id() % 40) as u8;
-        let subnet = format!("10.{octet}.{third_octet}");
-        let dir = tempfile::tempdir().unwrap();
-        let dynamic = if warm {
-            format!("dynamic_range = \"{subnet}.128/25\"\n")
-        } else {
-            String::new()
-        };
-        write(
-            &dir.path().join(format!("apps/{name}.toml")),
-            format!(
-                r#"name = "{name}"
-image = "v1"
-stop_grace = "5s"
-memory_mib = 400
-log_dir = "/var/log/tomcat10"
-env = {{ JAVA_OPTS = "-Djava.awt.headless=true -Xss512k -XX:TieredStopAtLevel=1" }}
-[network]
-name = "{network}"
-subnet = "{subnet}.0/24"
-{dynamic}pool = "{subnet}.10-{subnet}.20"
-[health]
-kind = "http"
-port = 8080
-path = "/health.txt"
-interval = "150ms"
-timeout = "2s"
-retries = {retries}
-[hotfix]
-paths = ["/var/lib/tomcat10/webapps/**"]
-"#
-            ),
-        );
-        App {
-            name,
-            dir,
-            network,
-            subnet,
-        }
-    }
-
-    fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let s = stack().expect("stack built");
-        let mut c = strata();
-        c.env("STRATA_STORE", &s.store)
-            .env_remove("STRATA_FAULT")
-            .args(args)
-            .arg(&self.name)
-            .arg("--apps")
-            .arg(self.dir.path().join("apps"))
-            .arg("--data")
-            .arg(self.dir.path().join("data"))
-            .arg("--layout")
-            .arg(&s.layout);
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        c.output().unwrap()
-    }
-
-    /// Runs a command that must succeed and print JSON.
-    fn json(&self, args: &[&str]) -> Value {
-        let mut a = args.to_vec();
-        a.push("--json");
-        let o = self.run(&a, &[]);
-        assert!(
-            o.status.success(),
-            "strata {args:?}: {}\n{}",
-            stderr(&o),
-            stdout(&o)
-        );
-        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(&o)))
-    }
-
-    fn status(&self) -> Value {
-        self.json(&["status"])["instances"][0].clone()
-    }
-
-    fn container(&self) -> String {
-        self.status()["container"].as_str().unwrap().to_string()
-    }
-
-    fn ip(&self) -> String {
-        self.status()["ip"].as_str().unwrap().to_string()
-    }
-
-    fn get(&self, path: &str) -> Option<String> {
-        http_get(&format!("{}:8080", self.ip()), path)
-    }
-
-    /// Whether `path` serves a page containing `text` within 20 s (Tomcat
-    /// serves a changed static file once its resource cache expires).
-    fn serves(&self, path: &str, text: &str) -> bool {
-        wait_for(Duration::from_secs(20), || {
-            self.get(path).filter(|p| p.contains(text))
-        })
-        .is_some()
-    }
-}
-
-impl Drop for App {
-    fn drop(&mut self) {
-        let ids = Command::new("docker")
-            .args([
-                "ps",
-                "-aq",
-                "--filter",
-                &format!("label=org.strata.app={}", self.name),
-            ])
-            .output()
-            .map(|o| stdout(&o))
-            .unwrap_or_default();
-        for id in ids.split_whitespace() {
-            let _ = Command::new("docker").args(["rm", "-f", id]).output();
-        }
-        let _ = Command::new("docker")
-            .args(["network", "rm", &self.network])
-            .output();
-        let _ = Command::new("docker")
-            .args(["volume", "rm", &format!("strata-{}-1-logs", self.name)])
-            .output();
-        let images = Command::new("docker")
-            .args(["images", "-q", &format!("strata-deploy/{}", self.name)])
-            .output()
-            .map(|o| stdout(&o))
-            .unwrap_or_default();
-        for i in images.split_whitespace() {
-            let _ = Command::new("docker").args(["rmi", "-f", i]).output();
-        }
-        let _ = &self.subnet;
-    }
-}
-
-/// A plain HTTP/1.0 GET from this machine (the bridge is routed here).
-fn http_get(addr: &str, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    let (head, body) = body.split_once("\r\n\r\n")?;
-    head.contains(" 200 ").then(|| body.to_string())
-}
-
-fn inspect(container: &str, format: &str) -> String {
-    let o = Command::new("docker")
-        .args(["inspect", "-f", format, container])
-        .output()
-        .unwrap();
-    stdout(&o).trim().to_string()
-}
-
-/// The start time (clock ticks since boot) of a host process: a new
-/// process with a reused PID would have another.
-fn proc_start(pid: &str) -> String {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    stat.rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .nth(19)
-        .unwrap_or("")
-        .to_string()
-}
-
-/// sha256 of every file under the webapp, from inside the container.
-fn webapp_sums(container: &str) -> String {
-    let o = Command::new("docker")
-        .args([
-            "exec",
-            container,
-            "sh",
-            "-c",
-            "cd /var/lib/tomcat10/webapps/ROOT && find . -type f | sort | xargs sha256sum",
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    stdout(&o)
-}
-
-fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let end = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() > end {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
 
 #[test]
 fn twenty_redeploys_keep_the_ip_and_pass_their_health_checks() {
@@ -497,23 +142,47 @@ fn hotfix_changes_static_files_and_a_jsp_without_a_restart() {
     assert!(!pwned.status.success(), "nothing was written through the link");
     assert_eq!(webapp_sums(&c), before);
 
-    // The orchestrator dies after moving the files: `status` reports the
-    // unfinished hotfix and the next deploy restores the backup first.
-    let o = app.run(&["hotfix", "--image", "v1"], &[("STRATA_FAULT", "crash-hotfix")]);
+    // The orchestrator dies after moving the files (kill -9 as far as the
+    // engine can tell): the next command (`status` here) restores the
+    // backup, then finishes the interrupted hotfix, and says so.
+    let o = app.run(
+        &["hotfix", "--image", "v1"],
+        &[("STRATA_FAULT", "crash-at:hotfix-applied")],
+    );
     assert!(
-        !o.status.success() && stderr(&o).contains("crashing mid-hotfix"),
+        !o.status.success() && stderr(&o).contains("crashing at hotfix-applied"),
         "{}",
         stderr(&o)
     );
     assert_ne!(webapp_sums(&c), before, "the crash came after the moves");
+    assert!(
+        app.dir
+            .path()
+            .join("data/apps")
+            .join(&app.name)
+            .join("hotfix")
+            .read_dir()
+            .unwrap()
+            .next()
+            .is_some(),
+        "the crashed hotfix left its backup for the recovery"
+    );
     let st = app.json(&["status"]);
-    assert_eq!(st["unfinished"]["kind"], "hotfix", "{st}");
+    assert!(st["recovery"].as_str().unwrap().contains("finished"), "{st}");
+    assert!(st["unfinished"].is_null() && st["run"].is_null(), "{st}");
+    assert_eq!(app.container(), c, "recovered in place");
+    assert_eq!(inspect(&c, "{{.State.StartedAt}}"), started);
+    assert!(app.serves("/version.txt", "v1"), "finished forward to v1");
     let r = app.json(&["deploy", "--image", "v2"]);
-    assert_eq!(r["instances"][0]["mode"], "unchanged", "{r}");
-    assert_eq!(webapp_sums(&c), before, "the backup was restored");
+    assert_eq!(r["instances"][0]["mode"], "hotfix", "{r}");
+    assert_eq!(webapp_sums(&c), before, "back on v2's files");
     assert!(app.json(&["status"])["unfinished"].is_null());
+    let leftovers = std::fs::read_dir(app.dir.path().join("data/apps").join(&app.name).join("hotfix"))
+        .unwrap()
+        .count();
+    assert_eq!(leftovers, 0, "no staging or backup left on disk");
 
-    // Refused before anything was touched: no history entry for them.
+    // Refused, restored and interrupted runs are in the history too.
     let history = app.json(&["history"]);
     let outcomes: Vec<&str> = history
         .as_array()
@@ -521,7 +190,21 @@ fn hotfix_changes_static_files_and_a_jsp_without_a_restart() {
         .iter()
         .map(|e| e["outcome"].as_str().unwrap())
         .collect();
-    assert_eq!(outcomes, ["ok", "ok", "restored", "restored", "ok"], "{history}");
+    assert_eq!(
+        outcomes,
+        [
+            "ok",
+            "ok",
+            "restored",
+            "restored",
+            "refused",
+            "interrupted",
+            "ok",
+            "ok"
+        ],
+        "{history}"
+    );
+    assert_eq!(history[6]["action"], "recover", "{history}");
 
     // A full redeploy converges the hotfixed instance to v2's own image.
     let r = app.json(&["deploy", "--image", "v2", "--redeploy"]);
@@ -611,23 +294,36 @@ fn a_failing_health_check_rolls_back_and_keeps_the_ip() {
     );
 
     // The orchestrator dies with the old container stopped and the new one
-    // not started: the next deploy starts the old one again first.
+    // not started: the next command brings the old one back on the IP,
+    // then finishes the redeploy.
     let o = app.run(
         &["deploy", "--redeploy", "--image", "v2"],
-        &[("STRATA_FAULT", "crash-redeploy")],
+        &[("STRATA_FAULT", "crash-at:redeploy-old-stopped")],
     );
     assert!(
-        !o.status.success() && stderr(&o).contains("crashing mid-redeploy"),
+        !o.status.success() && stderr(&o).contains("crashing at redeploy-old-stopped"),
         "{}",
         stderr(&o)
     );
-    assert_eq!(app.json(&["status"])["unfinished"]["kind"], "redeploy");
-    let c = app.container();
+    // (Read from the state file: `status` would finish the redeploy.)
+    let state: Value = serde_json::from_slice(
+        &std::fs::read(
+            app.dir
+                .path()
+                .join("data/apps")
+                .join(&app.name)
+                .join("state.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let c = state["instances"]["1"]["container"].as_str().unwrap().to_string();
     assert_eq!(inspect(&c, "{{.State.Running}}"), "false");
-    let r = app.json(&["deploy", "--image", "v1"]);
-    assert_eq!(r["instances"][0]["mode"], "unchanged", "{r}");
-    assert_eq!(inspect(&c, "{{.State.Running}}"), "true");
-    assert!(app.get("/health.txt").is_some(), "{ip} answers again");
+    assert_eq!(state["operation"]["phase"], "old-stopped", "{state}");
+    let r = app.json(&["deploy", "--image", "v2"]);
+    assert_eq!(r["instances"][0]["mode"], "unchanged", "recovery did it: {r}");
+    assert_eq!(app.ip(), ip);
+    assert!(app.serves("/", "version two"), "{ip} serves v2");
     let all = Command::new("docker")
         .args([
             "ps",
@@ -640,7 +336,18 @@ fn a_failing_health_check_rolls_back_and_keeps_the_ip() {
     assert_eq!(
         stdout(&all).split_whitespace().count(),
         1,
-        "the half-made container is gone"
+        "the half-made and the old container are gone"
+    );
+    let history = app.json(&["history"]);
+    let h = history.as_array().unwrap();
+    let tail: Vec<(&str, &str)> = h[h.len() - 3..]
+        .iter()
+        .map(|e| (e["action"].as_str().unwrap(), e["outcome"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        tail,
+        [("deploy", "interrupted"), ("recover", "ok"), ("deploy", "ok")],
+        "{history}"
     );
 }
 
@@ -720,9 +427,12 @@ fn bad_input_is_a_clear_error_and_changes_nothing() {
         !d.path().join("data/leases/strata-test-far.json").exists(),
         "no lease taken"
     );
+    // The refusal is recorded, with nothing else.
+    let h = std::fs::read_to_string(d.path().join("data/apps/far/history.jsonl")).unwrap();
+    assert_eq!(h.lines().count(), 1, "{h}");
     assert!(
-        !d.path().join("data/apps/far/history.jsonl").exists(),
-        "no history written"
+        h.contains("\"outcome\":\"refused\"") && h.contains("nothing was changed"),
+        "{h}"
     );
 }
 

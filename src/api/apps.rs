@@ -82,7 +82,7 @@ pub fn summaries(api: &Api) -> Vec<AppSummary> {
                 version: state.version,
                 deployed: state.instances.into_values().collect(),
                 last,
-                unfinished: state.operation.is_some(),
+                unfinished: state.operation.is_some() || state.run.is_some(),
                 error,
             }
         })
@@ -98,9 +98,11 @@ fn status_of(e: &DeployError) -> StatusCode {
         DeployError::Lease(LeaseError::Locked { .. } | LeaseError::Exhausted { .. }) => StatusCode::CONFLICT,
         DeployError::Lease(LeaseError::Etcd { .. }) => StatusCode::BAD_GATEWAY,
         // The request is fine; the app's state or spec does not allow it.
-        DeployError::NoImage(_) | DeployError::NoRollback { .. } | DeployError::NotHotfixable { .. } => {
-            StatusCode::CONFLICT
-        }
+        DeployError::NoImage(_)
+        | DeployError::NoRollback { .. }
+        | DeployError::NotHotfixable { .. }
+        | DeployError::PoolShort { .. }
+        | DeployError::NothingToRemove(_) => StatusCode::CONFLICT,
         DeployError::Hostile { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         DeployError::Instance { .. } => StatusCode::NOT_FOUND,
         DeployError::Engine { .. }
@@ -108,6 +110,7 @@ fn status_of(e: &DeployError) -> StatusCode {
         | DeployError::RolledBack { .. }
         | DeployError::Unhealthy { .. }
         | DeployError::HotfixRestored { .. }
+        | DeployError::Unverified { .. }
         | DeployError::Restarted { .. } => StatusCode::BAD_GATEWAY,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -118,6 +121,42 @@ fn deploy_error(e: DeployError) -> Response {
     let mut r = error(status_of(&e), &text);
     r.extensions_mut().insert(ErrorText(text));
     r
+}
+
+/// At start: every app whose state holds a run a dead process left is
+/// finished (on a thread of its own, so the server answers meanwhile;
+/// a deploy that comes first finishes it the same way, under the lock).
+pub fn recover_unfinished(api: Api) {
+    let apps: Vec<String> = spec::list(&api.cfg.apps)
+        .into_iter()
+        .filter(|n| spec::valid_app_name(n))
+        .filter(|n| {
+            AppDir::new(&api.cfg.data, n)
+                .load(n)
+                .is_ok_and(|s| s.operation.is_some() || s.run.is_some())
+        })
+        .collect();
+    if apps.is_empty() {
+        return;
+    }
+    std::thread::spawn(move || {
+        for app in apps {
+            let run = || -> crate::deploy::Result<()> {
+                let spec = spec::find(&api.cfg.apps, &app)?;
+                let leases = crate::lease::open(&api.cfg.leases, &api.cfg.data)?;
+                let name = app.clone();
+                let progress = move |s: &str| tracing::info!("{name}: {s}");
+                let registry = api.cfg.registry.clone();
+                let orch =
+                    Orchestrator::new(spec, &api.cfg.data, registry.store(), leases.as_ref(), &progress)?;
+                orch.recover_now()
+            };
+            match run() {
+                Ok(()) => tracing::info!("{app}: the run an earlier process left unfinished is settled"),
+                Err(e) => tracing::error!("{app}: finishing the run an earlier process left failed: {e}"),
+            }
+        }
+    });
 }
 
 /// Runs `f` with the app's orchestrator on a blocking thread (the
@@ -156,12 +195,29 @@ async fn list(State(api): State<Api>, headers: HeaderMap) -> Response {
     super::blocking_json(move || summaries(&a)).await
 }
 
-/// Instances as the engines see them now, with a live health probe.
-async fn status(State(api): State<Api>, headers: HeaderMap, Path(app): Path<String>) -> Response {
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct StatusQuery {
+    /// Also read each container back and report drift.
+    #[serde(default)]
+    verify: bool,
+}
+
+/// Instances as the engines see them now, with a live health probe (and
+/// with `?verify=true` the drift from what the history says).
+async fn status(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(app): Path<String>,
+    q: Result<Query<StatusQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
     if let Err(r) = api.require(&headers, Role::Read) {
         return r;
     }
-    match with_orchestrator(&api, &app, None, |o| o.status()).await {
+    let verify = match super::query(q) {
+        Ok(q) => q.verify,
+        Err(r) => return r,
+    };
+    match with_orchestrator(&api, &app, None, move |o| o.status(verify)).await {
         Ok(s) => Json(s).into_response(),
         Err(r) => r,
     }
@@ -444,8 +500,9 @@ async fn logs(
 pub async fn status_and_history(
     api: &Api,
     app: &str,
+    verify: bool,
 ) -> Result<(crate::deploy::Status, Vec<HistoryEntry>), String> {
-    with_orchestrator(api, app, None, |o| Ok((o.status()?, o.history()?)))
+    with_orchestrator(api, app, None, move |o| Ok((o.status(verify)?, o.history()?)))
         .await
         .map_err(response_text)
 }

@@ -122,8 +122,9 @@ impl ApiClient {
         )
     }
 
-    pub fn status(&self, app: &str) -> Result<Status> {
-        self.get(&format!("/strata/api/apps/{app}"))
+    pub fn status(&self, app: &str, verify: bool) -> Result<Status> {
+        let q = if verify { "?verify=true" } else { "" };
+        self.get(&format!("/strata/api/apps/{app}{q}"))
     }
 
     pub fn history(&self, app: &str) -> Result<Vec<HistoryEntry>> {

@@ -33,6 +33,9 @@ pub struct AppArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Who the history names for this run (default: $USER@HOST).
+    #[arg(long, env = "STRATA_ACTOR")]
+    pub actor: Option<String>,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -83,13 +86,11 @@ fn quiet(_: &str) {}
 
 pub fn orchestrator<'a>(a: &AppArgs, o: &'a Opened) -> Result<Orchestrator<'a>> {
     let progress: &(dyn Fn(&str) + Sync) = if a.json { &quiet } else { &say };
-    Ok(Orchestrator::new(
-        o.app.clone(),
-        &a.data,
-        &o.store,
-        o.leases.as_ref(),
-        progress,
-    )?)
+    let mut orch = Orchestrator::new(o.app.clone(), &a.data, &o.store, o.leases.as_ref(), progress)?;
+    if let Some(actor) = a.actor.as_ref().filter(|s| !s.trim().is_empty()) {
+        orch.set_actor(actor.trim().to_string());
+    }
+    Ok(orch)
 }
 
 /// An image given on the command line (or the spec's default), from the
@@ -178,6 +179,32 @@ pub struct RollbackArgs {
     pub to: Option<u64>,
 }
 
+/// Stop and remove every instance of an app and release its addresses.
+///
+/// The history stays (a `remove` entry is added), and so do the
+/// instances' log volumes unless --purge. Deploying the app again later
+/// starts fresh instances. Scaling to `instances = 0` in the spec and
+/// deploying does the same, without --purge.
+///
+/// Examples:
+///   strata remove shop
+///   strata remove shop --purge      # the logs volumes go too
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct RemoveArgs {
+    #[command(flatten)]
+    pub app: AppArgs,
+    /// Also remove each instance's logs volume.
+    #[arg(long)]
+    pub purge: bool,
+}
+
+pub fn remove(a: RemoveArgs) -> Result<()> {
+    let o = a.app.open()?;
+    let orch = orchestrator(&a.app, &o)?;
+    print_report(&a.app, orch.remove(a.purge))
+}
+
 pub fn deploy(a: DeployArgs) -> Result<()> {
     let mode = match (a.redeploy, a.hotfix) {
         (true, _) => Mode::Redeploy,
@@ -252,17 +279,33 @@ pub struct StatusArgs {
     pub app: AppArgs,
     #[command(flatten)]
     pub remote: ServerArgs,
+    /// Also read every instance back and report drift from what the
+    /// history says it runs: its image, the env, volumes and memory
+    /// strata gave it, and every file under the hotfix paths. Exits 1
+    /// when any instance drifted.
+    #[arg(long)]
+    pub verify: bool,
 }
 
 pub fn status(a: StatusArgs) -> Result<()> {
     let s = match a.remote.client()? {
-        Some(c) => c.status(&a.app.app)?,
+        Some(c) => c.status(&a.app.app, a.verify)?,
         None => {
             let o = a.app.open()?;
-            orchestrator(&a.app, &o)?.status()?
+            orchestrator(&a.app, &o)?.status(a.verify)?
         }
     };
-    print_status(&s, a.app.json)
+    print_status(&s, a.app.json)?;
+    let drifted: Vec<&str> = s
+        .instances
+        .iter()
+        .filter(|i| i.drift.as_ref().is_some_and(|d| !d.is_empty()))
+        .map(|i| i.instance.name.as_str())
+        .collect();
+    if !drifted.is_empty() {
+        bail!("drift found on {}", drifted.join(", "));
+    }
+    Ok(())
 }
 
 fn print_status(s: &Status, json: bool) -> Result<()> {
@@ -271,27 +314,40 @@ fn print_status(s: &Status, json: bool) -> Result<()> {
         return Ok(());
     }
     println!("{} version {}", s.app, s.version);
+    if !s.recovery.is_empty() {
+        println!("  recovery: {}", s.recovery);
+    }
     if let Some(op) = &s.unfinished {
-        println!("  unfinished: {}", serde_json::to_string(op)?);
+        println!("  unfinished: {}", op.describe(&s.app));
     }
     if s.instances.is_empty() {
-        println!("  no instances deployed yet (strata deploy {})", s.app);
+        println!("  no instances deployed (strata deploy {})", s.app);
     }
     for i in &s.instances {
         let image = match &i.instance.hotfix {
             Some(h) => format!("{} + hotfix {}", i.instance.image, h),
             None => i.instance.image.to_string(),
         };
+        let state = if i.running {
+            format!("running since {}", i.started_at)
+        } else if !i.stopped_at.is_empty() {
+            format!("STOPPED since {}", i.stopped_at)
+        } else {
+            "NOT RUNNING".to_string()
+        };
         println!(
-            "  {:<16} {:<15} {} {} {}\n      {image}\n      {} since {}",
-            i.instance.name,
-            i.instance.ip,
-            i.instance.host,
-            i.instance.container_name,
-            if i.running { "running" } else { "NOT RUNNING" },
-            i.instance.health,
-            i.started_at
+            "  {:<16} {:<15} {} {}\n      {image}\n      {}, {state}",
+            i.instance.name, i.instance.ip, i.instance.host, i.instance.container_name, i.instance.health,
         );
+        match &i.drift {
+            Some(d) if d.is_empty() => println!("      verified: no drift"),
+            Some(d) => {
+                for line in d {
+                    println!("      DRIFT: {line}");
+                }
+            }
+            None => {}
+        }
     }
     Ok(())
 }
@@ -322,9 +378,15 @@ fn print_history(app: &str, h: &[HistoryEntry], json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&h)?);
         return Ok(());
     }
+    if !h.is_empty() {
+        println!(
+            "{:>4}  {:<20}  {:<8} {:<16} {:<11} {:>7}  IMAGE  BY",
+            "VER", "AT", "ACTION", "MODE", "OUTCOME", "TIME"
+        );
+    }
     for e in h {
         println!(
-            "{:>4}  {}  {:<8} {:<16} {:<11} {:>6.1}s  {}  {}",
+            "{:>4}  {:<20}  {:<8} {:<16} {:<11} {:>6.1}s  {}  {}",
             e.version, e.at, e.action, e.mode, e.outcome, e.seconds, e.image, e.by
         );
         if !e.detail.is_empty() {

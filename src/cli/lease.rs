@@ -3,7 +3,8 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
+use strata::deploy::spec;
 use strata::lease::{self, Pool};
 
 /// Take, release and list IP leases of a pool.
@@ -14,6 +15,8 @@ use strata::lease::{self, Pool};
 /// (each lease is one etcd transaction); the default is a file under --data.
 ///
 /// Examples:
+///   strata lease list                 # every app's pool, from deploy/apps
+///   strata lease list shop            # the pool of app shop
 ///   strata lease take web --range 10.90.0.10-10.90.0.209 shop-1 shop-2
 ///   strata lease list web --range 10.90.0.10-10.90.0.209 --store etcd://127.0.0.1:2379
 ///   strata lease release web --range 10.90.0.10-10.90.0.209 shop-2
@@ -56,10 +59,24 @@ pub enum What {
         #[arg(required = true)]
         owners: Vec<String>,
     },
-    /// Print `IP OWNER` for every lease.
+    /// Print `IP OWNER POOL` for every lease of every app's pool (read
+    /// from the app specs) or of one app's; with --range, `IP OWNER` for
+    /// the pool given by name.
     List {
-        #[command(flatten)]
-        pool: PoolArgs,
+        /// An app (its pool comes from its spec), or with --range a pool.
+        name: Option<String>,
+        /// The pool's addresses, FIRST-LAST: NAME is a pool, not an app.
+        #[arg(long, requires = "name")]
+        range: Option<String>,
+        /// Folder of app specs.
+        #[arg(long, env = "STRATA_APPS", default_value = "deploy/apps")]
+        apps: PathBuf,
+        /// `file` or `etcd://HOST:PORT[,HOST:PORT…]`.
+        #[arg(long, env = "STRATA_LEASES", default_value = "file")]
+        store: String,
+        /// Data directory for the file store.
+        #[arg(long, env = "STRATA_DATA", default_value = "strata-data")]
+        data: PathBuf,
     },
 }
 
@@ -82,10 +99,43 @@ pub fn run(a: Args) -> Result<()> {
                 }
             }
         }
-        What::List { pool } => {
-            let (pool, store) = open(&pool)?;
-            for (ip, owner) in store.list(&pool)? {
-                println!("{ip} {owner}");
+        What::List {
+            name,
+            range,
+            apps,
+            store,
+            data,
+        } => {
+            let named = range.is_some();
+            let pools = match (name, range) {
+                (Some(n), Some(r)) => vec![Pool::new(&n, &r)?],
+                (Some(app), None) => vec![spec::find(&apps, &app)?.network.pool],
+                (None, _) => {
+                    let mut pools: Vec<Pool> = Vec::new();
+                    for app in spec::list(&apps) {
+                        let p = spec::find(&apps, &app)
+                            .with_context(|| format!("reading the pools of {}", apps.display()))?
+                            .network
+                            .pool;
+                        if !pools.iter().any(|q| q.name == p.name) {
+                            pools.push(p);
+                        }
+                    }
+                    if pools.is_empty() {
+                        bail!("no app specs in {}: name a pool with --range", apps.display());
+                    }
+                    pools
+                }
+            };
+            let store = lease::open(&store, &data)?;
+            for pool in pools {
+                for (ip, owner) in store.list(&pool)? {
+                    if named {
+                        println!("{ip} {owner}");
+                    } else {
+                        println!("{ip} {owner} {}", pool.name);
+                    }
+                }
             }
         }
     }

@@ -78,10 +78,30 @@ pub async fn wait_healthy(
     ip: Ipv4Addr,
     health: &Health,
 ) -> Result<Duration, String> {
+    wait_healthy_within(host, container, ip, health, None).await
+}
+
+/// Like [`wait_healthy`], but gives up once `deadline` has passed (a
+/// hotfixed app that stays unhealthy is undone within a bounded time).
+pub async fn wait_healthy_within(
+    host: &Host,
+    container: &str,
+    ip: Ipv4Addr,
+    health: &Health,
+    deadline: Option<Duration>,
+) -> Result<Duration, String> {
     let started = Instant::now();
     let mut last = String::from("no probe ran");
     for attempt in 0..health.retries {
         if attempt > 0 {
+            if let Some(d) = deadline
+                && started.elapsed() + health.interval > d
+            {
+                return Err(format!(
+                    "still unhealthy after {:.1}s (the hotfix health deadline): {last}",
+                    started.elapsed().as_secs_f64()
+                ));
+            }
             tokio::time::sleep(health.interval).await;
         }
         match probe(host, container, ip, &health.check, health.timeout).await {

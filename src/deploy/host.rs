@@ -33,10 +33,14 @@ pub struct Container {
     pub name: String,
     pub running: bool,
     pub started_at: String,
+    /// When it last stopped (empty while it runs or if it never did).
+    pub finished_at: String,
     pub pid: i64,
     pub ip: Option<Ipv4Addr>,
     pub image: String,
     pub labels: HashMap<String, String>,
+    /// Env, binds and memory limit as the engine has them.
+    pub live: super::desired::Live,
 }
 
 /// A container to create.
@@ -51,6 +55,8 @@ pub struct NewContainer {
     pub labels: HashMap<String, String>,
     pub stop_grace: Duration,
     pub memory_mib: Option<u64>,
+    pub command: Option<Vec<String>>,
+    pub user: Option<String>,
 }
 
 pub struct Host {
@@ -220,6 +226,8 @@ impl Host {
             hostname: Some(c.hostname.clone()),
             env: Some(c.env.clone()),
             labels: Some(c.labels.clone()),
+            cmd: c.command.clone(),
+            user: c.user.clone(),
             stop_timeout: Some(c.stop_grace.as_secs().max(1) as i64),
             host_config: Some(HostConfig {
                 network_mode: Some(net.name.clone()),
@@ -274,6 +282,34 @@ impl Host {
             .map_err(self.err(what))
     }
 
+    /// Takes a container off `net` (it keeps running, unreachable).
+    pub async fn detach(&self, id: &str, net: &str) -> Result<()> {
+        self.docker
+            .disconnect_network(
+                net,
+                NetworkDisconnectRequest {
+                    container: id.to_string(),
+                    force: Some(true),
+                },
+            )
+            .await
+            .map_err(self.err(format!("take {} off {net}", short(id))))
+    }
+
+    /// Puts a container on `net` at its fixed `ip`.
+    pub async fn attach_fixed(&self, id: &str, net: &str, ip: Ipv4Addr, hostname: &str) -> Result<()> {
+        self.docker
+            .connect_network(
+                net,
+                NetworkConnectRequest {
+                    container: id.to_string(),
+                    endpoint_config: Some(fixed_endpoint(ip, hostname)),
+                },
+            )
+            .await
+            .map_err(self.err(format!("put {} on {net} at {ip}", short(id))))
+    }
+
     pub async fn start(&self, id: &str) -> Result<()> {
         self.docker
             .start_container(id, None)
@@ -281,15 +317,17 @@ impl Host {
             .map_err(self.err(format!("start container {}", short(id))))
     }
 
-    /// SIGTERM, then SIGKILL after `grace`.
+    /// SIGTERM, then SIGKILL after `grace`. Stopped or gone already: done.
     pub async fn stop(&self, id: &str, grace: Duration) -> Result<()> {
         let opts = StopContainerOptionsBuilder::default()
             .t(grace.as_secs().max(1) as i32)
             .build();
         match self.docker.stop_container(id, Some(opts)).await {
-            Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 304, .. }) => {
-                Ok(())
-            }
+            Ok(())
+            | Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304 | 404,
+                ..
+            }) => Ok(()),
             Err(e) => Err(self.err(format!("stop container {}", short(id)))(e)),
         }
     }
@@ -301,6 +339,40 @@ impl Host {
                 Ok(())
             }
             Err(e) => Err(self.err(format!("remove container {}", short(id)))(e)),
+        }
+    }
+
+    /// The ids of every container (running or not) labelled as one of
+    /// `app`'s instances.
+    pub async fn containers_of(&self, app: &str) -> Result<Vec<String>> {
+        let opts = bollard::query_parameters::ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&HashMap::from([(
+                "label".to_string(),
+                vec![format!("org.strata.app={app}")],
+            )]))
+            .build();
+        Ok(self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(self.err(format!("list containers of {app}")))?
+            .into_iter()
+            .filter_map(|c| c.id)
+            .collect())
+    }
+
+    /// Removes a named volume; a missing one is fine.
+    pub async fn remove_volume(&self, name: &str) -> Result<()> {
+        match self
+            .docker
+            .remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>)
+            .await
+        {
+            Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
+                Ok(())
+            }
+            Err(e) => Err(self.err(format!("remove volume {name}"))(e)),
         }
     }
 
@@ -322,6 +394,17 @@ impl Host {
             Err(e) => return Err(self.err(format!("inspect container {}", short(id)))(e)),
         };
         let state = c.state.unwrap_or_default();
+        let config = c.config.unwrap_or_default();
+        let host_config = c.host_config.unwrap_or_default();
+        let live = super::desired::Live {
+            env: config.env.clone().unwrap_or_default(),
+            binds: host_config.binds.clone().unwrap_or_default(),
+            memory_bytes: host_config.memory.unwrap_or(0).max(0) as u64,
+        };
+        let finished_at = match state.finished_at.as_deref() {
+            Some(f) if !f.starts_with("0001-") => f.to_string(),
+            _ => String::new(),
+        };
         let ip = c
             .network_settings
             .and_then(|n| n.networks)
@@ -334,10 +417,12 @@ impl Host {
             name: c.name.unwrap_or_default().trim_start_matches('/').to_string(),
             running: state.running.unwrap_or(false),
             started_at: state.started_at.unwrap_or_default(),
+            finished_at,
             pid: state.pid.unwrap_or(0),
             ip,
             image: c.image.unwrap_or_default(),
-            labels: c.config.and_then(|c| c.labels).unwrap_or_default(),
+            labels: config.labels.unwrap_or_default(),
+            live,
         }))
     }
 

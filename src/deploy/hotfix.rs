@@ -19,7 +19,7 @@ use super::host::Host;
 use super::plan;
 use super::spec::Reload;
 use super::state::{self, AppState, ImageRef, Operation};
-use super::{DeployError, InstanceReport, Orchestrator, Result, Target, fault, health};
+use super::{DeployError, InstanceReport, Orchestrator, Result, Target, fault, health, verify};
 use crate::oci::LayerCompression;
 use crate::oci::diff::ChangeKind;
 use crate::oci::listing::{self, EntryKind};
@@ -34,9 +34,46 @@ struct BackupIndex {
     /// The paths backed up (relative to `/`), in `backup.tar` when they
     /// existed.
     paths: Vec<String>,
+    /// The paths described in `before.txt`, as they were before.
+    #[serde(default)]
+    described: Vec<String>,
 }
 
 const BACKUP_TAR: &str = "backup.tar";
+/// The changed paths as the container had them before the hotfix.
+const BEFORE: &str = "before.txt";
+
+/// Fault injection for the crash tests: `STRATA_FAULT=crash-at:NAME`
+/// kills the process (as kill -9 would: no cleanup runs) the first time
+/// it reaches point NAME, `crash-at:NAME#N` the N-th time.
+pub(super) fn crash_point(name: &str) {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static SEEN: std::sync::Mutex<Vec<(String, AtomicU32)>> = std::sync::Mutex::new(Vec::new());
+    let Ok(f) = std::env::var("STRATA_FAULT") else {
+        return;
+    };
+    for x in f.split(',').filter_map(|x| x.strip_prefix("crash-at:")) {
+        let (point, nth) = match x.split_once('#') {
+            Some((p, n)) => (p, n.parse().unwrap_or(1)),
+            None => (x, 1u32),
+        };
+        if point != name {
+            continue;
+        }
+        let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+        let count = match seen.iter().find(|(p, _)| p == name) {
+            Some((_, c)) => c.fetch_add(1, Ordering::SeqCst) + 1,
+            None => {
+                seen.push((name.to_string(), AtomicU32::new(1)));
+                1
+            }
+        };
+        if count == nth {
+            eprintln!("injected fault: crashing at {name} (STRATA_FAULT=crash-at:{x})");
+            std::process::abort();
+        }
+    }
+}
 
 impl Orchestrator<'_> {
     pub(super) fn hotfix_instance(
@@ -81,13 +118,25 @@ impl Orchestrator<'_> {
                 why: format!("container {} is not running", inst.container_name),
             })?;
 
+        // What every changed path is now, to check a restore against, and
+        // what it must be once applied.
+        let paths: Vec<String> = changes.iter().map(|c| c.path.clone()).collect();
+        let want: Vec<String> = paths.iter().map(|p| verify::expected(new_tree.get(p))).collect();
+        let snapshot = self.describe(&host, &inst.container, &paths)?;
+        crate::store::write_atomic(&hdir.join(BEFORE), snapshot.as_bytes()).map_err(|source| {
+            DeployError::Io {
+                path: hdir.join(BEFORE),
+                source,
+            }
+        })?;
+
         // Backups, from the container itself (it may differ from the
         // image): one tar of every affected path, streamed out of an exec.
-        let paths = plan::backup_paths(&changes);
-        if !paths.is_empty() {
+        let backup_paths = plan::backup_paths(&changes);
+        if !backup_paths.is_empty() {
             let o = self.block(host.exec_to(
                 &inst.container,
-                &sh(&plan::backup_script(&paths)),
+                &sh(&plan::backup_script(&backup_paths)),
                 Some("0"),
                 Some(&hdir.join(BACKUP_TAR)),
             ))?;
@@ -105,7 +154,8 @@ impl Orchestrator<'_> {
         let index_file = BackupIndex {
             container: inst.container.clone(),
             restore_script: plan::restore_script(&stage, &changes, &old_tree),
-            paths,
+            paths: backup_paths,
+            described: paths.clone(),
         };
         let index_path = hdir.join("backup.json");
         crate::store::write_atomic(
@@ -128,21 +178,24 @@ impl Orchestrator<'_> {
             self.dir.save(st)
         };
         journal(st, "staging")?;
+        crash_point("hotfix-staging");
         at("backed up");
 
         let moves = changes
             .iter()
             .filter(|c| c.kind != EntryKind::Dir && c.change != ChangeKind::Deleted)
             .count();
-        let applied = (|| -> std::result::Result<(), String> {
+        // Upload, verify every staged byte, move into place, then read
+        // every changed path back. Once more when the read-back differs.
+        let apply = |st: &mut AppState, attempt: u32| -> std::result::Result<Vec<String>, String> {
             let size = std::fs::metadata(&tar).map(|m| m.len()).unwrap_or(0);
-            let cut = fault("hotfix-upload").then_some(size / 2);
+            let cut = (attempt == 0 && fault("hotfix-upload")).then_some(size / 2);
             self.block(host.upload(&inst.container, "/", &tar, cut))
                 .map_err(|e| e.to_string())?;
             at("uploaded");
             journal(st, "applying").map_err(|e| e.to_string())?;
-            // One exec: verify every staged byte, then move into place.
-            let fail_after = fault("hotfix-move").then_some(moves / 2);
+            crash_point("hotfix-applying");
+            let fail_after = (attempt == 0 && fault("hotfix-move")).then_some(moves / 2);
             // (A change that only deletes has an empty checksum list.)
             let script = format!(
                 "cd {} || exit 1\nif [ -s SHA256SUMS ] && ! sha256sum -c -s SHA256SUMS; then\n  echo 'the staged files do not match their checksums' >&2\n  exit 3\nfi\n{}",
@@ -160,10 +213,28 @@ impl Orchestrator<'_> {
                 ));
             }
             at("moved");
-            if fault("crash-hotfix") {
-                eprintln!("injected fault: crashing mid-hotfix (STRATA_FAULT=crash-hotfix)");
-                std::process::abort();
+            let got = self
+                .describe(&host, &inst.container, &paths)
+                .map_err(|e| e.to_string())?;
+            let mut wrong = verify::mismatches(&paths, &want, &verify::parse(&got));
+            if fault("hotfix-unverified") {
+                wrong.push("injected fault: read-back differs (STRATA_FAULT=hotfix-unverified)".into());
             }
+            Ok(wrong)
+        };
+        let applied = (|| -> std::result::Result<std::result::Result<(), String>, String> {
+            let mut wrong = apply(st, 0)?;
+            if !wrong.is_empty() {
+                self.say(&format!(
+                    "{name}: read back after the hotfix: {}; applying again",
+                    wrong.join("; ")
+                ));
+                wrong = apply(st, 1)?;
+            }
+            if !wrong.is_empty() {
+                return Ok(Err(wrong.join("; ")));
+            }
+            crash_point("hotfix-applied");
             self.reload(&host, &inst.container)
                 .map_err(|e| format!("reload: {e}"))?;
             let after = self
@@ -182,18 +253,19 @@ impl Orchestrator<'_> {
                 None => return Err("the container disappeared".into()),
             }
             at("reloaded and inspected");
-            self.block(health::wait_healthy(
+            self.block(health::wait_healthy_within(
                 &host,
                 &inst.container,
                 inst.ip,
                 &self.app.health,
+                Some(self.app.hotfix.health_deadline),
             ))
             .map_err(|e| format!("unhealthy after the hotfix: {e}"))?;
-            Ok(())
+            Ok(Ok(()))
         })();
 
         let result = match applied {
-            Ok(()) => {
+            Ok(Ok(())) => {
                 let i = st.instances.get_mut(&index).expect("instance exists");
                 i.hotfix = Some(target.image.clone());
                 i.health = "healthy".into();
@@ -208,14 +280,27 @@ impl Orchestrator<'_> {
                     gap_seconds: None,
                     files: Some(changes.iter().filter(|c| c.kind != EntryKind::Dir).count()),
                     detail: format!(
-                        "{} + hotfix {}; container {} not restarted (pid {}, started {})",
-                        inst.image, target.image, inst.container_name, before.pid, before.started_at
+                        "{} + hotfix {}; {} path(s) read back as in the image; container {} not restarted (pid {}, started {})",
+                        inst.image,
+                        target.image,
+                        paths.len(),
+                        inst.container_name,
+                        before.pid,
+                        before.started_at
                     ),
                 })
             }
+            // The files will not stay as the image has them: the caller
+            // replaces the container instead.
+            Ok(Err(why)) => Err(DeployError::Unverified {
+                instance: name.clone(),
+                why,
+            }),
             Err(why) => {
                 self.say(&format!("{name}: hotfix failed ({why}); restoring the backup"));
-                match restore_from_dir(self, &host, &inst.container, &hdir) {
+                let restored = restore_from_dir(self, &host, &inst.container, &hdir)
+                    .and_then(|()| check_restored(self, &host, &inst.container, &hdir));
+                match restored {
                     Ok(()) => Err(DeployError::HotfixRestored {
                         instance: name.clone(),
                         why,
@@ -229,12 +314,30 @@ impl Orchestrator<'_> {
                 }
             }
         };
-        st.operation = None;
-        self.dir.save(st)?;
+        // A failed restore keeps its journal and backup: the next command
+        // tries again.
         if !matches!(result, Err(DeployError::HotfixRestoreFailed { .. })) {
+            st.operation = None;
+            self.dir.save(st)?;
             let _ = std::fs::remove_dir_all(&hdir);
         }
         result
+    }
+
+    /// Describes `paths` as the container has them (see [`verify`]).
+    pub(super) fn describe(&self, host: &Host, container: &str, paths: &[String]) -> Result<String> {
+        let o = self.block(host.exec(container, &sh(&verify::describe_script(paths)), Some("0")))?;
+        if o.code != 0 {
+            return Err(DeployError::Instance {
+                instance: container.to_string(),
+                why: format!(
+                    "reading files back exited {} (the container needs sh, stat, sha256sum and readlink): {}",
+                    o.code,
+                    o.output.trim()
+                ),
+            });
+        }
+        Ok(o.output)
     }
 
     /// Every entry a hotfix from `from` to `target` would write, checked
@@ -288,7 +391,7 @@ impl Orchestrator<'_> {
     }
 }
 
-fn sh(script: &str) -> Vec<String> {
+pub(super) fn sh(script: &str) -> Vec<String> {
     vec!["/bin/sh".into(), "-c".into(), script.to_string()]
 }
 
@@ -363,6 +466,39 @@ pub(super) fn restore_from_dir(o: &Orchestrator<'_>, host: &Host, container: &st
         });
     }
     Ok(())
+}
+
+/// Reads the changed paths back after a restore: they must be as they
+/// were before the hotfix (and no staging left behind).
+pub(super) fn check_restored(o: &Orchestrator<'_>, host: &Host, container: &str, dir: &Path) -> Result<()> {
+    let index_path = dir.join("backup.json");
+    let (Ok(index), Ok(before)) = (
+        std::fs::read(&index_path),
+        std::fs::read_to_string(dir.join(BEFORE)),
+    ) else {
+        // The crash came before the snapshot: nothing was changed.
+        return Ok(());
+    };
+    let index: BackupIndex = serde_json::from_slice(&index).map_err(|e| DeployError::Corrupt {
+        path: index_path,
+        why: e.to_string(),
+    })?;
+    let want: Vec<String> = {
+        let d = verify::parse(&before);
+        (0..index.described.len())
+            .map(|i| d.lines.get(&i).cloned().unwrap_or_default())
+            .collect()
+    };
+    let got = verify::parse(&o.describe(host, container, &index.described)?);
+    let wrong = verify::mismatches(&index.described, &want, &got);
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(DeployError::Instance {
+            instance: container.to_string(),
+            why: format!("after restoring the backup: {}", wrong.join("; ")),
+        })
+    }
 }
 
 /// Writes the staged archive: each entry at `STAGE/f/PATH` with its

@@ -34,6 +34,25 @@ pub enum Mode {
     Redeploy,
 }
 
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Auto => "auto",
+            Mode::Hotfix => "hotfix",
+            Mode::Redeploy => "redeploy",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Mode> {
+        match s {
+            "auto" => Some(Mode::Auto),
+            "hotfix" => Some(Mode::Hotfix),
+            "redeploy" => Some(Mode::Redeploy),
+            _ => None,
+        }
+    }
+}
+
 /// Hotfix or redeploy, from the two images' runtime configs and the file
 /// changes between them.
 pub fn decide(
@@ -224,7 +243,7 @@ pub fn apply_script(
     new: &BTreeMap<String, Entry>,
     fail_after: Option<usize>,
 ) -> String {
-    let mut s = String::from("set -e\n");
+    let mut s = format!("set -e\n{GONE}");
     let files = format!("{stage}/f");
     for c in changes
         .iter()
@@ -253,7 +272,7 @@ pub fn apply_script(
         }
         // A directory (or a link to one) in the way would swallow the file.
         s.push_str(&format!(
-            "if [ -d {target} ] && [ ! -L {target} ]; then rm -rf {target}; fi\n"
+            "if [ -d {target} ] && [ ! -L {target} ]; then gone {target}; fi\n"
         ));
         if c.kind == EntryKind::File || c.kind == EntryKind::Hardlink {
             s.push_str(&format!("touch -c {staged}\n"));
@@ -266,21 +285,28 @@ pub fn apply_script(
         .collect();
     deleted.sort_by_key(|c| std::cmp::Reverse(c.path.len()));
     for c in deleted {
-        s.push_str(&format!("rm -rf {}\n", quote(&format!("/{}", c.path))));
+        s.push_str(&format!("gone {}\n", quote(&format!("/{}", c.path))));
     }
     s.push_str(&format!("rm -rf {}\n", quote(stage)));
     s
 }
 
+/// A shell function that removes a path until it is really gone. On an
+/// overlay whose upper copy replaced the image's file (fuse-overlayfs
+/// here), one `rm` removes the upper copy and the image's version comes
+/// back; the second one leaves a whiteout. Bounded, and it fails when the
+/// path is still there.
+pub const GONE: &str = "gone() {\n  for _ in 1 2 3 4; do\n    if [ -e \"$1\" ] || [ -L \"$1\" ]; then rm -rf \"$1\"; else return 0; fi\n  done\n  if [ -e \"$1\" ] || [ -L \"$1\" ]; then echo \"$1 is still there after 4 removals\" >&2; return 1; fi\n}\n";
+
 /// The script that undoes a partly applied hotfix before the backups are
 /// uploaded again: added paths go (deepest first), modified directories
 /// get their old owner and mode back, the staging directory goes.
 pub fn restore_script(stage: &str, changes: &[Change], old: &BTreeMap<String, Entry>) -> String {
-    let mut s = String::new();
+    let mut s = format!("set -e\n{GONE}");
     let mut added: Vec<&Change> = changes.iter().filter(|c| c.change == ChangeKind::Added).collect();
     added.sort_by_key(|c| std::cmp::Reverse(c.path.len()));
     for c in added {
-        s.push_str(&format!("rm -rf {}\n", quote(&format!("/{}", c.path))));
+        s.push_str(&format!("gone {}\n", quote(&format!("/{}", c.path))));
     }
     for c in changes
         .iter()
@@ -314,12 +340,12 @@ pub fn backup_script(paths: &[String]) -> String {
 /// in place by rename; a path that was not in the backup did not exist
 /// before, so it goes.
 pub fn put_back_script(rdir: &str, paths: &[String]) -> String {
-    let mut s = String::from("set -e\n");
+    let mut s = format!("set -e\n{GONE}");
     for p in paths {
         let saved = quote(&format!("{rdir}/{p}"));
         let target = quote(&format!("/{p}"));
         s.push_str(&format!(
-            "if [ -e {saved} ] || [ -L {saved} ]; then rm -rf {target}; mv -f {saved} {target}; else rm -rf {target}; fi\n"
+            "if [ -e {saved} ] || [ -L {saved} ]; then if [ -d {target} ] && [ ! -L {target} ]; then gone {target}; fi; mv -f {saved} {target}; else gone {target}; fi\n"
         ));
     }
     s.push_str(&format!("rm -rf {}\n", quote(rdir)));
@@ -454,7 +480,7 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("mkdir -p '/srv/www/new'\nchown 101:101"), "{s}");
-        assert!(s.find("rm -rf '/srv/www/old/b'").unwrap() < s.find("rm -rf '/srv/www/old'\n").unwrap());
+        assert!(s.find("gone '/srv/www/old/b'").unwrap() < s.find("gone '/srv/www/old'\n").unwrap());
         assert!(apply_script("/.stage", &changes, &new, Some(1)).contains("exit 70"));
         assert_eq!(backup_paths(&changes), ["srv/www/it's.html", "srv/www/old"]);
         let r = restore_script("/.stage", &changes, &BTreeMap::new());

@@ -8,8 +8,10 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use super::host::{NewContainer, short};
+use super::hotfix::crash_point;
+use super::spec::Swap;
 use super::state::{self, AppState, Instance, Operation};
-use super::{DeployError, InstanceReport, Orchestrator, Result, Target, fault, health, secs};
+use super::{DeployError, InstanceReport, Orchestrator, Result, Target, health, secs};
 
 impl Orchestrator<'_> {
     pub(super) fn redeploy_instance(
@@ -50,6 +52,10 @@ impl Orchestrator<'_> {
             ("org.strata.app".to_string(), self.app.name.clone()),
             ("org.strata.instance".to_string(), name.clone()),
             ("org.strata.image".to_string(), target.image.manifest.to_string()),
+            (
+                super::desired::LABEL.to_string(),
+                super::desired::Desired::of(&self.app).to_label(),
+            ),
         ]);
         let spec = NewContainer {
             name: cname.clone(),
@@ -61,6 +67,8 @@ impl Orchestrator<'_> {
             labels,
             stop_grace: self.app.stop_grace,
             memory_mib: self.app.memory_mib,
+            command: self.app.command.clone(),
+            user: self.app.user.clone(),
         };
         // Warm swap: the new container starts on an address of the
         // engine's dynamic range and is health checked while the old one
@@ -89,6 +97,7 @@ impl Orchestrator<'_> {
             self.dir.save(st)
         };
         journal(st, "created")?;
+        crash_point("redeploy-created");
 
         if warm {
             let warmed = async {
@@ -119,25 +128,50 @@ impl Orchestrator<'_> {
             }
         }
 
+        if warm {
+            journal(st, "warmed")?;
+            crash_point("redeploy-warmed");
+        }
+        // Detach swap: the new container leaves its warm-up address first
+        // (nobody uses it), so the handover itself is two engine calls:
+        // the old container off the network, the new one on at the IP.
+        // The old one then stops gracefully, off the network. Drain swap
+        // (and the cold path): the old container stops first.
+        let detach = warm && self.app.swap == Swap::Detach;
+        let net = self.app.network.name.as_str();
+        if detach {
+            self.block(host.detach(&new_id, net))?;
+            journal(st, "swapping")?;
+        }
         let gap = Instant::now();
-        if let (Some(p), Some(h)) = (&prev, &prev_host) {
+        let on_ip = if detach {
+            let p = prev.as_ref().expect("warm implies a previous instance");
             self.say(&format!(
-                "{name}: stopping {} (grace {:?})",
+                "{name}: handing {ip} from {} to {}",
                 short(&p.container),
-                self.app.stop_grace
+                short(&new_id)
             ));
-            self.block(h.stop(&p.container, self.app.stop_grace))?;
-        }
-        journal(st, "old-stopped")?;
-        if fault("crash-redeploy") {
-            eprintln!("injected fault: crashing mid-redeploy (STRATA_FAULT=crash-redeploy)");
-            std::process::abort();
-        }
-        let on_ip = if warm {
-            self.block(host.move_to_fixed_ip(&new_id, &self.app.network.name, ip, &name))
+            self.block(host.detach(&p.container, net))?;
+            crash_point("redeploy-old-detached");
+            self.block(host.attach_fixed(&new_id, net, ip, &name))
         } else {
-            self.block(host.start(&new_id))
+            if let (Some(p), Some(h)) = (&prev, &prev_host) {
+                self.say(&format!(
+                    "{name}: stopping {} (grace {:?})",
+                    short(&p.container),
+                    self.app.stop_grace
+                ));
+                self.block(h.stop(&p.container, self.app.stop_grace))?;
+            }
+            journal(st, "old-stopped")?;
+            crash_point("redeploy-old-stopped");
+            if warm {
+                self.block(host.move_to_fixed_ip(&new_id, net, ip, &name))
+            } else {
+                self.block(host.start(&new_id))
+            }
         };
+        crash_point("redeploy-on-ip");
         let healthy = match on_ip {
             Ok(()) => self.block(health::wait_healthy(&host, &new_id, ip, &self.app.health)),
             Err(e) => Err(e.to_string()),
@@ -145,9 +179,16 @@ impl Orchestrator<'_> {
         let why = match healthy {
             Ok(_) => {
                 let gap = gap.elapsed();
+                journal(st, "healthy")?;
+                crash_point("redeploy-healthy");
                 if let (Some(p), Some(h)) = (&prev, &prev_host) {
+                    if detach {
+                        // Off the network already: its requests are done.
+                        self.block(h.stop(&p.container, self.app.stop_grace))?;
+                    }
                     self.block(h.remove(&p.container))?;
                 }
+                crash_point("redeploy-old-removed");
                 st.instances.insert(
                     index,
                     Instance {
@@ -188,7 +229,12 @@ impl Orchestrator<'_> {
         self.block(host.remove(&new_id))?;
         let result = match (&prev, &prev_host) {
             (Some(p), Some(h)) => {
-                self.block(h.start(&p.container))?;
+                if detach {
+                    // Still running, off the network: back on its IP.
+                    self.block(h.attach_fixed(&p.container, net, p.ip, &p.name))?;
+                } else {
+                    self.block(h.start(&p.container))?;
+                }
                 match self.block(health::wait_healthy(h, &p.container, p.ip, &self.app.health)) {
                     Ok(_) => Err(DeployError::RolledBack {
                         instance: name,

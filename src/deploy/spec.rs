@@ -59,6 +59,9 @@ struct RawApp {
     log_dir: Option<S<String>>,
     stop_grace: Option<S<String>>,
     memory_mib: Option<S<u64>>,
+    command: Option<S<Vec<String>>>,
+    user: Option<S<String>>,
+    swap: Option<S<String>>,
     health: Option<S<RawHealth>>,
     hotfix: Option<S<RawHotfix>>,
 }
@@ -96,6 +99,7 @@ struct RawHotfix {
     command: Option<S<Vec<String>>>,
     signal: Option<S<String>>,
     context: Option<S<String>>,
+    health_deadline: Option<S<String>>,
 }
 
 /// A Docker engine endpoint.
@@ -246,6 +250,10 @@ pub struct HotfixPolicy {
     pub patterns: Vec<String>,
     set: GlobSet,
     pub reload: Reload,
+    /// How long a hotfixed instance may stay unhealthy before its backup
+    /// goes back (default 10 s): separate from the start-up budget of a
+    /// fresh container, which is `health.retries × health.interval`.
+    pub health_deadline: Duration,
 }
 
 impl HotfixPolicy {
@@ -253,6 +261,20 @@ impl HotfixPolicy {
     pub fn eligible(&self, path: &str) -> bool {
         !self.patterns.is_empty() && self.set.is_match(format!("/{}", path.trim_start_matches('/')))
     }
+}
+
+/// How a warm redeploy moves the IP from the old container to the new,
+/// healthy one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Swap {
+    /// The old container leaves the network, the new one takes the IP at
+    /// once, then the old one stops: the shortest gap (two engine calls),
+    /// but requests in flight on the old container are cut.
+    #[default]
+    Detach,
+    /// The old container stops gracefully first (finishing its requests,
+    /// refusing new ones), then the IP moves: a longer gap.
+    Drain,
 }
 
 /// A bind mount (`/host:/container[:ro]`) or a named volume (`name:/container`).
@@ -276,6 +298,12 @@ pub struct App {
     pub log_dir: Option<String>,
     pub stop_grace: Duration,
     pub memory_mib: Option<u64>,
+    /// The container's command (default: the image's).
+    pub command: Option<Vec<String>>,
+    /// The user the container runs as (default: the image's).
+    pub user: Option<String>,
+    /// How a warm redeploy hands the IP over (default `detach`).
+    pub swap: Swap,
     pub health: Health,
     pub hotfix: HotfixPolicy,
 }
@@ -433,8 +461,8 @@ pub fn parse(path: &Path, text: &str) -> Result<App> {
         ));
     }
     let instances = match &raw.instances {
-        Some(n) if *n.get_ref() == 0 || *n.get_ref() > 1000 => {
-            return Err(cx.bad(n, "instances", n.get_ref(), "between 1 and 1000"));
+        Some(n) if *n.get_ref() > 1000 => {
+            return Err(cx.bad(n, "instances", n.get_ref(), "between 0 and 1000"));
         }
         Some(n) => *n.get_ref(),
         None => 1,
@@ -612,8 +640,29 @@ pub fn parse(path: &Path, text: &str) -> Result<App> {
             patterns: vec![],
             set: GlobSet::empty(),
             reload: Reload::None,
+            health_deadline: DEFAULT_HOTFIX_HEALTH_DEADLINE,
         },
         Some(h) => hotfix(&cx, h)?,
+    };
+    let command = match &raw.command {
+        Some(c) if c.get_ref().is_empty() => {
+            return Err(cx.invalid(c, "command", "an empty command: leave it out to use the image's"));
+        }
+        c => c.as_ref().map(|c| c.get_ref().clone()),
+    };
+    let swap = match raw.swap.as_ref().map(|s| s.get_ref().as_str()) {
+        None | Some("detach") => Swap::Detach,
+        Some("drain") => Swap::Drain,
+        Some(other) => {
+            let s = raw.swap.as_ref().expect("matched Some");
+            return Err(cx.bad(s, "swap", other, "`detach` or `drain`"));
+        }
+    };
+    let user = match &raw.user {
+        Some(u) if u.get_ref().trim().is_empty() || u.get_ref().contains(char::is_whitespace) => {
+            return Err(cx.bad(u, "user", u.get_ref(), "a user name or UID[:GID]"));
+        }
+        u => u.as_ref().map(|u| u.get_ref().clone()),
     };
     Ok(App {
         file: path.to_path_buf(),
@@ -627,6 +676,9 @@ pub fn parse(path: &Path, text: &str) -> Result<App> {
         log_dir,
         stop_grace,
         memory_mib: raw.memory_mib.map(|m| m.into_inner()),
+        command,
+        user,
+        swap,
         health,
         hotfix,
     })
@@ -683,6 +735,10 @@ fn health(cx: &Ctx, s: &S<RawHealth>) -> Result<Health> {
         retries,
     })
 }
+
+/// How long a hotfixed instance may answer its health check wrongly
+/// before the backup goes back.
+pub const DEFAULT_HOTFIX_HEALTH_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Signal names Docker accepts for a kill.
 const SIGNALS: [&str; 8] = [
@@ -772,10 +828,16 @@ fn hotfix(cx: &Ctx, s: &S<RawHotfix>) -> Result<HotfixPolicy> {
             ));
         }
     };
+    let health_deadline = cx.duration(
+        h.health_deadline.as_ref(),
+        "hotfix.health_deadline",
+        DEFAULT_HOTFIX_HEALTH_DEADLINE,
+    )?;
     Ok(HotfixPolicy {
         patterns,
         set,
         reload,
+        health_deadline,
     })
 }
 

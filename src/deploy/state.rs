@@ -67,6 +67,14 @@ pub enum Operation {
         new: Option<String>,
         phase: String,
     },
+    /// Removing an instance (scale down or `strata remove`).
+    Remove {
+        index: u32,
+        pid: u32,
+        started_at: String,
+        container: String,
+        phase: String,
+    },
     Hotfix {
         index: u32,
         pid: u32,
@@ -77,14 +85,40 @@ pub enum Operation {
     },
 }
 
+/// A deploy, hotfix, rollback, removal or recovery in progress across an
+/// app's instances, written before the first instance is touched and
+/// cleared once its history entry is written. A run found at start (its
+/// process died) is finished by the next orchestrator command.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Run {
+    /// The history version this run will be recorded as.
+    pub version: u64,
+    /// deploy, hotfix, rollback, recover, remove.
+    pub action: String,
+    /// The image every instance gets (none for a removal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageRef>,
+    /// auto, hotfix or redeploy.
+    pub mode: String,
+    /// What each instance ran before the run (None: it did not exist).
+    pub from: BTreeMap<u32, Option<ImageRef>>,
+    pub pid: u32,
+    pub started_at: String,
+    pub by: String,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct AppState {
     pub app: String,
     /// The number of the last history entry.
     pub version: u64,
     pub instances: BTreeMap<u32, Instance>,
+    /// The step on one instance in progress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operation: Option<Operation>,
+    /// The run across instances in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<Run>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -98,7 +132,8 @@ pub struct HistoryEntry {
     pub image: ImageRef,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<ImageRef>,
-    /// ok, rolled-back, failed.
+    /// ok, rolled-back, restored, failed, refused (nothing was changed),
+    /// interrupted (its process died; the next entry is its recovery).
     pub outcome: String,
     #[serde(default)]
     pub detail: String,
@@ -183,6 +218,29 @@ impl AppDir {
         std::fs::create_dir_all(&d).map_err(self.io(&d))?;
         Ok(d)
     }
+
+    /// Removes every hotfix directory but `keep` (the one an unfinished
+    /// hotfix still needs): staging tars and backups of settled hotfixes,
+    /// and those of a hotfix killed before its journal. Call it only while
+    /// holding the app's deploy lock. Returns how many went.
+    pub fn clean_hotfix_dirs(&self, keep: Option<&Path>) -> Result<usize> {
+        let root = self.dir.join("hotfix");
+        let entries = match std::fs::read_dir(&root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(self.io(&root)(e)),
+        };
+        let mut n = 0;
+        for e in entries.flatten() {
+            let p = e.path();
+            if Some(p.as_path()) == keep {
+                continue;
+            }
+            std::fs::remove_dir_all(&p).map_err(self.io(&p))?;
+            n += 1;
+        }
+        Ok(n)
+    }
 }
 
 /// Every app with a history under `data` (`data/apps/*/history.jsonl`),
@@ -214,11 +272,20 @@ pub fn now() -> String {
     crate::oci::rfc3339(secs)
 }
 
-/// Who runs this: `$STRATA_USER`, `$USER` or `unknown`, with the host name.
+/// Who runs this: `$STRATA_ACTOR` as it is, else `$USER` (or the name
+/// of this process's user in /etc/passwd) with the host name.
 pub fn whoami() -> String {
+    if let Ok(a) = std::env::var("STRATA_ACTOR")
+        && !a.trim().is_empty()
+    {
+        return a.trim().to_string();
+    }
     let user = std::env::var("STRATA_USER")
         .or_else(|_| std::env::var("USER"))
-        .unwrap_or_else(|_| "unknown".into());
+        .ok()
+        .filter(|u| !u.is_empty())
+        .or_else(user_of_process)
+        .unwrap_or_else(|| "unknown".into());
     let host = std::fs::read_to_string("/etc/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
@@ -226,5 +293,55 @@ pub fn whoami() -> String {
         user
     } else {
         format!("{user}@{host}")
+    }
+}
+
+/// The name of this process's user, from its uid and /etc/passwd.
+fn user_of_process() -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata("/proc/self").ok()?.uid();
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() > 2 && f[2] == uid.to_string()).then(|| f[0].to_string())
+    })
+}
+
+impl Operation {
+    /// The instance it is about.
+    pub fn index(&self) -> u32 {
+        match self {
+            Operation::Redeploy { index, .. }
+            | Operation::Hotfix { index, .. }
+            | Operation::Remove { index, .. } => *index,
+        }
+    }
+
+    /// `hotfix of shop-2 by pid 123 (phase applying, since …)`.
+    pub fn describe(&self, app: &str) -> String {
+        let (kind, index, pid, phase, since) = match self {
+            Operation::Redeploy {
+                index,
+                pid,
+                phase,
+                started_at,
+                ..
+            } => ("redeploy", index, pid, phase, started_at),
+            Operation::Hotfix {
+                index,
+                pid,
+                phase,
+                started_at,
+                ..
+            } => ("hotfix", index, pid, phase, started_at),
+            Operation::Remove {
+                index,
+                pid,
+                phase,
+                started_at,
+                ..
+            } => ("removal", index, pid, phase, started_at),
+        };
+        format!("{kind} of {app}-{index} by pid {pid} (phase `{phase}`, since {since})")
     }
 }

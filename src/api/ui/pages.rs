@@ -83,12 +83,23 @@ pub(super) async fn apps_page(State(api): State<Api>, Visitor(s, cookie): Visito
     page("Apps", &s, cookie, Some(15), &b)
 }
 
+#[derive(Deserialize, Default)]
+pub(super) struct VerifyQuery {
+    #[serde(default)]
+    verify: Option<String>,
+}
+
 pub(super) async fn app_page(
     State(api): State<Api>,
     Visitor(s, cookie): Visitor,
     Path(app): Path<String>,
+    q: Result<axum::extract::Query<VerifyQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let (status, history) = match crate::api::apps::status_and_history(&api, &app).await {
+    let verify = q
+        .ok()
+        .and_then(|q| q.0.verify)
+        .is_some_and(|v| v != "0" && v != "false");
+    let (status, history) = match crate::api::apps::status_and_history(&api, &app, verify).await {
         Ok(both) => both,
         Err(e) => {
             return message_page(
@@ -104,11 +115,17 @@ pub(super) async fn app_page(
         esc(&app),
         status.version
     );
+    if !status.recovery.is_empty() {
+        let _ = write!(b, "<p class=\"bad\">{}</p>", esc(&status.recovery));
+    }
     if let Some(op) = &status.unfinished {
+        let _ = write!(b, "<p class=\"bad\">Unfinished: {}</p>", esc(&op.describe(&app)));
+    }
+    if !verify {
         let _ = write!(
             b,
-            "<p class=\"bad\">Unfinished: <code>{}</code> (the next deploy finishes or undoes it)</p>",
-            esc(&serde_json::to_string(op).unwrap_or_default())
+            "<p><a href=\"/ui/apps/{}?verify=1\">Verify every instance</a> <span class=\"muted\">(reads the files under the hotfix paths, the image and the config back from each container)</span></p>",
+            seg(&app)
         );
     }
     b.push_str("<h2>Instances</h2><table><tr><th>Instance</th><th>IP</th><th>Host</th><th>Image</th><th>Container</th><th>Health</th><th></th></tr>");
@@ -141,6 +158,21 @@ pub(super) async fn app_page(
             seg(&app),
             i.instance.index
         );
+        match &i.drift {
+            Some(d) if d.is_empty() => {
+                b.push_str("<tr><td></td><td colspan=\"6\" class=\"ok\">verified: no drift</td></tr>");
+            }
+            Some(d) => {
+                for line in d {
+                    let _ = write!(
+                        b,
+                        "<tr><td></td><td colspan=\"6\" class=\"bad\">drift: {}</td></tr>",
+                        esc(line)
+                    );
+                }
+            }
+            None => {}
+        }
     }
     if status.instances.is_empty() {
         b.push_str("<tr><td colspan=\"7\" class=\"muted\">no instances deployed yet</td></tr>");

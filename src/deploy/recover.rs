@@ -1,0 +1,238 @@
+//! Finishing what a dead orchestrator left: every command that takes an
+//! app's deploy lock (deploy, hotfix, rollback, remove, status, the
+//! server at start) first settles the journal it finds.
+//!
+//! The step on one instance is settled from what the engine shows now,
+//! not from the phase alone: a hotfix's backup goes back (and the files
+//! are read back to check they are as before); a redeploy's new
+//! container goes unless it is the instance's, and the old one is made
+//! to serve its address again. Staging left in containers and on disk
+//! goes. Then the interrupted run is recorded as `interrupted` and
+//! finished forward on every instance as a `recover` run, so no two
+//! instances stay on different versions.
+
+use super::plan::Mode;
+use super::state::{self, AppState, HistoryEntry, Operation, Run};
+use super::{DeployError, Orchestrator, Result, Target, health, hotfix, verify};
+
+impl Orchestrator<'_> {
+    /// Takes the app's lock and settles what a dead process left.
+    pub fn recover_now(&self) -> Result<()> {
+        let _lock = self.lock()?;
+        let mut st = self.state()?;
+        self.recover(&mut st)
+    }
+
+    /// Settles `st`'s journal, if any. Call only while holding the lock.
+    pub(super) fn recover(&self, st: &mut AppState) -> Result<()> {
+        if st.operation.is_none() && st.run.is_none() {
+            self.dir.clean_hotfix_dirs(None)?;
+            self.sweep_strays(st);
+            return Ok(());
+        }
+        if let Some(op) = st.operation.clone() {
+            self.say(&format!(
+                "recovering: {} was left unfinished",
+                op.describe(&self.app.name)
+            ));
+            self.settle(st, &op)?;
+            st.operation = None;
+            self.dir.save(st)?;
+        }
+        self.dir.clean_hotfix_dirs(None)?;
+        self.clean_containers(st)?;
+        self.sweep_strays(st);
+        let Some(run) = st.run.clone() else {
+            return Ok(());
+        };
+        if run.action != "recover" {
+            // The interrupted run gets its line (once), and the journal
+            // becomes the run that finishes it.
+            if !self.history()?.iter().any(|h| h.version == run.version) {
+                let image = run
+                    .image
+                    .clone()
+                    .or_else(|| run.from.values().flatten().next().cloned());
+                if let Some(image) = image {
+                    self.dir.append_history(&HistoryEntry {
+                        version: run.version,
+                        at: state::now(),
+                        action: run.action.clone(),
+                        mode: String::new(),
+                        image,
+                        from: run.from.get(&1).cloned().flatten(),
+                        outcome: "interrupted".into(),
+                        detail: format!(
+                            "pid {} stopped before the {} finished (started {}); the next entry finishes it",
+                            run.pid, run.action, run.started_at
+                        ),
+                        seconds: 0.0,
+                        by: run.by.clone(),
+                    })?;
+                }
+            }
+            st.version = st.version.max(run.version);
+            st.run = Some(Run {
+                version: run.version + 1,
+                action: if run.image.is_some() { "recover" } else { "remove" }.into(),
+                pid: std::process::id(),
+                started_at: state::now(),
+                by: self.actor(),
+                ..run.clone()
+            });
+            self.dir.save(st)?;
+        }
+        self.say(&format!(
+            "recovering: finishing the interrupted {} on every instance",
+            run.action
+        ));
+        let target = match &run.image {
+            Some(img) => Some(Target::from_store(self.store, &img.name, &img.manifest)?),
+            None => None,
+        };
+        // A hotfix-only run is finished by whatever brings the instances
+        // to its image: its checks passed when it started.
+        let mode = match Mode::parse(&run.mode) {
+            Some(Mode::Redeploy) => Mode::Redeploy,
+            _ => Mode::Auto,
+        };
+        let action = st.run.as_ref().map(|r| r.action.clone()).unwrap_or_default();
+        self.execute(st, target.as_ref(), mode, &action)?;
+        Ok(())
+    }
+
+    /// Puts one instance back into a state the run can go on from.
+    fn settle(&self, st: &mut AppState, op: &Operation) -> Result<()> {
+        let index = op.index();
+        match op {
+            Operation::Hotfix {
+                container, backup, ..
+            } => {
+                let Some(i) = st.instances.get(&index).cloned() else {
+                    return Ok(());
+                };
+                let host = self.host_of_instance(&i)?;
+                if self.block(host.inspect(container))?.is_none_or(|c| !c.running) {
+                    // Nothing to restore into: the run redeploys it.
+                    return Ok(());
+                }
+                hotfix::restore_from_dir(self, &host, container, backup)?;
+                hotfix::check_restored(self, &host, container, backup)?;
+            }
+            Operation::Redeploy { old, new, .. } => {
+                let Some(i) = st.instances.get(&index).cloned() else {
+                    if let Some(n) = new {
+                        self.block(self.host(self.app.host_of(index))?.remove(n))?;
+                    }
+                    return Ok(());
+                };
+                let host = self.host_of_instance(&i)?;
+                if let Some(n) = new
+                    && *n != i.container
+                {
+                    let new_host = self.host(self.app.host_of(index))?;
+                    self.block(new_host.remove(n))?;
+                }
+                if old.as_deref() == Some(i.container.as_str()) {
+                    self.serve_again(&host, &i)?;
+                }
+            }
+            Operation::Remove { container, .. } => {
+                if let Some(i) = st.instances.get(&index).cloned() {
+                    let host = self.host_of_instance(&i)?;
+                    self.block(host.remove(container))?;
+                    self.leases.release(&self.app.network.pool, &i.name)?;
+                    st.instances.remove(&index);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes an instance's container serve its address again: on the
+    /// network with its fixed IP, running, healthy.
+    fn serve_again(&self, host: &super::host::Host, i: &state::Instance) -> Result<()> {
+        let Some(c) = self.block(host.inspect(&i.container))? else {
+            return Ok(()); // gone: the run redeploys the instance
+        };
+        match c.ip {
+            Some(ip) if ip == i.ip => {}
+            // Taken off the network by a detach swap.
+            None => self.block(host.attach_fixed(&i.container, &self.app.network.name, i.ip, &i.name))?,
+            Some(_) => {
+                self.block(host.move_to_fixed_ip(&i.container, &self.app.network.name, i.ip, &i.name))?
+            }
+        }
+        if !c.running {
+            self.block(host.start(&i.container))?;
+        }
+        self.block(health::wait_healthy(host, &i.container, i.ip, &self.app.health))
+            .map_err(|why| DeployError::Instance {
+                instance: i.name.clone(),
+                why: format!("restarted after the crash but unhealthy: {why}"),
+            })?;
+        Ok(())
+    }
+
+    /// Removes containers labelled as this app's that no instance owns: a
+    /// process killed between creating a container and journaling it
+    /// leaves one. Only with nothing journaled (the journal names every
+    /// container a run still needs). An engine that cannot be reached is
+    /// skipped, with a word.
+    fn sweep_strays(&self, st: &AppState) {
+        if st.operation.is_some() {
+            return;
+        }
+        let owned: std::collections::BTreeSet<&str> =
+            st.instances.values().map(|i| i.container.as_str()).collect();
+        let mut endpoints: Vec<String> = st.instances.values().map(|i| i.host.clone()).collect();
+        endpoints.extend((1..=self.app.instances).map(|i| self.app.host_of(i).to_string()));
+        endpoints.sort();
+        endpoints.dedup();
+        for e in endpoints {
+            let swept = (|| -> Result<usize> {
+                let ep = super::spec::Endpoint::parse(&e).map_err(|why| DeployError::Instance {
+                    instance: self.app.name.clone(),
+                    why,
+                })?;
+                let host = self.host(&ep)?;
+                let mut n = 0;
+                for id in self.block(host.containers_of(&self.app.name))? {
+                    if !owned.contains(id.as_str()) {
+                        self.block(host.remove(&id))?;
+                        n += 1;
+                    }
+                }
+                Ok(n)
+            })();
+            match swept {
+                Ok(0) => {}
+                Ok(n) => self.say(&format!(
+                    "removed {n} container(s) of {} that no instance owns on {e}",
+                    self.app.name
+                )),
+                Err(err) => self.say(&format!("could not look for stray containers on {e}: {err}")),
+            }
+        }
+    }
+
+    /// Removes hotfix staging and restore directories from every running
+    /// instance.
+    fn clean_containers(&self, st: &AppState) -> Result<()> {
+        for i in st.instances.values() {
+            let host = self.host_of_instance(i)?;
+            if !self.block(host.inspect(&i.container))?.is_some_and(|c| c.running) {
+                continue;
+            }
+            let script = format!("rm -rf {}", verify::LEFTOVER_GLOBS);
+            let o = self.block(host.exec(&i.container, &hotfix::sh(&script), Some("0")))?;
+            if o.code != 0 {
+                return Err(DeployError::Instance {
+                    instance: i.name.clone(),
+                    why: format!("removing hotfix staging exited {}: {}", o.code, o.output.trim()),
+                });
+            }
+        }
+        Ok(())
+    }
+}
