@@ -97,6 +97,24 @@ pub fn init_logging(cli: &Cli) {
     }
 }
 
+/// An error and its causes for a person, each cause once. Most errors
+/// here already show their source in their own message (`{path}:
+/// {source}`); anyhow's `{:#}` would print that source a second time, and
+/// a third when it, too, shows its own.
+pub fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    let mut parent = out.clone();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !parent.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        parent = text;
+    }
+    out
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Build(a) => build::run(a),
