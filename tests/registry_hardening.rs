@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -20,6 +21,36 @@ fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     f()
+}
+
+#[test]
+fn the_credentials_file_is_created_private() {
+    if !have_tool("strace") {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let trace = d.path().join("trace");
+    let creds = d.path().join("credentials");
+    let o = Command::new("strace")
+        .args(["-f", "-e", "trace=open,openat,creat", "-o"])
+        .arg(&trace)
+        .arg(env!("CARGO_BIN_EXE_strata"))
+        .args(["token", "create", "ci", "--credentials"])
+        .arg(&creds)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let open = text
+        .lines()
+        .find(|l| l.contains(creds.to_str().unwrap()) && l.contains("O_CREAT"))
+        .unwrap_or_else(|| panic!("no creating open of the credentials file:\n{text}"));
+    // The mode given to open(2) itself: never readable by others, not even
+    // for a moment before a chmod.
+    assert!(open.contains(", 0600)"), "{open}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&creds).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
 }
 
 #[test]
