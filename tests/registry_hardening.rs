@@ -9,7 +9,22 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::serve::Serve;
 use common::*;
+use reqwest::blocking::Client;
+use serde_json::Value;
+use strata::digest::Digest;
+
+fn error_of(resp: reqwest::blocking::Response) -> (u16, String, String) {
+    let status = resp.status().as_u16();
+    let body: Value = serde_json::from_slice(&resp.bytes().unwrap_or_default()).unwrap_or(Value::Null);
+    let e = &body["errors"][0];
+    (
+        status,
+        e["code"].as_str().unwrap_or("").to_string(),
+        e["message"].as_str().unwrap_or("").to_string(),
+    )
+}
 
 /// Polls `f` every 20 ms for at most `limit`.
 fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
@@ -21,6 +36,84 @@ fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     f()
+}
+
+#[test]
+fn a_read_token_that_pushes_is_denied_by_role() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    let o = strata()
+        .args(["token", "create", "viewer", "--role", "read", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let read = stdout(&o).trim().to_string();
+    let s = Serve::start(&data);
+    let anon = Client::new();
+    let dg = Digest::sha256_of(b"hello");
+    let push = |auth: String| {
+        anon.post(s.url(&format!("/v2/app/blobs/uploads/?digest={dg}")))
+            .header("Authorization", auth)
+            .body("hello")
+            .send()
+            .unwrap()
+    };
+    let want = "token viewer has role read; pushing needs deploy";
+    let (status, code, msg) = error_of(push(format!("Bearer {read}")));
+    assert_eq!((status, code.as_str(), msg.as_str()), (403, "DENIED", want));
+    // The same through Docker's token flow.
+    let r = anon
+        .get(s.url("/token"))
+        .basic_auth("viewer", Some(&read))
+        .send()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&r.bytes().unwrap()).unwrap();
+    let session = v["token"].as_str().unwrap();
+    let (status, code, msg) = error_of(push(format!("Bearer {session}")));
+    assert_eq!((status, code.as_str(), msg.as_str()), (403, "DENIED", want));
+    // Reading is fine.
+    assert_eq!(
+        anon.get(s.url("/v2/app/tags/list"))
+            .bearer_auth(&read)
+            .send()
+            .unwrap()
+            .status(),
+        404
+    );
+
+    // `strata push` says so.
+    write(
+        &d.path().join("layers.toml"),
+        "[tiers.base]\nsources = [{ content = \"v1\", dest = \"/srv/version\" }]\n",
+    );
+    let store = d.path().join("store");
+    let layout = d.path().join("oci");
+    let o = strata()
+        .env("STRATA_STORE", &store)
+        .args(["build", "-c"])
+        .arg(d.path().join("layers.toml"))
+        .arg("--layout")
+        .arg(&layout)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = strata()
+        .env("STRATA_STORE", &store)
+        .env("STRATA_REGISTRY_AUTH", &read)
+        .args([
+            "push",
+            "base",
+            &format!("127.0.0.1:{}/team/base:1", s.port),
+            "--layout",
+        ])
+        .arg(&layout)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains(want), "{err}");
+    assert!(!err.contains("refused the credential"), "{err}");
 }
 
 #[test]

@@ -106,26 +106,42 @@ async fn token(State(sh): State<Shared>, headers: HeaderMap) -> Response {
     r
 }
 
-/// Checks the request's credential: pushes always need one (unless the
-/// server runs with open pushes), pulls when configured so. A credential is
-/// a token from the credentials file (Bearer or Basic) or a session token
-/// from `/token`.
-/// Whether the request's `Authorization` proves a right to read (or, with
-/// `write`, to push): a token from the credentials file, or a live session
-/// token from `/token` (anonymous sessions may only read).
-fn proves(sh: &Shared, headers: &HeaderMap, write: bool) -> bool {
-    let may = |role: Role| !write || role >= Role::Deploy;
+/// Who the request's `Authorization` proves: a token from the credentials
+/// file (Bearer or Basic) or a live session token from `/token`, which is
+/// anonymous when it was fetched without a credential.
+enum Caller {
+    /// No credential, an invalid one, or an expired session.
+    Nobody,
+    Anonymous,
+    Token(String, Role),
+}
+
+fn caller(sh: &Shared, headers: &HeaderMap) -> Caller {
     let presented = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    if let Some((_, role)) = sh.access.credentials.check_role(presented) {
-        return may(role);
+    if let Some((name, role)) = sh.access.credentials.check_role(presented) {
+        return Caller::Token(name, role);
     }
     let Some(t) = presented.and_then(|p| p.strip_prefix("Bearer ")) else {
-        return false;
+        return Caller::Nobody;
     };
     let map = sh.sessions.lock().unwrap_or_else(|e| e.into_inner());
-    map.get(t.trim()).is_some_and(|(who, until)| {
-        *until > std::time::Instant::now() && who.as_ref().map_or(!write, |(_, role)| may(*role))
-    })
+    match map.get(t.trim()) {
+        Some((who, until)) if *until > std::time::Instant::now() => match who {
+            Some((name, role)) => Caller::Token(name.clone(), *role),
+            None => Caller::Anonymous,
+        },
+        _ => Caller::Nobody,
+    }
+}
+
+/// Whether the request's `Authorization` proves a right to read (or, with
+/// `write`, to push; anonymous sessions may only read).
+fn proves(sh: &Shared, headers: &HeaderMap, write: bool) -> bool {
+    match caller(sh, headers) {
+        Caller::Nobody => false,
+        Caller::Anonymous => !write,
+        Caller::Token(_, role) => !write || role >= Role::Deploy,
+    }
 }
 
 fn authorize(sh: &Shared, headers: &HeaderMap, write: bool) -> Result<(), Response> {
@@ -140,6 +156,12 @@ fn authorize(sh: &Shared, headers: &HeaderMap, write: bool) -> Result<(), Respon
     }
     if proves(sh, headers, write) {
         return Ok(());
+    }
+    if let Caller::Token(name, role) = caller(sh, headers) {
+        // A valid credential without the right: authenticating again
+        // cannot help, so no challenge.
+        let why = format!("token {name} has role {role}; pushing needs {}", Role::Deploy);
+        return Err(ApiError(StatusCode::FORBIDDEN, "DENIED", why).into_response());
     }
     let why = if write {
         "pushing needs a credential (strata token create)"
