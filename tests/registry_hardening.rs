@@ -15,6 +15,9 @@ use reqwest::blocking::Client;
 use serde_json::Value;
 use strata::digest::Digest;
 
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+
 fn error_of(resp: reqwest::blocking::Response) -> (u16, String, String) {
     let status = resp.status().as_u16();
     let body: Value = serde_json::from_slice(&resp.bytes().unwrap_or_default()).unwrap_or(Value::Null);
@@ -24,6 +27,60 @@ fn error_of(resp: reqwest::blocking::Response) -> (u16, String, String) {
         e["code"].as_str().unwrap_or("").to_string(),
         e["message"].as_str().unwrap_or("").to_string(),
     )
+}
+
+/// Pushes `body` as a blob of `repo` in one request.
+fn push_blob(s: &Serve, c: &Client, repo: &str, body: &[u8]) -> Digest {
+    let dg = Digest::sha256_of(body);
+    let r = c
+        .post(s.url(&format!("/v2/{repo}/blobs/uploads/?digest={dg}")))
+        .body(body.to_vec())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201, "{repo}");
+    dg
+}
+
+/// A small image: a real config (so skopeo can inspect it) and one layer.
+fn image(s: &Serve, c: &Client, repo: &str, media_type: Option<&str>) -> String {
+    let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let cfg = push_blob(s, c, repo, config);
+    let layer = push_blob(s, c, repo, b"not really a tar");
+    let mut m = serde_json::json!({
+        "schemaVersion": 2,
+        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": cfg.to_string(), "size": config.len() },
+        "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer.to_string(), "size": 16 }],
+    });
+    if let Some(t) = media_type {
+        m["mediaType"] = Value::String(t.into());
+    }
+    m.to_string()
+}
+
+fn put_manifest(
+    s: &Serve,
+    c: &Client,
+    repo: &str,
+    reference: &str,
+    ct: Option<&str>,
+    body: &str,
+) -> reqwest::blocking::Response {
+    let mut req = c
+        .put(s.url(&format!("/v2/{repo}/manifests/{reference}")))
+        .body(body.to_string());
+    if let Some(ct) = ct {
+        req = req.header("Content-Type", ct);
+    }
+    req.send().unwrap()
+}
+
+fn served_type(s: &Serve, c: &Client, repo: &str, reference: &str) -> String {
+    let r = c
+        .get(s.url(&format!("/v2/{repo}/manifests/{reference}")))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{repo}:{reference}");
+    r.headers()["content-type"].to_str().unwrap().to_string()
 }
 
 /// Polls `f` every 20 ms for at most `limit`.
@@ -36,6 +93,56 @@ fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     f()
+}
+
+#[test]
+fn a_push_to_one_repository_never_changes_what_another_serves() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Serve::start(&d.path().join("data"));
+    let c = s.client();
+    let m = image(&s, &c, "orig", Some(OCI_MANIFEST));
+    assert_eq!(
+        put_manifest(&s, &c, "orig", "v1", Some(OCI_MANIFEST), &m).status(),
+        201
+    );
+    // The same bytes into another repository, with a Content-Type that
+    // contradicts the manifest's own mediaType: refused.
+    image(&s, &c, "other", Some(OCI_MANIFEST));
+    let (status, code, msg) = error_of(put_manifest(&s, &c, "other", "v1", Some("text/plain"), &m));
+    assert_eq!((status, code.as_str()), (400, "MANIFEST_INVALID"), "{msg}");
+    assert!(msg.contains("text/plain") && msg.contains(OCI_MANIFEST), "{msg}");
+    assert_eq!(served_type(&s, &c, "orig", "v1"), OCI_MANIFEST);
+
+    // Without a mediaType in the body the Content-Type decides, per
+    // repository: one push never changes what another repository serves.
+    let bare = image(&s, &c, "x", None);
+    image(&s, &c, "y", None);
+    assert_eq!(
+        put_manifest(&s, &c, "x", "v1", Some(OCI_MANIFEST), &bare).status(),
+        201
+    );
+    assert_eq!(
+        put_manifest(&s, &c, "y", "v1", Some(DOCKER_MANIFEST), &bare).status(),
+        201
+    );
+    assert_eq!(served_type(&s, &c, "x", "v1"), OCI_MANIFEST);
+    assert_eq!(served_type(&s, &c, "y", "v1"), DOCKER_MANIFEST);
+    // A Content-Type that names no manifest type is no manifest type.
+    image(&s, &c, "z", None);
+    let (status, code, msg) = error_of(put_manifest(&s, &c, "z", "v1", Some("text/plain"), &bare));
+    assert_eq!((status, code.as_str()), (400, "MANIFEST_INVALID"), "{msg}");
+
+    // A real client still reads the original image.
+    if have_tool("skopeo") {
+        let o = Command::new("skopeo")
+            .args(["inspect", "--tls-verify=false"])
+            .arg(format!("docker://127.0.0.1:{}/orig:v1", s.port))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "skopeo inspect: {}", stderr(&o));
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["Os"], "linux", "{v}");
+    }
 }
 
 #[test]

@@ -139,6 +139,47 @@ pub struct PutManifest {
     pub subject: Option<Digest>,
 }
 
+/// Manifest media types this registry stores and serves.
+const MANIFEST_TYPES: [&str; 4] = [
+    crate::oci::MEDIA_MANIFEST,
+    crate::oci::MEDIA_INDEX,
+    crate::oci::MEDIA_DOCKER_MANIFEST,
+    crate::oci::MEDIA_DOCKER_LIST,
+];
+
+/// The media type of a pushed manifest: its own `mediaType` when it has
+/// one (a `Content-Type` that says otherwise is refused), else the
+/// `Content-Type` it was pushed with, else an OCI image manifest. Only
+/// manifest types are accepted.
+pub fn manifest_media_type(body: Option<&serde_json::Value>, content_type: Option<&str>) -> Result<String> {
+    let media = match (body, content_type) {
+        (Some(v), ct) => {
+            let Some(m) = v.as_str() else {
+                return Err(RegistryError::ManifestInvalid(
+                    "`mediaType` is not a string".into(),
+                ));
+            };
+            if let Some(ct) = ct
+                && ct != m
+            {
+                return Err(RegistryError::ManifestInvalid(format!(
+                    "Content-Type `{ct}` contradicts the manifest's mediaType `{m}`"
+                )));
+            }
+            m
+        }
+        (None, Some(ct)) => ct,
+        (None, None) => crate::oci::MEDIA_MANIFEST,
+    };
+    if !MANIFEST_TYPES.contains(&media) {
+        return Err(RegistryError::ManifestInvalid(format!(
+            "`{media}` is not a manifest media type ({})",
+            MANIFEST_TYPES.join(", ")
+        )));
+    }
+    Ok(media.to_string())
+}
+
 /// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*`
 pub fn valid_name(name: &str) -> bool {
     if name.is_empty() || name.len() > 255 {
@@ -294,15 +335,31 @@ impl Registry {
             .map_err(|_| RegistryError::ManifestUnknown(reference.to_string()))
     }
 
-    /// The manifest bytes and media type.
+    fn manifest_marker(repo: &Path, d: &Digest) -> PathBuf {
+        repo.join("_manifests").join(d.algorithm().name()).join(d.hex())
+    }
+
+    /// The manifest bytes and the media type this repository serves them
+    /// with.
     pub fn manifest(&self, name: &str, reference: &str) -> Result<(Digest, Vec<u8>, String)> {
         let d = self.resolve(name, reference)?;
         let bytes = self.store.read_blob(&d)?;
-        let media = self
-            .store
-            .read_meta("media-type", d.hex())
-            .map(|m| String::from_utf8_lossy(&m).into_owned())
-            .unwrap_or_else(|| crate::oci::MEDIA_MANIFEST.to_string());
+        let recorded = fs::read_to_string(Self::manifest_marker(&self.repo(name)?, &d)).unwrap_or_default();
+        let media = if !recorded.trim().is_empty() {
+            recorded.trim().to_string()
+        } else {
+            // Pushed before media types were kept per repository: the
+            // body's own type, then the old store-wide record.
+            serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("mediaType")?.as_str().map(str::to_string))
+                .or_else(|| {
+                    self.store
+                        .read_meta("media-type", d.hex())
+                        .map(|m| String::from_utf8_lossy(&m).into_owned())
+                })
+                .unwrap_or_else(|| crate::oci::MEDIA_MANIFEST.to_string())
+        };
         Ok((d, bytes, media))
     }
 
@@ -331,15 +388,7 @@ impl Registry {
         };
         let value: serde_json::Value =
             serde_json::from_slice(bytes).map_err(|e| RegistryError::ManifestInvalid(e.to_string()))?;
-        let media = content_type
-            .map(str::to_string)
-            .or_else(|| {
-                value
-                    .get("mediaType")
-                    .and_then(|m| m.as_str())
-                    .map(str::to_string)
-            })
-            .unwrap_or_else(|| crate::oci::MEDIA_MANIFEST.to_string());
+        let media = manifest_media_type(value.get("mediaType"), content_type)?;
         // A manifest with a `subject` is a referrer of that subject.
         let subject: Option<Digest> = value
             .get("subject")
@@ -381,11 +430,9 @@ impl Registry {
             }
             other => other.into(),
         })?;
-        self.store.write_meta("media-type", d.hex(), media.as_bytes())?;
-        Self::write_small(
-            &repo.join("_manifests").join(d.algorithm().name()).join(d.hex()),
-            b"",
-        )?;
+        // The media type is the repository's record of the manifest: a push
+        // elsewhere never changes it.
+        Self::write_small(&Self::manifest_marker(&repo, &d), media.as_bytes())?;
         if expected.is_none() {
             Self::write_small(&repo.join("_tags").join(reference), d.to_string().as_bytes())?;
         }
@@ -627,6 +674,27 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_manifests_own_media_type_wins_and_must_agree() {
+        use crate::oci::{MEDIA_DOCKER_MANIFEST, MEDIA_MANIFEST};
+        let own = serde_json::json!(MEDIA_MANIFEST);
+        let t = |body, ct| manifest_media_type(body, ct).map_err(|e| e.to_string());
+        assert_eq!(t(Some(&own), None).unwrap(), MEDIA_MANIFEST);
+        assert_eq!(t(Some(&own), Some(MEDIA_MANIFEST)).unwrap(), MEDIA_MANIFEST);
+        let e = t(Some(&own), Some("text/plain")).unwrap_err();
+        assert!(
+            e.contains("`text/plain` contradicts") && e.contains(MEDIA_MANIFEST),
+            "{e}"
+        );
+        assert_eq!(
+            t(None, Some(MEDIA_DOCKER_MANIFEST)).unwrap(),
+            MEDIA_DOCKER_MANIFEST
+        );
+        assert_eq!(t(None, None).unwrap(), MEDIA_MANIFEST);
+        assert!(t(None, Some("text/plain")).is_err());
+        assert!(t(Some(&serde_json::json!("text/plain")), None).is_err());
+    }
 
     #[test]
     fn names_and_tags() {
