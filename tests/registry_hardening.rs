@@ -146,6 +146,56 @@ fn a_push_to_one_repository_never_changes_what_another_serves() {
 }
 
 #[test]
+fn a_manifest_may_reference_only_its_own_repositorys_blobs() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Serve::start(&d.path().join("data"));
+    let c = s.client();
+    // Blobs pushed to `a/b` only.
+    let m = image(&s, &c, "a/b", Some(OCI_MANIFEST));
+    let (status, code, msg) = error_of(put_manifest(&s, &c, "iso", "v1", Some(OCI_MANIFEST), &m));
+    assert_eq!((status, code.as_str()), (400, "MANIFEST_BLOB_UNKNOWN"), "{msg}");
+    assert_eq!(
+        c.get(s.url("/v2/iso/manifests/v1")).send().unwrap().status(),
+        404,
+        "nothing was stored"
+    );
+    // Once mounted into `iso`, the same manifest is accepted, and pullable.
+    let v: Value = serde_json::from_str(&m).unwrap();
+    let blobs = [&v["config"]["digest"], &v["layers"][0]["digest"]];
+    for b in blobs {
+        let b = b.as_str().unwrap();
+        let r = c
+            .post(s.url(&format!("/v2/iso/blobs/uploads/?mount={b}&from=a/b")))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    assert_eq!(
+        put_manifest(&s, &c, "iso", "v1", Some(OCI_MANIFEST), &m).status(),
+        201
+    );
+    for b in blobs {
+        let r = c
+            .get(s.url(&format!("/v2/iso/blobs/{}", b.as_str().unwrap())))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    // An index may name only manifests of its own repository.
+    let md = Digest::sha256_of(m.as_bytes());
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{ "mediaType": OCI_MANIFEST, "digest": md.to_string(), "size": m.len() }],
+    })
+    .to_string();
+    let ct = Some("application/vnd.oci.image.index.v1+json");
+    let (status, code, msg) = error_of(put_manifest(&s, &c, "elsewhere", "idx", ct, &index));
+    assert_eq!((status, code.as_str()), (400, "MANIFEST_BLOB_UNKNOWN"), "{msg}");
+    assert_eq!(put_manifest(&s, &c, "iso", "idx", ct, &index).status(), 201);
+}
+
+#[test]
 fn a_read_token_that_pushes_is_denied_by_role() {
     let d = tempfile::tempdir().unwrap();
     let data = d.path().join("data");

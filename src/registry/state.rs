@@ -363,7 +363,20 @@ impl Registry {
         Ok((d, bytes, media))
     }
 
-    /// Stores a manifest after checking that everything it names exists.
+    /// Whether `d` is a blob of the repository at `repo` (linked and stored).
+    fn has_blob(&self, repo: &Path, d: &Digest) -> bool {
+        Self::blob_marker(repo, d).is_file() && self.store.has(d)
+    }
+
+    /// Whether `d` is a manifest of the repository at `repo`.
+    fn has_manifest(&self, repo: &Path, d: &Digest) -> bool {
+        Self::manifest_marker(repo, d).is_file() && self.store.has(d)
+    }
+
+    /// Stores a manifest after checking that everything it names belongs
+    /// to the repository (so that it can be pulled from there): a blob
+    /// pushed or mounted into it, a manifest pushed to it. Blobs of other
+    /// repositories are not linked on the way: mount them first.
     pub fn put_manifest(
         &self,
         name: &str,
@@ -411,7 +424,7 @@ impl Registry {
             let index: Index =
                 serde_json::from_value(value).map_err(|e| RegistryError::ManifestInvalid(e.to_string()))?;
             for m in &index.manifests {
-                if !self.store.has(&m.digest) {
+                if !self.has_manifest(&repo, &m.digest) {
                     return Err(RegistryError::ManifestBlobUnknown(m.digest.clone()));
                 }
             }
@@ -419,7 +432,7 @@ impl Registry {
             let m: Manifest =
                 serde_json::from_value(value).map_err(|e| RegistryError::ManifestInvalid(e.to_string()))?;
             for d in std::iter::once(&m.config).chain(&m.layers) {
-                if !self.store.has(&d.digest) {
+                if !self.has_blob(&repo, &d.digest) {
                     return Err(RegistryError::ManifestBlobUnknown(d.digest.clone()));
                 }
             }
