@@ -11,12 +11,14 @@ pub mod config;
 pub mod gc;
 mod http;
 mod state;
+pub mod uploads;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use state::{Registry, RegistryError, valid_name, valid_tag};
+pub use uploads::UploadLock;
 
 /// Who may do what.
 #[derive(Debug, Clone, Default)]

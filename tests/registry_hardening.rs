@@ -6,6 +6,9 @@
 
 mod common;
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -81,6 +84,39 @@ fn served_type(s: &Serve, c: &Client, repo: &str, reference: &str) -> String {
         .unwrap();
     assert_eq!(r.status(), 200, "{repo}:{reference}");
     r.headers()["content-type"].to_str().unwrap().to_string()
+}
+
+/// Files under DATA/uploads.
+fn upload_files(data: &Path) -> Vec<String> {
+    std::fs::read_dir(data.join("uploads"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Starts a session in `repo`; returns its location path and id.
+fn start_session(s: &Serve, c: &Client, repo: &str) -> (String, String) {
+    let r = c
+        .post(s.url(&format!("/v2/{repo}/blobs/uploads/")))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let loc = r.headers()["location"].to_str().unwrap().to_string();
+    let id = r.headers()["docker-upload-uuid"].to_str().unwrap().to_string();
+    (loc, id)
+}
+
+fn session_range(s: &Serve, c: &Client, loc: &str) -> (u16, String) {
+    let r = c.get(s.url(loc)).send().unwrap();
+    let range = r
+        .headers()
+        .get("range")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (r.status().as_u16(), range)
 }
 
 /// Polls `f` every 20 ms for at most `limit`.
@@ -193,6 +229,190 @@ fn a_manifest_may_reference_only_its_own_repositorys_blobs() {
     let (status, code, msg) = error_of(put_manifest(&s, &c, "elsewhere", "idx", ct, &index));
     assert_eq!((status, code.as_str()), (400, "MANIFEST_BLOB_UNKNOWN"), "{msg}");
     assert_eq!(put_manifest(&s, &c, "iso", "idx", ct, &index).status(), 201);
+}
+
+#[test]
+fn refused_and_cut_uploads_leave_no_session_behind() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    let s = Serve::start(&data);
+    let c = s.client();
+    for _ in 0..3 {
+        let r = c
+            .post(s.url("/v2/app/blobs/uploads/?digest=sha256:nothex"))
+            .body("hello")
+            .send()
+            .unwrap();
+        assert_eq!(error_of(r).1, "DIGEST_INVALID");
+    }
+    assert_eq!(
+        upload_files(&data),
+        Vec::<String>::new(),
+        "a refused request creates no session"
+    );
+
+    // A monolithic upload cut short: nobody could resume it, so it goes.
+    let dg = Digest::sha256_of(&[7u8; 1000]);
+    let mut tcp = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    write!(
+        tcp,
+        "POST /v2/app/blobs/uploads/?digest={dg} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: 1000\r\n\r\n",
+        s.token
+    )
+    .unwrap();
+    tcp.write_all(&[7u8; 10]).unwrap();
+    tcp.flush().unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || !upload_files(&data).is_empty()),
+        "the server started the session"
+    );
+    drop(tcp);
+    assert!(
+        eventually(Duration::from_secs(5), || upload_files(&data).is_empty()),
+        "left behind: {:?}",
+        upload_files(&data)
+    );
+}
+
+/// Sends the head of a PATCH and `first` bytes of its body over raw TCP.
+fn raw_patch(s: &Serve, loc: &str, range: &str, len: usize, first: &[u8]) -> TcpStream {
+    let mut tcp = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    write!(
+        tcp,
+        "PATCH {loc} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Range: {range}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n",
+        s.token
+    )
+    .unwrap();
+    tcp.write_all(first).unwrap();
+    tcp.flush().unwrap();
+    tcp
+}
+
+#[test]
+fn racing_patches_on_one_session_never_interleave() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Serve::start(&d.path().join("data"));
+    let c = s.client();
+    let (loc, _) = start_session(&s, &c, "app");
+    // A slow PATCH: 3 of its 4 MiB arrive, then it stalls.
+    let a = noise(4 << 20, 16);
+    let mut slow = raw_patch(&s, &loc, &format!("0-{}", a.len() - 1), a.len(), &a[..3 << 20]);
+    // Wait until the server has written some of it and the size is steady.
+    let mut last = String::new();
+    assert!(eventually(Duration::from_secs(10), || {
+        let (_, range) = session_range(&s, &c, &loc);
+        let steady = range == last && range != "0-0";
+        last = range;
+        steady
+    }));
+    let have: u64 = last.split('-').nth(1).unwrap().parse::<u64>().unwrap() + 1;
+    // A second PATCH whose offset matches what is on disk now.
+    let r = c
+        .patch(s.url(&loc))
+        .header("Content-Range", format!("{have}-{}", have + 4))
+        .body("BBBBB")
+        .send()
+        .unwrap();
+    let (status, code, msg) = error_of(r);
+    assert_eq!(status, 416, "{code} {msg}");
+    // The slow one finishes and the blob is exactly its bytes.
+    slow.write_all(&a[3 << 20..]).unwrap();
+    let mut answer = String::new();
+    slow.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    let dg = Digest::sha256_of(&a);
+    let r = c.put(s.url(&format!("{loc}?digest={dg}"))).send().unwrap();
+    assert_eq!(r.status(), 201);
+}
+
+#[test]
+fn a_chunks_content_range_must_parse_and_match_its_body() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Serve::start(&d.path().join("data"));
+    let c = s.client();
+    let (loc, _) = start_session(&s, &c, "app");
+    let patch = |range: &str, body: reqwest::blocking::Body| {
+        c.patch(s.url(&loc))
+            .header("Content-Range", range)
+            .body(body)
+            .send()
+            .unwrap()
+    };
+    assert_eq!(patch("0-4", "hello".into()).status(), 202);
+    // An end past the body (with and without a Content-Length), a body
+    // past the end, and a header that is no range at all.
+    let streamed = |b: &'static [u8]| reqwest::blocking::Body::new(std::io::Cursor::new(b));
+    for (range, body) in [
+        ("5-100", "world".into()),
+        ("5-100", streamed(b"world")),
+        ("5-6", streamed(b"world")),
+        ("garbage", "world".into()),
+        ("9-5", "world".into()),
+    ] {
+        let (status, code, msg) = error_of(patch(range, body));
+        assert!(
+            status == 400 && code == "SIZE_INVALID" || status == 416 && code == "BLOB_UPLOAD_INVALID",
+            "{range}: {status} {code} {msg}"
+        );
+        assert_eq!(
+            session_range(&s, &c, &loc),
+            (204, "0-4".into()),
+            "{range}: the session is unchanged"
+        );
+    }
+    assert_eq!(patch("5-9", streamed(b"world")).status(), 202);
+    let dg = Digest::sha256_of(b"helloworld");
+    let r = c.put(s.url(&format!("{loc}?digest={dg}"))).send().unwrap();
+    assert_eq!(r.status(), 201);
+}
+
+#[test]
+fn an_upload_session_belongs_to_its_repository() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Serve::start(&d.path().join("data"));
+    let c = s.client();
+    let (loc, id) = start_session(&s, &c, "one");
+    let two = format!("/v2/two/blobs/uploads/{id}");
+    let r = c
+        .patch(s.url(&two))
+        .header("Content-Range", "0-4")
+        .body("hello")
+        .send()
+        .unwrap();
+    assert_eq!(error_of(r).1, "BLOB_UPLOAD_UNKNOWN");
+    let dg = Digest::sha256_of(b"hello");
+    let r = c
+        .put(s.url(&format!("{two}?digest={dg}")))
+        .body("hello")
+        .send()
+        .unwrap();
+    assert_eq!(error_of(r).1, "BLOB_UPLOAD_UNKNOWN");
+    assert_eq!(session_range(&s, &c, &two).0, 404);
+    assert_eq!(
+        error_of(c.delete(s.url(&two)).send().unwrap()).1,
+        "BLOB_UPLOAD_UNKNOWN"
+    );
+    assert_eq!(
+        c.get(s.url(&format!("/v2/two/blobs/{dg}")))
+            .send()
+            .unwrap()
+            .status(),
+        404
+    );
+    // Its own repository completes it.
+    let r = c
+        .put(s.url(&format!("{loc}?digest={dg}")))
+        .body("hello")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(
+        c.get(s.url(&format!("/v2/one/blobs/{dg}")))
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
 }
 
 #[test]

@@ -4,12 +4,12 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
-use crate::digest::{Algorithm, Digest, Hasher};
+use crate::digest::{Digest, Hasher};
 use crate::oci::{Index, Manifest};
 use crate::store::{Store, StoreError};
 
@@ -48,6 +48,12 @@ pub enum RegistryError {
     BlobTooLarge { max: u64 },
     #[error("chunk starts at {got}, but the upload has {have} bytes")]
     RangeInvalid { have: u64, got: u64 },
+    #[error("upload `{0}` is receiving another request")]
+    UploadBusy(String),
+    #[error("invalid Content-Range `{0}` (expected START-END, END included)")]
+    ContentRangeInvalid(String),
+    #[error("Content-Range {start}-{end} announces {} bytes, but the request carries {got}", end - start + 1)]
+    ContentRangeLength { start: u64, end: u64, got: u64 },
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: io::Error },
     #[error(transparent)]
@@ -71,7 +77,7 @@ impl RegistryError {
 
 pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RegistryError + '_ {
+pub(super) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RegistryError + '_ {
     move |source| RegistryError::Io {
         path: path.to_path_buf(),
         source,
@@ -83,53 +89,17 @@ type NewBlobHook = Box<dyn Fn(&Digest) + Send + Sync>;
 
 pub struct Registry {
     store: Store,
-    root: PathBuf,
+    pub(super) root: PathBuf,
     /// sha256 state of upload sessions, with the offset it covers. Lost on
     /// restart; then the finished upload is hashed again from disk.
-    hashers: Mutex<HashMap<String, (Hasher, u64)>>,
+    pub(super) hashers: Mutex<HashMap<String, (Hasher, u64)>>,
+    /// Upload sessions a request holds (see `uploads.rs`).
+    pub(super) busy: super::uploads::Busy,
     /// Largest blob an upload may grow to.
     max_blob: u64,
     /// Told of every blob an upload adds to the store (the P2P origin
     /// makes its piece table then).
     on_new_blob: OnceLock<NewBlobHook>,
-}
-
-/// Appends to an upload session, hashing the bytes as they stream.
-pub struct UploadWriter<'a> {
-    registry: &'a Registry,
-    id: String,
-    file: io::BufWriter<fs::File>,
-    hasher: Option<(Hasher, u64)>,
-}
-
-impl Write for UploadWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.file.write(buf)?;
-        if let Some((h, off)) = &mut self.hasher {
-            h.update(&buf[..n]);
-            *off += n as u64;
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
-    }
-}
-
-impl UploadWriter<'_> {
-    /// Flushes and hands the hash state back to the session.
-    pub fn close(mut self) -> io::Result<()> {
-        self.file.flush()?;
-        if let Some(h) = self.hasher.take() {
-            self.registry
-                .hashers
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(self.id.clone(), h);
-        }
-        Ok(())
-    }
 }
 
 /// What a manifest push stored.
@@ -250,6 +220,7 @@ impl Registry {
             store,
             root,
             hashers: Mutex::new(HashMap::new()),
+            busy: Default::default(),
             max_blob: u64::MAX,
             on_new_blob: OnceLock::new(),
         })
@@ -268,6 +239,13 @@ impl Registry {
         self
     }
 
+    /// Tells the new-blob hook of a blob an upload added.
+    pub(super) fn announce(&self, d: &Digest) {
+        if let Some(f) = self.on_new_blob.get() {
+            f(d);
+        }
+    }
+
     pub fn max_blob(&self) -> u64 {
         self.max_blob
     }
@@ -276,14 +254,14 @@ impl Registry {
         &self.store
     }
 
-    fn repo(&self, name: &str) -> Result<PathBuf> {
+    pub(super) fn repo(&self, name: &str) -> Result<PathBuf> {
         if !valid_name(name) {
             return Err(RegistryError::NameInvalid(name.to_string()));
         }
         Ok(self.root.join("repos").join(name))
     }
 
-    fn write_small(path: &Path, bytes: &[u8]) -> Result<()> {
+    pub(super) fn write_small(path: &Path, bytes: &[u8]) -> Result<()> {
         crate::store::write_atomic(path, bytes).map_err(io_err(path))
     }
 
@@ -373,10 +351,7 @@ impl Registry {
         Self::manifest_marker(repo, d).is_file() && self.store.has(d)
     }
 
-    /// Stores a manifest after checking that everything it names belongs
-    /// to the repository (so that it can be pulled from there): a blob
-    /// pushed or mounted into it, a manifest pushed to it. Blobs of other
-    /// repositories are not linked on the way: mount them first.
+    /// Stores a manifest after checking that everything it names exists.
     pub fn put_manifest(
         &self,
         name: &str,
@@ -555,96 +530,6 @@ impl Registry {
         Ok(tags)
     }
 
-    fn upload_path(&self, id: &str) -> Result<PathBuf> {
-        let ok = id.len() == 36 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
-        if !ok {
-            return Err(RegistryError::UploadUnknown(id.to_string()));
-        }
-        Ok(self.root.join("uploads").join(id))
-    }
-
-    /// Starts an upload session in `name`.
-    pub fn start_upload(&self, name: &str) -> Result<String> {
-        self.repo(name)?;
-        let id = uuid::Uuid::new_v4().to_string();
-        let p = self.upload_path(&id)?;
-        fs::File::create(&p).map_err(io_err(&p))?;
-        Ok(id)
-    }
-
-    /// Bytes received so far.
-    pub fn upload_size(&self, id: &str) -> Result<u64> {
-        let p = self.upload_path(id)?;
-        fs::metadata(&p)
-            .map(|m| m.len())
-            .map_err(|_| RegistryError::UploadUnknown(id.to_string()))
-    }
-
-    /// Opens the session file for appending, checking a chunk's start.
-    pub fn append(&self, id: &str, start: Option<u64>) -> Result<UploadWriter<'_>> {
-        let have = self.upload_size(id)?;
-        if let Some(s) = start
-            && s != have
-        {
-            return Err(RegistryError::RangeInvalid { have, got: s });
-        }
-        let p = self.upload_path(id)?;
-        let file = fs::OpenOptions::new().append(true).open(&p).map_err(io_err(&p))?;
-        let taken = self.hashers.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
-        let hasher = match taken {
-            Some((h, off)) if off == have => Some((h, off)),
-            None if have == 0 => Some((Algorithm::Sha256.hasher(), 0)),
-            _ => None,
-        };
-        Ok(UploadWriter {
-            registry: self,
-            id: id.to_string(),
-            file: io::BufWriter::with_capacity(1 << 20, file),
-            hasher,
-        })
-    }
-
-    /// Verifies and moves a finished upload into the store.
-    pub fn finish_upload(&self, name: &str, id: &str, digest: &Digest) -> Result<()> {
-        let repo = self.repo(name)?;
-        let p = self.upload_path(id)?;
-        if !p.is_file() {
-            return Err(RegistryError::UploadUnknown(id.to_string()));
-        }
-        let size = fs::metadata(&p).map_err(io_err(&p))?.len();
-        let streamed = self.hashers.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
-        let result = match streamed {
-            // Hashed while the bytes streamed in: no second pass.
-            Some((h, off)) if off == size && digest.algorithm() == Algorithm::Sha256 => {
-                let actual = h.finish();
-                if &actual == digest {
-                    self.store.adopt_verified(&p, digest).map(|_| ())
-                } else {
-                    Err(StoreError::DigestMismatch {
-                        expected: digest.clone(),
-                        actual,
-                        size,
-                    })
-                }
-            }
-            // After a restart (or for sha512), hash the file once more.
-            _ => self.store.adopt(&p, digest).map(|_| ()),
-        };
-        match result {
-            Ok(()) => {}
-            Err(StoreError::DigestMismatch { expected, actual, .. }) => {
-                let _ = fs::remove_file(&p);
-                return Err(RegistryError::DigestMismatch { expected, actual });
-            }
-            Err(e) => return Err(e.into()),
-        }
-        Self::write_small(&Self::blob_marker(&repo, digest), b"")?;
-        if let Some(f) = self.on_new_blob.get() {
-            f(digest);
-        }
-        Ok(())
-    }
-
     /// Deletes a tag, or a manifest by digest (with every tag naming it),
     /// from a repository. The bytes stay in the store until `strata gc`.
     pub fn delete_manifest(&self, name: &str, reference: &str) -> Result<()> {
@@ -675,12 +560,6 @@ impl Registry {
         let repo = self.repo(name)?;
         let marker = Self::blob_marker(&repo, d);
         fs::remove_file(&marker).map_err(|_| RegistryError::BlobUnknown(d.clone()))
-    }
-
-    pub fn cancel_upload(&self, id: &str) -> Result<()> {
-        let p = self.upload_path(id)?;
-        self.hashers.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
-        fs::remove_file(&p).map_err(|_| RegistryError::UploadUnknown(id.to_string()))
     }
 }
 
