@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use common::serve::Serve;
 use common::*;
@@ -272,6 +272,55 @@ fn refused_and_cut_uploads_leave_no_session_behind() {
         "left behind: {:?}",
         upload_files(&data)
     );
+}
+
+/// Sets a file's modification time `ago` into the past.
+fn age(path: &Path, ago: Duration) {
+    let f = std::fs::File::options().write(true).open(path).unwrap();
+    f.set_modified(SystemTime::now() - ago).unwrap();
+}
+
+#[test]
+fn idle_upload_sessions_expire_in_gc_and_in_the_running_server() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    let s = Serve::start_with(&data, &["--upload-ttl", "1h"]);
+    let c = s.client();
+    let (old_loc, old_id) = start_session(&s, &c, "app");
+    let (fresh_loc, _) = start_session(&s, &c, "app");
+    let r = c
+        .patch(s.url(&old_loc))
+        .header("Content-Range", "0-4")
+        .body("hello")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    age(&data.join("uploads").join(&old_id), Duration::from_secs(2 * 3600));
+    let o = strata()
+        .args(["gc", "--json", "--upload-ttl", "1h", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["expired_uploads"], 1, "{v}");
+    assert_eq!(session_range(&s, &c, &old_loc).0, 404);
+    assert_eq!(session_range(&s, &c, &fresh_loc).0, 204);
+    drop(s);
+
+    // The running server purges by itself, with the TTL from its config.
+    let cfg = d.path().join("serve.toml");
+    std::fs::write(&cfg, "[storage]\nupload_ttl = \"2s\"\n").unwrap();
+    let data2 = d.path().join("data2");
+    let s = Serve::start_with(&data2, &["--config", cfg.to_str().unwrap()]);
+    let c = s.client();
+    let (loc, _) = start_session(&s, &c, "app");
+    assert_eq!(session_range(&s, &c, &loc).0, 204);
+    assert!(
+        eventually(Duration::from_secs(15), || session_range(&s, &c, &loc).0 == 404),
+        "the idle session is still there"
+    );
+    assert_eq!(upload_files(&data2), Vec::<String>::new());
 }
 
 /// Sends the head of a PATCH and `first` bytes of its body over raw TCP.

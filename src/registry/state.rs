@@ -8,6 +8,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
 use crate::digest::{Digest, Hasher};
 use crate::oci::{Index, Manifest};
@@ -95,6 +96,8 @@ pub struct Registry {
     pub(super) hashers: Mutex<HashMap<String, (Hasher, u64)>>,
     /// Upload sessions a request holds (see `uploads.rs`).
     pub(super) busy: super::uploads::Busy,
+    /// Upload sessions idle for longer than this are purged.
+    pub(super) upload_ttl: Duration,
     /// Largest blob an upload may grow to.
     max_blob: u64,
     /// Told of every blob an upload adds to the store (the P2P origin
@@ -221,6 +224,7 @@ impl Registry {
             root,
             hashers: Mutex::new(HashMap::new()),
             busy: Default::default(),
+            upload_ttl: super::uploads::DEFAULT_UPLOAD_TTL,
             max_blob: u64::MAX,
             on_new_blob: OnceLock::new(),
         })
@@ -237,6 +241,16 @@ impl Registry {
     pub fn with_max_blob(mut self, bytes: u64) -> Registry {
         self.max_blob = bytes;
         self
+    }
+
+    /// Purges upload sessions idle for longer than `ttl`.
+    pub fn with_upload_ttl(mut self, ttl: Duration) -> Registry {
+        self.upload_ttl = ttl;
+        self
+    }
+
+    pub fn upload_ttl(&self) -> Duration {
+        self.upload_ttl
     }
 
     /// Tells the new-blob hook of a blob an upload added.

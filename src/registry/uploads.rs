@@ -3,17 +3,42 @@
 //!
 //! A session is used only through the repository that started it, by one
 //! request at a time (an [`UploadLock`]: a second request on a busy session
-//! is refused, so two chunks never interleave). A refused or failed request
-//! leaves the session as it found it.
+//! is refused, so two chunks never interleave), and it expires after an
+//! idle time (the data file's mtime is the last activity): the running
+//! server and `strata gc` purge expired sessions. A refused or failed
+//! request leaves the session as it found it.
 
 use std::collections::HashSet;
 use std::fs;
 use std::io::{self, Seek, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use super::state::{Registry, RegistryError, Result, io_err};
 use crate::digest::{Algorithm, Digest, Hasher};
 use crate::store::StoreError;
+
+/// How long an idle upload session is kept by default (distribution purges
+/// uploads older than a week by default; a day is plenty for a resume).
+pub const DEFAULT_UPLOAD_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Whether a session last touched at `modified` has expired at `now`.
+/// A modification time in the future (a clock step) counts as fresh.
+pub fn expired(modified: SystemTime, now: SystemTime, ttl: Duration) -> bool {
+    now.duration_since(modified).is_ok_and(|idle| idle > ttl)
+}
+
+/// How often a running server looks for expired sessions.
+pub fn purge_interval(ttl: Duration) -> Duration {
+    (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(15 * 60))
+}
+
+/// What a purge removed.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct PurgeReport {
+    pub expired_uploads: usize,
+    pub expired_bytes: u64,
+}
 
 /// Sessions a request is working on.
 pub(super) type Busy = std::sync::Mutex<HashSet<String>>;
@@ -121,6 +146,10 @@ impl Registry {
         {
             return Err(RegistryError::UploadBusy(id.to_string()));
         }
+        // A request is activity: the session is not idle while it runs.
+        if let Ok(f) = fs::File::options().append(true).open(&path) {
+            let _ = f.set_modified(SystemTime::now());
+        }
         Ok(UploadLock {
             registry: self,
             id: id.to_string(),
@@ -150,6 +179,71 @@ impl Registry {
         fs::metadata(&path)
             .map(|m| m.len())
             .map_err(|_| RegistryError::UploadUnknown(id.to_string()))
+    }
+
+    /// Removes sessions idle for longer than the upload TTL at `now`, and
+    /// hash states whose session is gone. Busy sessions are kept.
+    pub fn purge_uploads(&self, now: SystemTime) -> Result<PurgeReport> {
+        self.sweep_uploads(now, true)
+    }
+
+    /// What [`Registry::purge_uploads`] would remove, removing nothing.
+    pub fn expired_uploads(&self, now: SystemTime) -> Result<PurgeReport> {
+        self.sweep_uploads(now, false)
+    }
+
+    fn sweep_uploads(&self, now: SystemTime, remove: bool) -> Result<PurgeReport> {
+        let dir = self.uploads_dir();
+        let mut report = PurgeReport::default();
+        let rd = fs::read_dir(&dir).map_err(io_err(&dir))?;
+        for e in rd.flatten() {
+            let path = e.path();
+            let Ok(md) = e.metadata() else { continue };
+            let Ok(modified) = md.modified() else { continue };
+            if !expired(modified, now, self.upload_ttl) {
+                continue;
+            }
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(id) = name.strip_suffix(".repo") {
+                // An owner file without its data (a crash between the two
+                // writes, or a data file removed by hand).
+                if remove && !dir.join(id).exists() {
+                    let _ = fs::remove_file(&path);
+                }
+                continue;
+            }
+            // Whatever else is here is a session's data (or debris). Take
+            // the session as a request would, so none is using it.
+            if !self
+                .busy
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(name.clone())
+            {
+                continue;
+            }
+            let removed = !remove || fs::remove_file(&path).is_ok();
+            if remove {
+                let _ = fs::remove_file(repo_file(&path));
+                self.hashers
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&name);
+            }
+            self.busy.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
+            if removed {
+                report.expired_uploads += 1;
+                report.expired_bytes += md.len();
+            }
+        }
+        if remove {
+            // Hash states of sessions removed by another process (`strata gc`).
+            self.hashers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|id, _| dir.join(id).is_file());
+        }
+        Ok(report)
     }
 }
 
@@ -246,5 +340,58 @@ impl UploadLock<'_> {
         self.hashers().remove(&self.id);
         let _ = fs::remove_file(&self.path);
         let _ = fs::remove_file(repo_file(&self.path));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_expire_after_the_ttl_and_not_before() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let ttl = Duration::from_secs(3600);
+        assert!(!expired(t0, t0, ttl));
+        assert!(!expired(t0, t0 + ttl, ttl));
+        assert!(expired(t0, t0 + ttl + Duration::from_secs(1), ttl));
+        assert!(!expired(t0 + ttl, t0, ttl), "a future mtime is fresh");
+        assert_eq!(purge_interval(DEFAULT_UPLOAD_TTL), Duration::from_secs(900));
+        assert_eq!(purge_interval(Duration::from_secs(2)), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn purge_removes_only_idle_sessions_with_a_moved_clock() {
+        let d = tempfile::tempdir().unwrap();
+        let reg = Registry::open(d.path().to_path_buf()).unwrap();
+        let old = reg.start_upload("app").unwrap();
+        let fresh = reg.start_upload("app").unwrap();
+        let busy = reg.start_upload("app").unwrap();
+        let _held = reg.lock_upload("app", &busy).unwrap();
+        let now = SystemTime::now();
+        let past = now - Duration::from_secs(25 * 3600);
+        let f = fs::File::options()
+            .write(true)
+            .open(d.path().join("uploads").join(&old))
+            .unwrap();
+        f.set_modified(past).unwrap();
+        let r = reg.purge_uploads(now).unwrap();
+        assert_eq!(r.expired_uploads, 1);
+        assert!(matches!(
+            reg.lock_upload("app", &old),
+            Err(RegistryError::UploadUnknown(_))
+        ));
+        assert!(reg.lock_upload("app", &fresh).is_ok());
+        // A day later every idle session goes, but not the busy one.
+        let r = reg.purge_uploads(now + Duration::from_secs(25 * 3600)).unwrap();
+        assert_eq!(r.expired_uploads, 1);
+        assert!(matches!(
+            reg.lock_upload("app", &busy),
+            Err(RegistryError::UploadBusy(_))
+        ));
+        let left: Vec<_> = fs::read_dir(d.path().join("uploads"))
+            .unwrap()
+            .flatten()
+            .collect();
+        assert_eq!(left.len(), 2, "the busy session and its owner file");
     }
 }
