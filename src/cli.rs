@@ -88,14 +88,36 @@ fn default_store() -> PathBuf {
 pub fn init_logging(cli: &Cli) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log_level));
+    // Colours only for a person at a terminal: a log file, a pipe or
+    // journald would keep the escape codes as text.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     if cli.log_json {
         builder.json().init();
     } else {
         builder.init();
     }
+}
+
+/// An error and its causes for a person, each cause once. Most errors
+/// here already show their source in their own message (`{path}:
+/// {source}`); anyhow's `{:#}` would print that source a second time, and
+/// a third when it, too, shows its own.
+pub fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    let mut parent = out.clone();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !parent.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        parent = text;
+    }
+    out
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {

@@ -56,6 +56,8 @@ pub enum ClientError {
         had_credential: bool,
         message: String,
     },
+    #[error("{url}: the registry denied it: {message}")]
+    Denied { url: String, message: String },
     #[error("{what} {expected}: the registry sent bytes with digest {actual}; nothing was stored")]
     DigestMismatch {
         what: String,
@@ -311,7 +313,17 @@ impl Client {
                         })?;
                     continue;
                 }
-                Ok(r) if r.status() == StatusCode::UNAUTHORIZED || r.status() == StatusCode::FORBIDDEN => {
+                Ok(r) if r.status() == StatusCode::FORBIDDEN => {
+                    // Authenticated, but without the right: another try
+                    // with the same credential cannot help.
+                    let (code, message) = error_body(r);
+                    let message = if message.is_empty() { code } else { message };
+                    return Err(ClientError::Denied {
+                        url: req.url.clone(),
+                        message,
+                    });
+                }
+                Ok(r) if r.status() == StatusCode::UNAUTHORIZED => {
                     let (_, message) = error_body(r);
                     return Err(ClientError::Unauthorized {
                         url: req.url.clone(),

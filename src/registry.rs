@@ -3,20 +3,23 @@
 //! Blobs live in the content-addressed store and become visible only by an
 //! atomic rename after their digest matched; tags and repository membership
 //! are small files under `repos/`; upload sessions are plain files under
-//! `uploads/`, so they survive a restart and can be resumed. This module
-//! never serves bytes it has not verified.
+//! `uploads/`, so they survive a restart and can be resumed until they
+//! have been idle for the upload TTL. This module never serves bytes it
+//! has not verified.
 
 pub mod auth;
 pub mod config;
 pub mod gc;
 mod http;
 mod state;
+pub mod uploads;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use state::{Registry, RegistryError, valid_name, valid_tag};
+pub use uploads::{DEFAULT_UPLOAD_TTL, PurgeReport, UploadLock};
 
 /// Who may do what.
 #[derive(Debug, Clone, Default)]
@@ -30,6 +33,9 @@ pub struct Access {
     pub allow_delete: bool,
     /// Refuse blobs larger than this many MiB (413); no limit by default.
     pub max_blob_mib: Option<u64>,
+    /// Purge upload sessions idle for longer than this (default
+    /// [`DEFAULT_UPLOAD_TTL`]).
+    pub upload_ttl: Option<std::time::Duration>,
 }
 
 /// A bound registry server; [`Server::run`] serves until `shutdown`.
@@ -40,6 +46,37 @@ pub struct Server {
     tls: Option<tokio_rustls::TlsAcceptor>,
     /// More routes served beside the registry (the server's API).
     extra: Option<axum::Router>,
+}
+
+/// Aborts a background task when the server stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Purges idle upload sessions now and then, for as long as the server runs.
+async fn purge_expired_uploads(registry: Arc<Registry>) {
+    let ttl = registry.upload_ttl();
+    let mut every = tokio::time::interval(uploads::purge_interval(ttl));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let reg = registry.clone();
+        match tokio::task::spawn_blocking(move || reg.purge_uploads(std::time::SystemTime::now())).await {
+            Ok(Ok(r)) if r.expired_uploads > 0 => tracing::info!(
+                "registry: purged {} upload sessions idle for more than {}s ({} bytes)",
+                r.expired_uploads,
+                ttl.as_secs(),
+                r.expired_bytes
+            ),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!("registry: purging idle upload sessions: {e}"),
+            Err(e) => tracing::warn!("registry: the upload purge task: {e}"),
+        }
+    }
 }
 
 /// A certificate chain and key, PEM files, for HTTPS.
@@ -86,6 +123,7 @@ impl Server {
         if let Some(mib) = access.max_blob_mib {
             registry = registry.with_max_blob(mib << 20);
         }
+        registry = registry.with_upload_ttl(access.upload_ttl.unwrap_or(DEFAULT_UPLOAD_TTL));
         let registry = Arc::new(registry);
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -127,6 +165,7 @@ impl Server {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        let _purger = AbortOnDrop(tokio::spawn(purge_expired_uploads(self.registry.clone())));
         let mut app = http::router(self.registry, self.access);
         if let Some(extra) = self.extra {
             app = app.merge(extra);

@@ -167,3 +167,36 @@ fn shipped_layers_toml_resolves() {
     }
     assert_eq!(plan.chain("tomcat").len(), 4);
 }
+
+/// How often `needle` occurs in `haystack`.
+fn count(haystack: &str, needle: &str) -> usize {
+    haystack.matches(needle).count()
+}
+
+#[test]
+fn a_build_error_names_each_cause_once() {
+    let d = tempfile::tempdir().unwrap();
+    let e = run_in(d.path(), &["build", "--layout", "oci", "-c", "missing.toml"]);
+    let e = stderr(&e);
+    assert_eq!(count(&e, "os error 2"), 1, "{e}");
+    // An archive the builder cannot read, and one with a wrong digest.
+    let d = tempfile::tempdir().unwrap();
+    write(&d.path().join("g.tar"), "not a tar archive");
+    let e = build_fails(d.path(), "[tiers.base]\nsources = [{ tar = \"g.tar\" }]\n");
+    let line = e.lines().find(|l| l.starts_with("error: ")).unwrap();
+    assert_eq!(count(line, "g.tar"), 1, "{e}");
+    let parts: Vec<&str> = line.split(": ").collect();
+    for (i, p) in parts.iter().enumerate() {
+        assert!(!parts[i + 1..].contains(p), "`{p}` repeats: {line}");
+    }
+    let d = tempfile::tempdir().unwrap();
+    write(&d.path().join("f.tar"), tar_of(&[("etc/motd", "hi\n")]));
+    let e = build_fails(
+        d.path(),
+        &format!(
+            "[tiers.base]\nsources = [{{ tar = \"f.tar\", sha256 = \"{}\" }}]\n",
+            "0".repeat(64)
+        ),
+    );
+    assert_eq!(count(&e, &"0".repeat(64)), 1, "{e}");
+}

@@ -7,12 +7,13 @@ use anyhow::Result;
 
 use super::human;
 
-/// Delete blobs of a registry's data directory that no manifest reaches.
+/// Delete blobs of a registry's data directory that no manifest reaches,
+/// and upload sessions idle for longer than --upload-ttl.
 ///
 /// Marks everything the manifests and indexes of every repository name,
 /// then deletes the other blobs once they are older than --grace, so blobs
 /// of a push still in progress survive. Safe to run while `strata serve`
-/// runs.
+/// runs (which purges idle upload sessions by itself too).
 ///
 /// Examples:
 ///   strata gc --data /var/lib/strata --dry-run
@@ -25,6 +26,9 @@ pub struct Args {
     /// Keep unreferenced blobs younger than this (s, m, h suffixes).
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub grace: Duration,
+    /// Delete upload sessions idle for longer than this (s, m, h suffixes).
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub upload_ttl: Duration,
     /// Report what would be deleted, delete nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -33,33 +37,24 @@ pub struct Args {
     pub json: bool,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration like 90s, 30m or 2h"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        _ => return Err(format!("`{s}` is not a duration like 90s, 30m or 2h")),
-    };
-    Ok(Duration::from_secs(secs))
-}
+use strata::registry::config::parse_duration;
 
 pub fn run(a: Args) -> Result<()> {
-    let r = strata::registry::gc::collect(&a.data, a.grace, a.dry_run)?;
+    let r = strata::registry::gc::collect(&a.data, a.grace, a.upload_ttl, a.dry_run)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         println!(
-            "{} manifests reach {} blobs; {} {} unreferenced blobs ({}); {} younger than the grace period kept",
+            "{} manifests reach {} blobs; {} {} unreferenced blobs ({}); {} younger than the grace period kept; {} {} idle upload sessions ({})",
             r.manifests,
             r.live_blobs,
             if r.dry_run { "would delete" } else { "deleted" },
             r.swept_blobs,
             human(r.swept_bytes),
-            r.young_blobs
+            r.young_blobs,
+            if r.dry_run { "would delete" } else { "deleted" },
+            r.expired_uploads,
+            human(r.expired_upload_bytes)
         );
     }
     Ok(())

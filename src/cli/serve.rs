@@ -57,6 +57,11 @@ pub struct Args {
     /// upload's bytes are freed. No limit by default.
     #[arg(long)]
     pub max_blob_mib: Option<u64>,
+    /// Purge upload sessions idle for longer than this (s, m, h suffixes);
+    /// the server checks every quarter of it (at most every 15 min).
+    /// `strata gc --upload-ttl` purges them too. [default: 24h]
+    #[arg(long, value_parser = strata::registry::config::parse_duration)]
+    pub upload_ttl: Option<std::time::Duration>,
     /// Also run the P2P origin and tracker on this UDP address (QUIC,
     /// mutual TLS); needs --p2p-certs.
     #[arg(long, requires = "p2p_certs")]
@@ -109,6 +114,7 @@ pub fn run(mut a: Args) -> Result<()> {
     a.pull_auth |= cfg.auth.pull_auth;
     a.allow_delete |= cfg.storage.allow_delete;
     a.max_blob_mib = a.max_blob_mib.or(cfg.storage.max_blob_mib);
+    a.upload_ttl = a.upload_ttl.or(cfg.storage.upload_ttl);
     if a.tls_cert.is_none()
         && let Some(t) = cfg.tls
     {
@@ -132,6 +138,7 @@ pub fn run(mut a: Args) -> Result<()> {
             pull_auth: a.pull_auth,
             allow_delete: a.allow_delete,
             max_blob_mib: a.max_blob_mib,
+            upload_ttl: a.upload_ttl,
         };
         let tls = a.tls_cert.clone().zip(a.tls_key.clone()).map(|(cert, key)| strata::registry::TlsFiles { cert, key });
         let scheme = if tls.is_some() { "https" } else { "http" };

@@ -199,18 +199,23 @@ pub fn create_token_with_role(path: &Path, name: &str, role: Role) -> Result<Str
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir).map_err(io)?;
     }
-    let mut f = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(io)?;
-    let line = format!("{name}:{}:{role}\n", hex::encode(sha(&token)));
-    f.write_all(line.as_bytes()).map_err(io)?;
+    let mut open = fs::OpenOptions::new();
+    open.create(true).append(true);
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o600));
+        // Private from the moment it exists, whatever the umask.
+        use std::os::unix::fs::OpenOptionsExt;
+        open.mode(0o600);
     }
+    let mut f = open.open(path).map_err(io)?;
+    #[cfg(unix)]
+    {
+        // A file made before (or by hand) is made private too.
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(fs::Permissions::from_mode(0o600)).map_err(io)?;
+    }
+    let line = format!("{name}:{}:{role}\n", hex::encode(sha(&token)));
+    f.write_all(line.as_bytes()).map_err(io)?;
     Ok(token)
 }
 

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -46,6 +47,29 @@ pub struct StorageConfig {
     pub allow_delete: bool,
     #[serde(default)]
     pub max_blob_mib: Option<u64>,
+    /// Upload sessions idle for longer than this are purged, e.g. "24h"
+    /// (default: `uploads::DEFAULT_UPLOAD_TTL`, 24 h).
+    #[serde(default, deserialize_with = "duration")]
+    pub upload_ttl: Option<Duration>,
+}
+
+/// `90s`, `30m`, `2h` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("`{s}` is not a duration like 90s, 30m or 2h");
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "" | "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
+        _ => None,
+    };
+    secs.map(Duration::from_secs).ok_or_else(bad)
+}
+
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map(Some).map_err(serde::de::Error::custom)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +139,16 @@ mod tests {
         std::fs::write(&p, "data = \"d\"\n[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n").unwrap();
         let c = ServeConfig::load(&p).unwrap();
         assert_eq!(c.data.unwrap(), d.path().join("d"));
+        assert_eq!(c.storage.upload_ttl, None);
         assert_eq!(c.tls.unwrap().key, d.path().join("k.pem"));
+        std::fs::write(&p, "[storage]\nupload_ttl = \"90m\"\n").unwrap();
+        let c = ServeConfig::load(&p).unwrap();
+        assert_eq!(c.storage.upload_ttl, Some(Duration::from_secs(5400)));
+        std::fs::write(&p, "[storage]\nupload_ttl = \"soon\"\n").unwrap();
+        let e = ServeConfig::load(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("serve.toml:2:") && e.contains("`soon` is not a duration"),
+            "{e}"
+        );
     }
 }

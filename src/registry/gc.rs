@@ -1,7 +1,8 @@
 //! `strata gc`: mark every blob that a manifest of any repository reaches,
 //! then sweep the store's other blobs once they are older than a grace
 //! period. The grace period is what makes it safe next to running pushes:
-//! a blob uploaded for a manifest that is not pushed yet is young.
+//! a blob uploaded for a manifest that is not pushed yet is young. Upload
+//! sessions idle for longer than the upload TTL go too.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -21,6 +22,9 @@ pub struct GcReport {
     pub swept_bytes: u64,
     /// Unreferenced blobs kept because they are younger than the grace period.
     pub young_blobs: usize,
+    /// Upload sessions idle for longer than the upload TTL.
+    pub expired_uploads: usize,
+    pub expired_upload_bytes: u64,
     pub dry_run: bool,
 }
 
@@ -48,13 +52,21 @@ fn manifests_of(repos: &Path, out: &mut BTreeSet<Digest>) {
 }
 
 /// Runs a collection over `root` (a `strata serve` data directory).
-pub fn collect(root: &Path, grace: Duration, dry_run: bool) -> Result<GcReport> {
-    let reg = Registry::open(root.to_path_buf())?;
+pub fn collect(root: &Path, grace: Duration, upload_ttl: Duration, dry_run: bool) -> Result<GcReport> {
+    let reg = Registry::open(root.to_path_buf())?.with_upload_ttl(upload_ttl);
     let store = reg.store();
     let mut report = GcReport {
         dry_run,
         ..GcReport::default()
     };
+    let now = SystemTime::now();
+    let expired = if dry_run {
+        reg.expired_uploads(now)?
+    } else {
+        reg.purge_uploads(now)?
+    };
+    report.expired_uploads = expired.expired_uploads;
+    report.expired_upload_bytes = expired.expired_bytes;
     // Mark: manifests, what they name, and what indexes name, transitively.
     let mut roots = BTreeSet::new();
     manifests_of(&root.join("repos"), &mut roots);
@@ -89,7 +101,6 @@ pub fn collect(root: &Path, grace: Duration, dry_run: bool) -> Result<GcReport> 
     }
     report.live_blobs = live.len();
     // Sweep: old, unmarked blobs.
-    let now = SystemTime::now();
     for algo in [Algorithm::Sha256, Algorithm::Sha512] {
         let dir = store.root().join("blobs").join(algo.name());
         let Ok(rd) = fs::read_dir(&dir) else { continue };

@@ -1,7 +1,8 @@
 //! The distribution-spec HTTP surface: routing, headers and error bodies.
 
+mod uploads;
+
 use std::collections::HashMap;
-use std::io::Write;
 use std::sync::Arc;
 
 use axum::Router;
@@ -10,7 +11,6 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
-use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::auth::Role;
@@ -106,26 +106,42 @@ async fn token(State(sh): State<Shared>, headers: HeaderMap) -> Response {
     r
 }
 
-/// Checks the request's credential: pushes always need one (unless the
-/// server runs with open pushes), pulls when configured so. A credential is
-/// a token from the credentials file (Bearer or Basic) or a session token
-/// from `/token`.
-/// Whether the request's `Authorization` proves a right to read (or, with
-/// `write`, to push): a token from the credentials file, or a live session
-/// token from `/token` (anonymous sessions may only read).
-fn proves(sh: &Shared, headers: &HeaderMap, write: bool) -> bool {
-    let may = |role: Role| !write || role >= Role::Deploy;
+/// Who the request's `Authorization` proves: a token from the credentials
+/// file (Bearer or Basic) or a live session token from `/token`, which is
+/// anonymous when it was fetched without a credential.
+enum Caller {
+    /// No credential, an invalid one, or an expired session.
+    Nobody,
+    Anonymous,
+    Token(String, Role),
+}
+
+fn caller(sh: &Shared, headers: &HeaderMap) -> Caller {
     let presented = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    if let Some((_, role)) = sh.access.credentials.check_role(presented) {
-        return may(role);
+    if let Some((name, role)) = sh.access.credentials.check_role(presented) {
+        return Caller::Token(name, role);
     }
     let Some(t) = presented.and_then(|p| p.strip_prefix("Bearer ")) else {
-        return false;
+        return Caller::Nobody;
     };
     let map = sh.sessions.lock().unwrap_or_else(|e| e.into_inner());
-    map.get(t.trim()).is_some_and(|(who, until)| {
-        *until > std::time::Instant::now() && who.as_ref().map_or(!write, |(_, role)| may(*role))
-    })
+    match map.get(t.trim()) {
+        Some((who, until)) if *until > std::time::Instant::now() => match who {
+            Some((name, role)) => Caller::Token(name.clone(), *role),
+            None => Caller::Anonymous,
+        },
+        _ => Caller::Nobody,
+    }
+}
+
+/// Whether the request's `Authorization` proves a right to read (or, with
+/// `write`, to push; anonymous sessions may only read).
+fn proves(sh: &Shared, headers: &HeaderMap, write: bool) -> bool {
+    match caller(sh, headers) {
+        Caller::Nobody => false,
+        Caller::Anonymous => !write,
+        Caller::Token(_, role) => !write || role >= Role::Deploy,
+    }
 }
 
 fn authorize(sh: &Shared, headers: &HeaderMap, write: bool) -> Result<(), Response> {
@@ -140,6 +156,12 @@ fn authorize(sh: &Shared, headers: &HeaderMap, write: bool) -> Result<(), Respon
     }
     if proves(sh, headers, write) {
         return Ok(());
+    }
+    if let Caller::Token(name, role) = caller(sh, headers) {
+        // A valid credential without the right: authenticating again
+        // cannot help, so no challenge.
+        let why = format!("token {name} has role {role}; pushing needs {}", Role::Deploy);
+        return Err(ApiError(StatusCode::FORBIDDEN, "DENIED", why).into_response());
     }
     let why = if write {
         "pushing needs a credential (strata token create)"
@@ -205,7 +227,10 @@ impl From<RegistryError> for ApiError {
             E::ManifestBlobUnknown(_) => (StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN"),
             E::ManifestTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "SIZE_INVALID"),
             E::BlobTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "SIZE_INVALID"),
-            E::RangeInvalid { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID"),
+            E::RangeInvalid { .. } | E::UploadBusy(_) | E::ContentRangeInvalid(_) => {
+                (StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID")
+            }
+            E::ContentRangeLength { .. } => (StatusCode::BAD_REQUEST, "SIZE_INVALID"),
             _ if e.disk_full() => (StatusCode::INSUFFICIENT_STORAGE, "UNKNOWN"),
             E::Bind { .. } | E::Io { .. } | E::Tls { .. } | E::Store(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN")
@@ -310,14 +335,11 @@ async fn serve(
         (Route::Blob(name, d), &Method::GET | &Method::HEAD) => {
             get_blob(&reg, name, d, req.headers(), method == Method::HEAD).await
         }
-        (Route::Uploads(name), &Method::POST) => start_upload(&reg, name, &q, req).await,
-        (Route::Upload(name, id), &Method::PATCH) => patch_upload(&reg, name, id, req).await,
-        (Route::Upload(name, id), &Method::PUT) => put_upload(&reg, name, id, &q, req).await,
-        (Route::Upload(name, id), &Method::GET) => upload_status(&reg, name, id, StatusCode::NO_CONTENT),
-        (Route::Upload(_, id), &Method::DELETE) => {
-            reg.cancel_upload(id)?;
-            Ok(StatusCode::NO_CONTENT.into_response())
-        }
+        (Route::Uploads(name), &Method::POST) => uploads::start(&reg, name, &q, req).await,
+        (Route::Upload(name, id), &Method::PATCH) => uploads::patch(&reg, name, id, req).await,
+        (Route::Upload(name, id), &Method::PUT) => uploads::put(&reg, name, id, &q, req).await,
+        (Route::Upload(name, id), &Method::GET) => uploads::status(&reg, name, id),
+        (Route::Upload(name, id), &Method::DELETE) => uploads::cancel(&reg, name, id),
         (Route::Manifest(name, r), &Method::GET | &Method::HEAD) => {
             get_manifest(&reg, name, r, method == Method::HEAD)
         }
@@ -429,126 +451,6 @@ async fn get_blob(reg: &Registry, name: &str, d: &str, h: &HeaderMap, head: bool
         );
     }
     Ok(r)
-}
-
-/// Appends a request body to an upload session file.
-async fn receive(reg: &Registry, id: &str, start: Option<u64>, body: Body) -> Result<(), ApiError> {
-    let mut have = reg.upload_size(id)?;
-    let mut file = reg.append(id, start)?;
-    let io = |source| RegistryError::Io {
-        path: id.into(),
-        source,
-    };
-    let mut stream = body.into_data_stream();
-    // Frames are small (curl sends 64 KiB); leave the async worker for the
-    // blocking write and hash once per MiB, not once per frame.
-    let mut pending: Vec<bytes::Bytes> = Vec::new();
-    let mut pending_len = 0usize;
-    loop {
-        let next = stream.next().await;
-        let done = next.is_none();
-        if let Some(chunk) = next {
-            let chunk =
-                chunk.map_err(|e| ApiError(StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID", e.to_string()))?;
-            pending_len += chunk.len();
-            pending.push(chunk);
-            if have + pending_len as u64 > reg.max_blob() {
-                // Nothing of this request is kept; the session is dropped.
-                drop(file);
-                let _ = reg.cancel_upload(id);
-                return Err(RegistryError::BlobTooLarge { max: reg.max_blob() }.into());
-            }
-        }
-        if pending_len >= 1 << 20 || (done && pending_len > 0) {
-            let written = tokio::task::block_in_place(|| pending.iter().try_for_each(|c| file.write_all(c)));
-            have += pending_len as u64;
-            if let Err(e) = written {
-                let e = io(e);
-                if e.disk_full() {
-                    // The session cannot go on; free its bytes for others.
-                    drop(file);
-                    let _ = reg.cancel_upload(id);
-                }
-                return Err(e.into());
-            }
-            pending.clear();
-            pending_len = 0;
-        }
-        if done {
-            break;
-        }
-    }
-    // Hands the hash state back to the session for the final PUT.
-    if let Err(e) = tokio::task::block_in_place(|| file.close()) {
-        let e = io(e);
-        if e.disk_full() {
-            let _ = reg.cancel_upload(id);
-        }
-        return Err(e.into());
-    }
-    Ok(())
-}
-
-fn upload_status(reg: &Registry, name: &str, id: &str, status: StatusCode) -> Reply {
-    let size = reg.upload_size(id)?;
-    let mut r = status.into_response();
-    set(&mut r, "Location", format!("/v2/{name}/blobs/uploads/{id}"));
-    set(&mut r, "Range", format!("0-{}", size.saturating_sub(1)));
-    set(&mut r, "Docker-Upload-UUID", id);
-    set(&mut r, "Content-Length", "0");
-    Ok(r)
-}
-
-fn blob_created(name: &str, d: &Digest) -> Response {
-    let mut r = StatusCode::CREATED.into_response();
-    set(&mut r, "Location", format!("/v2/{name}/blobs/{d}"));
-    set(&mut r, "Docker-Content-Digest", d.to_string());
-    set(&mut r, "Content-Length", "0");
-    r
-}
-
-async fn start_upload(reg: &Registry, name: &str, q: &HashMap<String, String>, req: Request) -> Reply {
-    if let (Some(mount), Some(_from)) = (q.get("mount"), q.get("from")) {
-        let d = parse_digest(mount)?;
-        if reg.store().has(&d) {
-            reg.link_blob(name, &d)?;
-            return Ok(blob_created(name, &d));
-        }
-    }
-    let id = reg.start_upload(name)?;
-    if let Some(d) = q.get("digest") {
-        let digest = parse_digest(d)?;
-        receive(reg, &id, None, req.into_body()).await?;
-        tokio::task::block_in_place(|| reg.finish_upload(name, &id, &digest))?;
-        return Ok(blob_created(name, &digest));
-    }
-    upload_status(reg, name, &id, StatusCode::ACCEPTED)
-}
-
-fn content_range_start(h: &HeaderMap) -> Option<u64> {
-    let v = h.get(header::CONTENT_RANGE)?.to_str().ok()?;
-    let v = v.trim_start_matches("bytes ").trim_start_matches("bytes=");
-    v.split('-').next()?.trim().parse().ok()
-}
-
-async fn patch_upload(reg: &Registry, name: &str, id: &str, req: Request) -> Reply {
-    let start = content_range_start(req.headers());
-    receive(reg, id, start, req.into_body()).await?;
-    upload_status(reg, name, id, StatusCode::ACCEPTED)
-}
-
-async fn put_upload(
-    reg: &Registry,
-    name: &str,
-    id: &str,
-    q: &HashMap<String, String>,
-    req: Request,
-) -> Reply {
-    let digest = parse_digest(q.get("digest").map(String::as_str).unwrap_or(""))?;
-    let start = content_range_start(req.headers());
-    receive(reg, id, start, req.into_body()).await?;
-    tokio::task::block_in_place(|| reg.finish_upload(name, id, &digest))?;
-    Ok(blob_created(name, &digest))
 }
 
 fn get_manifest(reg: &Registry, name: &str, reference: &str, head: bool) -> Reply {

@@ -4,12 +4,13 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
-use crate::digest::{Algorithm, Digest, Hasher};
+use crate::digest::{Digest, Hasher};
 use crate::oci::{Index, Manifest};
 use crate::store::{Store, StoreError};
 
@@ -48,6 +49,12 @@ pub enum RegistryError {
     BlobTooLarge { max: u64 },
     #[error("chunk starts at {got}, but the upload has {have} bytes")]
     RangeInvalid { have: u64, got: u64 },
+    #[error("upload `{0}` is receiving another request")]
+    UploadBusy(String),
+    #[error("invalid Content-Range `{0}` (expected START-END, END included)")]
+    ContentRangeInvalid(String),
+    #[error("Content-Range {start}-{end} announces {} bytes, but the request carries {got}", end - start + 1)]
+    ContentRangeLength { start: u64, end: u64, got: u64 },
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: io::Error },
     #[error(transparent)]
@@ -71,7 +78,7 @@ impl RegistryError {
 
 pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RegistryError + '_ {
+pub(super) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RegistryError + '_ {
     move |source| RegistryError::Io {
         path: path.to_path_buf(),
         source,
@@ -83,10 +90,14 @@ type NewBlobHook = Box<dyn Fn(&Digest) + Send + Sync>;
 
 pub struct Registry {
     store: Store,
-    root: PathBuf,
+    pub(super) root: PathBuf,
     /// sha256 state of upload sessions, with the offset it covers. Lost on
     /// restart; then the finished upload is hashed again from disk.
-    hashers: Mutex<HashMap<String, (Hasher, u64)>>,
+    pub(super) hashers: Mutex<HashMap<String, (Hasher, u64)>>,
+    /// Upload sessions a request holds (see `uploads.rs`).
+    pub(super) busy: super::uploads::Busy,
+    /// Upload sessions idle for longer than this are purged.
+    pub(super) upload_ttl: Duration,
     /// Largest blob an upload may grow to.
     max_blob: u64,
     /// Told of every blob an upload adds to the store (the P2P origin
@@ -94,49 +105,52 @@ pub struct Registry {
     on_new_blob: OnceLock<NewBlobHook>,
 }
 
-/// Appends to an upload session, hashing the bytes as they stream.
-pub struct UploadWriter<'a> {
-    registry: &'a Registry,
-    id: String,
-    file: io::BufWriter<fs::File>,
-    hasher: Option<(Hasher, u64)>,
-}
-
-impl Write for UploadWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.file.write(buf)?;
-        if let Some((h, off)) = &mut self.hasher {
-            h.update(&buf[..n]);
-            *off += n as u64;
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
-    }
-}
-
-impl UploadWriter<'_> {
-    /// Flushes and hands the hash state back to the session.
-    pub fn close(mut self) -> io::Result<()> {
-        self.file.flush()?;
-        if let Some(h) = self.hasher.take() {
-            self.registry
-                .hashers
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(self.id.clone(), h);
-        }
-        Ok(())
-    }
-}
-
 /// What a manifest push stored.
 pub struct PutManifest {
     pub digest: Digest,
     /// The manifest's `subject`, echoed as `OCI-Subject`.
     pub subject: Option<Digest>,
+}
+
+/// Manifest media types this registry stores and serves.
+const MANIFEST_TYPES: [&str; 4] = [
+    crate::oci::MEDIA_MANIFEST,
+    crate::oci::MEDIA_INDEX,
+    crate::oci::MEDIA_DOCKER_MANIFEST,
+    crate::oci::MEDIA_DOCKER_LIST,
+];
+
+/// The media type of a pushed manifest: its own `mediaType` when it has
+/// one (a `Content-Type` that says otherwise is refused), else the
+/// `Content-Type` it was pushed with, else an OCI image manifest. Only
+/// manifest types are accepted.
+pub fn manifest_media_type(body: Option<&serde_json::Value>, content_type: Option<&str>) -> Result<String> {
+    let media = match (body, content_type) {
+        (Some(v), ct) => {
+            let Some(m) = v.as_str() else {
+                return Err(RegistryError::ManifestInvalid(
+                    "`mediaType` is not a string".into(),
+                ));
+            };
+            if let Some(ct) = ct
+                && ct != m
+            {
+                return Err(RegistryError::ManifestInvalid(format!(
+                    "Content-Type `{ct}` contradicts the manifest's mediaType `{m}`"
+                )));
+            }
+            m
+        }
+        (None, Some(ct)) => ct,
+        (None, None) => crate::oci::MEDIA_MANIFEST,
+    };
+    if !MANIFEST_TYPES.contains(&media) {
+        return Err(RegistryError::ManifestInvalid(format!(
+            "`{media}` is not a manifest media type ({})",
+            MANIFEST_TYPES.join(", ")
+        )));
+    }
+    Ok(media.to_string())
 }
 
 /// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*`
@@ -209,6 +223,8 @@ impl Registry {
             store,
             root,
             hashers: Mutex::new(HashMap::new()),
+            busy: Default::default(),
+            upload_ttl: super::uploads::DEFAULT_UPLOAD_TTL,
             max_blob: u64::MAX,
             on_new_blob: OnceLock::new(),
         })
@@ -227,6 +243,23 @@ impl Registry {
         self
     }
 
+    /// Purges upload sessions idle for longer than `ttl`.
+    pub fn with_upload_ttl(mut self, ttl: Duration) -> Registry {
+        self.upload_ttl = ttl;
+        self
+    }
+
+    pub fn upload_ttl(&self) -> Duration {
+        self.upload_ttl
+    }
+
+    /// Tells the new-blob hook of a blob an upload added.
+    pub(super) fn announce(&self, d: &Digest) {
+        if let Some(f) = self.on_new_blob.get() {
+            f(d);
+        }
+    }
+
     pub fn max_blob(&self) -> u64 {
         self.max_blob
     }
@@ -235,14 +268,14 @@ impl Registry {
         &self.store
     }
 
-    fn repo(&self, name: &str) -> Result<PathBuf> {
+    pub(super) fn repo(&self, name: &str) -> Result<PathBuf> {
         if !valid_name(name) {
             return Err(RegistryError::NameInvalid(name.to_string()));
         }
         Ok(self.root.join("repos").join(name))
     }
 
-    fn write_small(path: &Path, bytes: &[u8]) -> Result<()> {
+    pub(super) fn write_small(path: &Path, bytes: &[u8]) -> Result<()> {
         crate::store::write_atomic(path, bytes).map_err(io_err(path))
     }
 
@@ -294,16 +327,42 @@ impl Registry {
             .map_err(|_| RegistryError::ManifestUnknown(reference.to_string()))
     }
 
-    /// The manifest bytes and media type.
+    fn manifest_marker(repo: &Path, d: &Digest) -> PathBuf {
+        repo.join("_manifests").join(d.algorithm().name()).join(d.hex())
+    }
+
+    /// The manifest bytes and the media type this repository serves them
+    /// with.
     pub fn manifest(&self, name: &str, reference: &str) -> Result<(Digest, Vec<u8>, String)> {
         let d = self.resolve(name, reference)?;
         let bytes = self.store.read_blob(&d)?;
-        let media = self
-            .store
-            .read_meta("media-type", d.hex())
-            .map(|m| String::from_utf8_lossy(&m).into_owned())
-            .unwrap_or_else(|| crate::oci::MEDIA_MANIFEST.to_string());
+        let recorded = fs::read_to_string(Self::manifest_marker(&self.repo(name)?, &d)).unwrap_or_default();
+        let media = if !recorded.trim().is_empty() {
+            recorded.trim().to_string()
+        } else {
+            // Pushed before media types were kept per repository: the
+            // body's own type, then the old store-wide record.
+            serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("mediaType")?.as_str().map(str::to_string))
+                .or_else(|| {
+                    self.store
+                        .read_meta("media-type", d.hex())
+                        .map(|m| String::from_utf8_lossy(&m).into_owned())
+                })
+                .unwrap_or_else(|| crate::oci::MEDIA_MANIFEST.to_string())
+        };
         Ok((d, bytes, media))
+    }
+
+    /// Whether `d` is a blob of the repository at `repo` (linked and stored).
+    fn has_blob(&self, repo: &Path, d: &Digest) -> bool {
+        Self::blob_marker(repo, d).is_file() && self.store.has(d)
+    }
+
+    /// Whether `d` is a manifest of the repository at `repo`.
+    fn has_manifest(&self, repo: &Path, d: &Digest) -> bool {
+        Self::manifest_marker(repo, d).is_file() && self.store.has(d)
     }
 
     /// Stores a manifest after checking that everything it names exists.
@@ -331,15 +390,7 @@ impl Registry {
         };
         let value: serde_json::Value =
             serde_json::from_slice(bytes).map_err(|e| RegistryError::ManifestInvalid(e.to_string()))?;
-        let media = content_type
-            .map(str::to_string)
-            .or_else(|| {
-                value
-                    .get("mediaType")
-                    .and_then(|m| m.as_str())
-                    .map(str::to_string)
-            })
-            .unwrap_or_else(|| crate::oci::MEDIA_MANIFEST.to_string());
+        let media = manifest_media_type(value.get("mediaType"), content_type)?;
         // A manifest with a `subject` is a referrer of that subject.
         let subject: Option<Digest> = value
             .get("subject")
@@ -362,7 +413,7 @@ impl Registry {
             let index: Index =
                 serde_json::from_value(value).map_err(|e| RegistryError::ManifestInvalid(e.to_string()))?;
             for m in &index.manifests {
-                if !self.store.has(&m.digest) {
+                if !self.has_manifest(&repo, &m.digest) {
                     return Err(RegistryError::ManifestBlobUnknown(m.digest.clone()));
                 }
             }
@@ -370,7 +421,7 @@ impl Registry {
             let m: Manifest =
                 serde_json::from_value(value).map_err(|e| RegistryError::ManifestInvalid(e.to_string()))?;
             for d in std::iter::once(&m.config).chain(&m.layers) {
-                if !self.store.has(&d.digest) {
+                if !self.has_blob(&repo, &d.digest) {
                     return Err(RegistryError::ManifestBlobUnknown(d.digest.clone()));
                 }
             }
@@ -381,11 +432,9 @@ impl Registry {
             }
             other => other.into(),
         })?;
-        self.store.write_meta("media-type", d.hex(), media.as_bytes())?;
-        Self::write_small(
-            &repo.join("_manifests").join(d.algorithm().name()).join(d.hex()),
-            b"",
-        )?;
+        // The media type is the repository's record of the manifest: a push
+        // elsewhere never changes it.
+        Self::write_small(&Self::manifest_marker(&repo, &d), media.as_bytes())?;
         if expected.is_none() {
             Self::write_small(&repo.join("_tags").join(reference), d.to_string().as_bytes())?;
         }
@@ -495,96 +544,6 @@ impl Registry {
         Ok(tags)
     }
 
-    fn upload_path(&self, id: &str) -> Result<PathBuf> {
-        let ok = id.len() == 36 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
-        if !ok {
-            return Err(RegistryError::UploadUnknown(id.to_string()));
-        }
-        Ok(self.root.join("uploads").join(id))
-    }
-
-    /// Starts an upload session in `name`.
-    pub fn start_upload(&self, name: &str) -> Result<String> {
-        self.repo(name)?;
-        let id = uuid::Uuid::new_v4().to_string();
-        let p = self.upload_path(&id)?;
-        fs::File::create(&p).map_err(io_err(&p))?;
-        Ok(id)
-    }
-
-    /// Bytes received so far.
-    pub fn upload_size(&self, id: &str) -> Result<u64> {
-        let p = self.upload_path(id)?;
-        fs::metadata(&p)
-            .map(|m| m.len())
-            .map_err(|_| RegistryError::UploadUnknown(id.to_string()))
-    }
-
-    /// Opens the session file for appending, checking a chunk's start.
-    pub fn append(&self, id: &str, start: Option<u64>) -> Result<UploadWriter<'_>> {
-        let have = self.upload_size(id)?;
-        if let Some(s) = start
-            && s != have
-        {
-            return Err(RegistryError::RangeInvalid { have, got: s });
-        }
-        let p = self.upload_path(id)?;
-        let file = fs::OpenOptions::new().append(true).open(&p).map_err(io_err(&p))?;
-        let taken = self.hashers.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
-        let hasher = match taken {
-            Some((h, off)) if off == have => Some((h, off)),
-            None if have == 0 => Some((Algorithm::Sha256.hasher(), 0)),
-            _ => None,
-        };
-        Ok(UploadWriter {
-            registry: self,
-            id: id.to_string(),
-            file: io::BufWriter::with_capacity(1 << 20, file),
-            hasher,
-        })
-    }
-
-    /// Verifies and moves a finished upload into the store.
-    pub fn finish_upload(&self, name: &str, id: &str, digest: &Digest) -> Result<()> {
-        let repo = self.repo(name)?;
-        let p = self.upload_path(id)?;
-        if !p.is_file() {
-            return Err(RegistryError::UploadUnknown(id.to_string()));
-        }
-        let size = fs::metadata(&p).map_err(io_err(&p))?.len();
-        let streamed = self.hashers.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
-        let result = match streamed {
-            // Hashed while the bytes streamed in: no second pass.
-            Some((h, off)) if off == size && digest.algorithm() == Algorithm::Sha256 => {
-                let actual = h.finish();
-                if &actual == digest {
-                    self.store.adopt_verified(&p, digest).map(|_| ())
-                } else {
-                    Err(StoreError::DigestMismatch {
-                        expected: digest.clone(),
-                        actual,
-                        size,
-                    })
-                }
-            }
-            // After a restart (or for sha512), hash the file once more.
-            _ => self.store.adopt(&p, digest).map(|_| ()),
-        };
-        match result {
-            Ok(()) => {}
-            Err(StoreError::DigestMismatch { expected, actual, .. }) => {
-                let _ = fs::remove_file(&p);
-                return Err(RegistryError::DigestMismatch { expected, actual });
-            }
-            Err(e) => return Err(e.into()),
-        }
-        Self::write_small(&Self::blob_marker(&repo, digest), b"")?;
-        if let Some(f) = self.on_new_blob.get() {
-            f(digest);
-        }
-        Ok(())
-    }
-
     /// Deletes a tag, or a manifest by digest (with every tag naming it),
     /// from a repository. The bytes stay in the store until `strata gc`.
     pub fn delete_manifest(&self, name: &str, reference: &str) -> Result<()> {
@@ -616,17 +575,32 @@ impl Registry {
         let marker = Self::blob_marker(&repo, d);
         fs::remove_file(&marker).map_err(|_| RegistryError::BlobUnknown(d.clone()))
     }
-
-    pub fn cancel_upload(&self, id: &str) -> Result<()> {
-        let p = self.upload_path(id)?;
-        self.hashers.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
-        fs::remove_file(&p).map_err(|_| RegistryError::UploadUnknown(id.to_string()))
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_manifests_own_media_type_wins_and_must_agree() {
+        use crate::oci::{MEDIA_DOCKER_MANIFEST, MEDIA_MANIFEST};
+        let own = serde_json::json!(MEDIA_MANIFEST);
+        let t = |body, ct| manifest_media_type(body, ct).map_err(|e| e.to_string());
+        assert_eq!(t(Some(&own), None).unwrap(), MEDIA_MANIFEST);
+        assert_eq!(t(Some(&own), Some(MEDIA_MANIFEST)).unwrap(), MEDIA_MANIFEST);
+        let e = t(Some(&own), Some("text/plain")).unwrap_err();
+        assert!(
+            e.contains("`text/plain` contradicts") && e.contains(MEDIA_MANIFEST),
+            "{e}"
+        );
+        assert_eq!(
+            t(None, Some(MEDIA_DOCKER_MANIFEST)).unwrap(),
+            MEDIA_DOCKER_MANIFEST
+        );
+        assert_eq!(t(None, None).unwrap(), MEDIA_MANIFEST);
+        assert!(t(None, Some("text/plain")).is_err());
+        assert!(t(Some(&serde_json::json!("text/plain")), None).is_err());
+    }
 
     #[test]
     fn names_and_tags() {
