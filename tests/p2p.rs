@@ -221,13 +221,32 @@ impl Swarm {
     /// Builds the offline stack's tools tier and pushes it to the origin
     /// registry as `image` (REPO:TAG), with gzip layers: Debian's Docker
     /// 20.10 cannot read zstd ones.
+    /// Builds the offline stack's tools tier with a file unique to this
+    /// run in its base layer, so no engine already holds its layers (the
+    /// README's demo builds the same tiers, byte for byte), and pushes it.
     fn push_tools_tier(&self, image: &str) {
         let store = self.dir.join("store");
         let layout = self.dir.join("oci");
+        let examples = repo().join("deploy/examples");
+        let text = std::fs::read_to_string(examples.join("offline.toml")).unwrap();
+        let base = repo().join("base-images");
+        let id = format!(
+            "{} {:?}",
+            unique("p2p-layers"),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+        );
+        let marker = format!("sources = [\n  {{ content = \"{id}\\n\", dest = \"/etc/strata-test-id\" }},");
+        let text = text
+            .replace("../../base-images", &base.to_string_lossy())
+            .replacen("sources = [", &marker, 1);
+        let config = self.dir.join("offline-unique.toml");
+        std::fs::write(&config, text).unwrap();
         let o = strata()
             .env("STRATA_STORE", &store)
             .args(["build", "-c"])
-            .arg(repo().join("deploy/examples/offline.toml"))
+            .arg(&config)
             .args(["--tier", "tools", "--layout"])
             .arg(&layout)
             .output()

@@ -37,7 +37,21 @@ log "building the tier stack"
 log "deploying app sample (deploy/apps/sample.toml) on this machine's engine"
 "$strata" deploy sample --image sample --layout out/oci --data strata-data
 ip=$("$strata" status sample --data strata-data --json | sed -n 's/.*"ip": "\([0-9.]*\)".*/\1/p' | head -n 1)
-curl -sf "http://$ip:8080/" || { "$strata" logs sample --data strata-data --tail 20; exit 1; }
+# Waits (at most 15 s) until PATH on the instance contains TEXT: Tomcat
+# serves a changed static file from its cache for up to 5 s.
+serves() {
+    for _ in $(seq 1 60); do
+        if curl -sf "http://$ip:8080$1" 2>/dev/null | grep -q "$2"; then
+            curl -sf "http://$ip:8080$1"
+            return 0
+        fi
+        sleep 0.25
+    done
+    echo "demo: http://$ip:8080$1 does not show \"$2\"" >&2
+    "$strata" logs sample --data strata-data --tail 20
+    return 1
+}
+serves / "Hello from strata"
 echo
 curl -sf "http://$ip:8080/info.jsp"
 
@@ -45,8 +59,9 @@ log "a new WAR with one changed page: released as an in-place hotfix (no restart
 rm -rf out/demo-war && cp -r base-images/webapp out/demo-war
 sed -i 's/Hello from strata/Hello again from strata (hotfixed)/' out/demo-war/index.html
 "$strata" release sample --war out/demo-war -c deploy/examples/offline.toml --layout out/oci --data strata-data
+serves / "Hello again from strata (hotfixed)"
 "$strata" history sample --data strata-data
-log "done: Tomcat answers on http://$ip:8080/ (static pages refresh within Tomcat's 5 s cache)"
+log "done: Tomcat answers on http://$ip:8080/"
 echo "  strata status sample --data strata-data     # instances, IP, image, hotfix, health"
 echo "  strata rollback sample --data strata-data   # back to the first version"
 echo "  strata logs sample --data strata-data -f    # Tomcat's log"

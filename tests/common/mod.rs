@@ -21,7 +21,14 @@ pub fn skip(what: &str) -> bool {
     if strict() {
         panic!("{what} is required (STRATA_TEST_STRICT=1)");
     }
-    eprintln!("SKIPPED: {what} is not available on this machine");
+    // Written to the process's stderr directly, not through `eprintln!`,
+    // which the test harness captures: a skip shows in a plain
+    // `cargo test` run, not only under --nocapture.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED: {what} is not available on this machine (STRATA_TEST_STRICT=1 makes this a failure)"
+    );
     false
 }
 
