@@ -122,6 +122,10 @@ pub enum DeployError {
     PoolShort { pool: String, free: u64, need: u64 },
     #[error("app `{0}` has no instances to remove")]
     NothingToRemove(String),
+    #[error(
+        "cannot roll back to version {version}: its image {image} is no longer in this store (push it again, or pick another version)"
+    )]
+    ImageGone { version: u64, image: String },
 }
 
 pub type Result<T, E = DeployError> = std::result::Result<T, E>;
@@ -328,6 +332,7 @@ impl<'a> Orchestrator<'a> {
                 let current = st.instances.get(&1).map(|i| i.effective().manifest.clone());
                 ok.iter()
                     .rev()
+                    .filter(|h| has_image(self.store, &h.image))
                     .find(|h| Some(&h.image.manifest) != current.as_ref())
                     .copied()
             }
@@ -336,6 +341,12 @@ impl<'a> Orchestrator<'a> {
             app: self.app.name.clone(),
             to,
         })?;
+        if !has_image(self.store, &entry.image) {
+            return Err(DeployError::ImageGone {
+                version: entry.version,
+                image: entry.image.to_string(),
+            });
+        }
         let target = Target::from_store(self.store, &entry.image.name, &entry.image.manifest)?;
         self.say(&format!(
             "rolling back to version {} ({})",
@@ -439,6 +450,17 @@ impl<'a> Orchestrator<'a> {
         });
         Ok(())
     }
+}
+
+/// Whether the store holds all of an image: manifest, config and layers
+/// (a rollback needs every byte of it).
+pub fn has_image(store: &Store, image: &ImageRef) -> bool {
+    if !store.has(&image.manifest) || !store.has(&image.config) {
+        return false;
+    }
+    store
+        .read_json::<Manifest>(&image.manifest)
+        .is_ok_and(|m| m.layers.iter().all(|l| store.has(&l.digest)))
 }
 
 /// Seconds as f64, for reports.

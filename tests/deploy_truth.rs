@@ -417,6 +417,21 @@ fn remove_scale_to_zero_pool_checks_and_an_honest_history() {
     let o = app.run(&["history"], &[]);
     assert!(stdout(&o).starts_with(" VER  AT"), "a header: {}", stdout(&o));
 
+    // A version whose image left the store is refused as such, before
+    // anything changes (the dashboard offers no button for it either).
+    let hist = app.data().join("apps").join(&app.name).join("history.jsonl");
+    let mut gone: Value = h[0].clone();
+    gone["version"] = 99.into();
+    gone["image"]["manifest"] = format!("sha256:{}", "0".repeat(64)).into();
+    let mut text = std::fs::read_to_string(&hist).unwrap();
+    text.push_str(&format!("{gone}\n"));
+    std::fs::write(&hist, text).unwrap();
+    let o = app.run(&["rollback", "--to", "99"], &[]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("no longer in this store"), "{}", stderr(&o));
+    let lines = std::fs::read_to_string(&hist).unwrap().lines().count();
+    assert_eq!(lines, 4, "nothing ran");
+
     // `lease list APP` reads the pool from the spec.
     let lease_list = || {
         strata()

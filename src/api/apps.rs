@@ -102,6 +102,7 @@ fn status_of(e: &DeployError) -> StatusCode {
         | DeployError::NoRollback { .. }
         | DeployError::NotHotfixable { .. }
         | DeployError::PoolShort { .. }
+        | DeployError::ImageGone { .. }
         | DeployError::NothingToRemove(_) => StatusCode::CONFLICT,
         DeployError::Hostile { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         DeployError::Instance { .. } => StatusCode::NOT_FOUND,

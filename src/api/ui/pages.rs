@@ -87,7 +87,13 @@ pub(super) async fn apps_page(State(api): State<Api>, Visitor(s, cookie): Visito
 pub(super) struct VerifyQuery {
     #[serde(default)]
     verify: Option<String>,
+    /// The history page (1: the newest rows).
+    #[serde(default)]
+    page: Option<usize>,
 }
+
+/// History rows per dashboard page.
+const HISTORY_PAGE: usize = 20;
 
 pub(super) async fn app_page(
     State(api): State<Api>,
@@ -95,10 +101,13 @@ pub(super) async fn app_page(
     Path(app): Path<String>,
     q: Result<axum::extract::Query<VerifyQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let verify = q
-        .ok()
-        .and_then(|q| q.0.verify)
-        .is_some_and(|v| v != "0" && v != "false");
+    let (verify, at_page) = match q {
+        Ok(axum::extract::Query(q)) => (
+            q.verify.is_some_and(|v| v != "0" && v != "false"),
+            q.page.unwrap_or(1).max(1),
+        ),
+        Err(_) => (false, 1),
+    };
     let (status, history) = match crate::api::apps::status_and_history(&api, &app, verify).await {
         Ok(both) => both,
         Err(e) => {
@@ -152,7 +161,7 @@ pub(super) async fn app_page(
             } else {
                 "<span class=\"bad\">not running</span>"
             },
-            esc(&i.started_at),
+            esc(&seconds_only(&i.started_at)),
             health_class(&i.instance.health),
             esc(&i.instance.health),
             seg(&app),
@@ -183,10 +192,23 @@ pub(super) async fn app_page(
         .instances
         .first()
         .map(|i| i.instance.effective().manifest.clone());
-    for e in history.iter().rev() {
-        let button = if can_deploy && e.outcome == "ok" && Some(&e.image.manifest) != current.as_ref() {
+    let pages = history.len().div_ceil(HISTORY_PAGE).max(1);
+    let at_page = at_page.min(pages);
+    for e in history
+        .iter()
+        .rev()
+        .skip((at_page - 1) * HISTORY_PAGE)
+        .take(HISTORY_PAGE)
+    {
+        // Only versions whose image this server still holds whole.
+        let button = if can_deploy
+            && e.outcome == "ok"
+            && Some(&e.image.manifest) != current.as_ref()
+            && crate::deploy::has_image(api.cfg.registry.store(), &e.image)
+        {
+            // (A form, not a button inside a link: that is not valid HTML.)
             format!(
-                "<a href=\"/ui/apps/{}/rollback?to={}\"><button>Roll back to v{}</button></a>",
+                "<form method=\"get\" action=\"/ui/apps/{}/rollback\"><input type=\"hidden\" name=\"to\" value=\"{}\"><button>Roll back to v{}</button></form>",
                 seg(&app),
                 e.version,
                 e.version
@@ -218,6 +240,24 @@ pub(super) async fn app_page(
         );
     }
     b.push_str("</table>");
+    if pages > 1 {
+        let link = |p: usize, text: &str| format!("<a href=\"/ui/apps/{}?page={p}\">{text}</a>", seg(&app));
+        let _ = write!(
+            b,
+            "<p class=\"pager\">{} page {at_page} of {pages} ({} runs) {}</p>",
+            if at_page > 1 {
+                link(at_page - 1, "&larr; newer")
+            } else {
+                String::new()
+            },
+            history.len(),
+            if at_page < pages {
+                link(at_page + 1, "older &rarr;")
+            } else {
+                String::new()
+            },
+        );
+    }
     page(&app, &s, cookie, None, &b)
 }
 
@@ -466,6 +506,15 @@ pub(super) async fn hosts_page(State(api): State<Api>, Visitor(s, cookie): Visit
         }
     }
     page("Hosts", &s, cookie, Some(10), &b)
+}
+
+/// An RFC 3339 time without its fraction of a second (Docker reports
+/// nanoseconds).
+fn seconds_only(t: &str) -> String {
+    match (t.find('.'), t.ends_with('Z')) {
+        (Some(dot), true) => format!("{}Z", &t[..dot]),
+        _ => t.to_string(),
+    }
 }
 
 fn mib(bytes: u64) -> String {
