@@ -481,7 +481,9 @@ impl Host {
                         f.write_all(&message).await.map_err(io(p))?;
                     }
                     (_, chunk) => {
-                        if output.len() < 64 * 1024 {
+                        // Read-backs describe every changed path: room
+                        // for hundreds of thousands of them.
+                        if output.len() < 32 << 20 {
                             output.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
                         }
                     }

@@ -122,21 +122,21 @@ impl Orchestrator<'_> {
         // what it must be once applied.
         let paths: Vec<String> = changes.iter().map(|c| c.path.clone()).collect();
         let want: Vec<String> = paths.iter().map(|p| verify::expected(new_tree.get(p))).collect();
-        let snapshot = self.describe(&host, &inst.container, &paths)?;
-        crate::store::write_atomic(&hdir.join(BEFORE), snapshot.as_bytes()).map_err(|source| {
-            DeployError::Io {
-                path: hdir.join(BEFORE),
-                source,
-            }
-        })?;
-
         // Backups, from the container itself (it may differ from the
-        // image): one tar of every affected path, streamed out of an exec.
+        // image): one tar of every affected path on the stdout of one
+        // exec, whose stderr describes the changed paths as they are now.
         let backup_paths = plan::backup_paths(&changes);
-        if !backup_paths.is_empty() {
+        let snapshot = if backup_paths.is_empty() {
+            self.describe(&host, &inst.container, &paths)?
+        } else {
+            let script = format!(
+                "( {} ) >&2\n{}",
+                verify::describe_body(&paths),
+                plan::backup_script(&backup_paths)
+            );
             let o = self.block(host.exec_to(
                 &inst.container,
-                &sh(&plan::backup_script(&backup_paths)),
+                &sh(&script),
                 Some("0"),
                 Some(&hdir.join(BACKUP_TAR)),
             ))?;
@@ -150,7 +150,14 @@ impl Orchestrator<'_> {
                     ),
                 });
             }
-        }
+            o.output
+        };
+        crate::store::write_atomic(&hdir.join(BEFORE), snapshot.as_bytes()).map_err(|source| {
+            DeployError::Io {
+                path: hdir.join(BEFORE),
+                source,
+            }
+        })?;
         let index_file = BackupIndex {
             container: inst.container.clone(),
             restore_script: plan::restore_script(&stage, &changes, &old_tree),
@@ -197,10 +204,12 @@ impl Orchestrator<'_> {
             crash_point("hotfix-applying");
             let fail_after = (attempt == 0 && fault("hotfix-move")).then_some(moves / 2);
             // (A change that only deletes has an empty checksum list.)
+            // The same exec then reads every changed path back.
             let script = format!(
-                "cd {} || exit 1\nif [ -s SHA256SUMS ] && ! sha256sum -c -s SHA256SUMS; then\n  echo 'the staged files do not match their checksums' >&2\n  exit 3\nfi\n{}",
+                "cd {} || exit 1\nif [ -s SHA256SUMS ] && ! sha256sum -c -s SHA256SUMS; then\n  echo 'the staged files do not match their checksums' >&2\n  exit 3\nfi\n{}set +e\n{}",
                 plan::quote(&stage),
-                plan::apply_script(&stage, &changes, &new_tree, fail_after)
+                plan::apply_script(&stage, &changes, &new_tree, fail_after),
+                verify::describe_script(&paths)
             );
             let o = self
                 .block(host.exec(&inst.container, &sh(&script), Some("0")))
@@ -212,11 +221,8 @@ impl Orchestrator<'_> {
                     o.output.trim()
                 ));
             }
-            at("moved");
-            let got = self
-                .describe(&host, &inst.container, &paths)
-                .map_err(|e| e.to_string())?;
-            let mut wrong = verify::mismatches(&paths, &want, &verify::parse(&got));
+            at("moved and read back");
+            let mut wrong = verify::mismatches(&paths, &want, &verify::parse(&o.output));
             if fault("hotfix-unverified") {
                 wrong.push("injected fault: read-back differs (STRATA_FAULT=hotfix-unverified)".into());
             }

@@ -24,6 +24,14 @@ pub const LEFTOVER_GLOBS: &str = "/.strata-hotfix-* /.strata-restore-*";
 /// A script that prints one description line per path (relative to `/`),
 /// then `leftover PATH` for every staging directory still present.
 pub fn describe_script(paths: &[String]) -> String {
+    let mut s = describe_body(paths);
+    s.push_str("exit 0\n");
+    s
+}
+
+/// [`describe_script`] without its final `exit`, to run before or after
+/// other commands in one exec.
+pub fn describe_body(paths: &[String]) -> String {
     let mut s = String::from(
         "d() {\n  if [ -L \"$2\" ]; then echo \"$1 link $(readlink \"$2\")\"\n  elif [ -d \"$2\" ]; then echo \"$1 dir $(stat -c '%a %u %g' \"$2\")\"\n  elif [ -f \"$2\" ]; then h=$(sha256sum < \"$2\"); echo \"$1 file $(stat -c '%a %u %g %s' \"$2\") ${h%% *}\"\n  elif [ -e \"$2\" ]; then echo \"$1 other\"\n  else echo \"$1 absent\"; fi\n}\n",
     );
@@ -31,7 +39,7 @@ pub fn describe_script(paths: &[String]) -> String {
         s.push_str(&format!("d {i} {}\n", quote(&format!("/{p}"))));
     }
     s.push_str(&format!(
-        "for x in {LEFTOVER_GLOBS}; do if [ -e \"$x\" ]; then echo \"leftover $x\"; fi; done\nexit 0\n"
+        "for x in {LEFTOVER_GLOBS}; do if [ -e \"$x\" ]; then echo \"leftover $x\"; fi; done\n"
     ));
     s
 }
