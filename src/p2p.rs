@@ -20,6 +20,7 @@
 //! cluster uses.
 
 pub mod bitfield;
+pub mod identity;
 pub mod mirror;
 pub mod node;
 pub mod picker;

@@ -261,6 +261,36 @@ impl Swarm {
         .unwrap()
     }
 
+    /// An in-process node with a certificate of its own for `name`
+    /// (issued now with `strata cluster issue` if there is none yet): the
+    /// tracker takes a node's name from its certificate only.
+    fn member(&self, rt: &tokio::runtime::Runtime, name: &str) -> Node {
+        if !self.certs().join(format!("{name}.pem")).is_file() {
+            let o = strata()
+                .args(["cluster", "issue", name, "--dir"])
+                .arg(self.dir.join("ca"))
+                .arg("--out")
+                .arg(self.certs())
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", stderr(&o));
+        }
+        self.node(rt, name)
+    }
+
+    /// The hosts the origin knows, by name (`/strata/api/hosts`).
+    fn hosts(&self) -> std::collections::BTreeMap<String, Value> {
+        let v: Value = reqwest::blocking::get(format!("http://127.0.0.1:{}/strata/api/hosts", self.registry))
+            .unwrap()
+            .json()
+            .unwrap();
+        v.as_array()
+            .unwrap_or_else(|| panic!("no hosts in {v}"))
+            .iter()
+            .map(|h| (h["name"].as_str().unwrap().to_string(), h.clone()))
+            .collect()
+    }
+
     fn origin_bytes(&self, rt: &tokio::runtime::Runtime, probe: &Node) -> u64 {
         rt.block_on(probe.stats(self.p2p)).unwrap().0
     }
@@ -303,7 +333,9 @@ fn the_tracker_hands_out_peers_with_what_they_hold() {
     let d = tempfile::tempdir().unwrap();
     let (s, rt, probe) = Swarm::with_probe(d.path(), 4, 0.0);
     let n = s.blob.len().div_ceil(DEFAULT_PIECE as usize);
-    let ask = |req: Request| rt.block_on(probe.ask(s.p2p, &req)).unwrap().0;
+    let x1 = s.member(&rt, "x1");
+    let ask_as = |who: &Node, req: Request| rt.block_on(who.ask(s.p2p, &req)).unwrap().0;
+    let ask = |req: Request| ask_as(&probe, req);
     let announce = Request::Announce {
         blob: s.digest.clone(),
         node: "x1".into(),
@@ -311,13 +343,13 @@ fn the_tracker_hands_out_peers_with_what_they_hold() {
         zone: 0,
         have: strata::p2p::Bitfield::with(n, &[0, 2]).to_bytes(),
     };
-    assert!(matches!(ask(announce), Response::Ok));
+    assert!(matches!(ask_as(&x1, announce), Response::Ok));
     let got = Request::Got {
         blob: s.digest.clone(),
         node: "x1".into(),
         index: 3,
     };
-    assert!(matches!(ask(got), Response::Ok));
+    assert!(matches!(ask_as(&x1, got), Response::Ok));
     let peers = Request::Peers {
         blob: s.digest.clone(),
         node: "probe".into(),
@@ -336,6 +368,105 @@ fn the_tracker_hands_out_peers_with_what_they_hold() {
     // The bitfield comes with the peer, so the asker need not ask it.
     let have = peers[0].have.clone().expect("a bitfield with the peer");
     assert_eq!(have, strata::p2p::Bitfield::with(n, &[0, 2, 3]).to_bytes());
+}
+
+#[test]
+fn a_member_cannot_speak_for_another_node() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Swarm::start(d.path(), 0, 2, 0.0);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (host1, host3) = (s.member(&rt, "host-1"), s.member(&rt, "host-3"));
+    let n = s.blob.len().div_ceil(DEFAULT_PIECE as usize);
+    let ask = |who: &Node, req: Request| rt.block_on(who.ask(s.p2p, &req)).unwrap().0;
+    let register = |node: &str, addr: &str, label: &str| Request::Register {
+        node: node.into(),
+        addr: addr.into(),
+        zone: 0,
+        labels: vec![label.into()],
+    };
+    // host-1 registers itself, and announces half the blob.
+    assert!(matches!(
+        ask(&host1, register("host-1", "127.0.0.1:7001", "rack=a")),
+        Response::Ok
+    ));
+    let half: Vec<usize> = (0..n / 2).collect();
+    let announce = |node: &str, have: &[usize]| Request::Announce {
+        blob: s.digest.clone(),
+        node: node.into(),
+        addr: "127.0.0.1:7001".into(),
+        zone: 0,
+        have: strata::p2p::Bitfield::with(n, have).to_bytes(),
+    };
+    assert!(matches!(ask(&host1, announce("host-1", &half)), Response::Ok));
+    // host-3's certificate speaks for host-1 in every tracker message:
+    // each is refused, naming both.
+    let all: Vec<usize> = (0..n).collect();
+    let blob = s.digest.clone();
+    let forged = [
+        register("host-1", "127.0.0.1:6666", "rack=evil"),
+        announce("host-1", &all),
+        Request::Got {
+            blob: blob.clone(),
+            node: "host-1".into(),
+            index: n - 1,
+        },
+        Request::Peers {
+            blob: blob.clone(),
+            node: "host-1".into(),
+            want: 8,
+        },
+        Request::Upstream {
+            blob: blob.clone(),
+            node: "host-1".into(),
+            addr: "127.0.0.1:6666".into(),
+        },
+    ];
+    for req in forged {
+        match ask(&host3, req.clone()) {
+            Response::Error { message } => assert!(
+                message.contains("host-3") && message.contains("host-1"),
+                "{req:?}: {message}"
+            ),
+            other => panic!("host-3 spoke for host-1 with {req:?}: {other:?}"),
+        }
+    }
+    // host-3 cannot drop host-1 from a swarm it is no member of.
+    let gone = Request::Gone {
+        blob: blob.clone(),
+        peer: "host-1".into(),
+    };
+    assert!(matches!(ask(&host3, gone), Response::Error { .. }));
+    // The origin kept host-1 as host-1 registered it...
+    let hosts = s.hosts();
+    let h1 = &hosts["host-1"];
+    assert_eq!(h1["addr"], "127.0.0.1:7001", "{h1}");
+    assert_eq!(h1["labels"], serde_json::json!(["rack=a"]), "{h1}");
+    assert!(!hosts.contains_key("host-3"), "{hosts:?}");
+    // ...and with what host-1 announced, no more.
+    let probe = s.node(&rt, "probe");
+    let Response::Peers { peers, .. } = ask(
+        &probe,
+        Request::Peers {
+            blob: blob.clone(),
+            node: "probe".into(),
+            want: 8,
+        },
+    ) else {
+        panic!("no peers answer")
+    };
+    assert_eq!(peers.len(), 1, "{peers:?}");
+    assert_eq!(peers[0].name, "host-1");
+    assert_eq!(peers[0].addr, "127.0.0.1:7001");
+    assert_eq!(
+        peers[0].have.clone().unwrap(),
+        strata::p2p::Bitfield::with(n, &half).to_bytes()
+    );
+    // Speaking for itself still works.
+    assert!(matches!(
+        ask(&host3, register("host-3", "127.0.0.1:7003", "rack=c")),
+        Response::Ok
+    ));
+    assert_eq!(s.hosts()["host-3"]["addr"], "127.0.0.1:7003");
 }
 
 #[test]
@@ -446,15 +577,16 @@ fn bad_pieces_are_banned(chain: bool) {
     let s = Swarm::start_with(d.path(), 1, 4, 0.0, &["--p2p-chain", chains]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let evil = evil_peer(&rt, &s);
-    let probe = s.node(&rt, "probe");
+    // Evil's own certificate: the tracker takes names from certificates.
+    let evil_member = s.node(&rt, "evil");
     if chain {
         // Evil takes the chain's first place: the agent streams from it.
-        match upstream(&rt, &probe, &s, "evil", evil.port()) {
+        match upstream(&rt, &evil_member, &s, "evil", evil.port()) {
             Response::Upstream { peer: None } => {}
             other => panic!("evil should stream from the origin: {other:?}"),
         }
     } else {
-        announce_holding_all(&rt, &probe, &s, "evil", evil);
+        announce_holding_all(&rt, &evil_member, &s, "evil", evil);
     }
     let a = s.agent_with(
         0,
@@ -544,8 +676,9 @@ fn the_tracker_chains_agents_one_after_another_only_while_all_fit() {
     let d = tempfile::tempdir().unwrap();
     let s = Swarm::start_with(d.path(), 0, 1, 0.0, &["--p2p-chain", "2"]);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let probe = s.node(&rt, "probe");
-    let ask = |node: &str, port: u16| upstream(&rt, &probe, &s, node, port);
+    let members: std::collections::HashMap<&str, Node> =
+        ["h1", "h2", "h3"].map(|h| (h, s.member(&rt, h))).into();
+    let ask = |node: &str, port: u16| upstream(&rt, &members[node], &s, node, port);
     // The first streams from the origin, the second from the first, again
     // when it asks again (a restart); the third finds the chain full.
     assert!(matches!(ask("h1", 7001), Response::Upstream { peer: None }));
@@ -565,8 +698,9 @@ fn the_tracker_chains_agents_one_after_another_only_while_all_fit() {
     // would hold the origin's uplink while the others wait.
     let d = tempfile::tempdir().unwrap();
     let s = Swarm::start_with(d.path(), 0, 1, 0.0, &["--p2p-chain", "2"]);
-    let probe = s.node(&rt, "probe");
-    let ask = |node: &str, port: u16| upstream(&rt, &probe, &s, node, port);
+    let members: std::collections::HashMap<&str, Node> =
+        ["r1", "r2", "r3"].map(|h| (h, s.member(&rt, h))).into();
+    let ask = |node: &str, port: u16| upstream(&rt, &members[node], &s, node, port);
     for h in ["r1", "r2", "r3"] {
         let register = Request::Register {
             node: h.into(),
@@ -575,7 +709,7 @@ fn the_tracker_chains_agents_one_after_another_only_while_all_fit() {
             labels: vec![],
         };
         assert!(matches!(
-            rt.block_on(probe.ask(s.p2p, &register)).unwrap().0,
+            rt.block_on(members[h].ask(s.p2p, &register)).unwrap().0,
             Response::Ok
         ));
     }
@@ -585,9 +719,15 @@ fn the_tracker_chains_agents_one_after_another_only_while_all_fit() {
     }
 }
 
-/// Tells the tracker that `node`, at `addr`, holds every piece of the
-/// swarm's blob.
-fn announce_holding_all(rt: &tokio::runtime::Runtime, probe: &Node, s: &Swarm, node: &str, addr: SocketAddr) {
+/// Tells the tracker that `node` (whose certificate `member` holds), at
+/// `addr`, holds every piece of the swarm's blob.
+fn announce_holding_all(
+    rt: &tokio::runtime::Runtime,
+    member: &Node,
+    s: &Swarm,
+    node: &str,
+    addr: SocketAddr,
+) {
     let announce = Request::Announce {
         blob: s.digest.clone(),
         node: node.into(),
@@ -596,20 +736,20 @@ fn announce_holding_all(rt: &tokio::runtime::Runtime, probe: &Node, s: &Swarm, n
         have: strata::p2p::Bitfield::full(s.blob.len().div_ceil(DEFAULT_PIECE as usize)).to_bytes(),
     };
     assert!(matches!(
-        rt.block_on(probe.ask(s.p2p, &announce)).unwrap().0,
+        rt.block_on(member.ask(s.p2p, &announce)).unwrap().0,
         Response::Ok
     ));
 }
 
 /// The tracker's answer to `node` (at 127.0.0.1:`port`) asking where to
 /// stream the swarm's blob from.
-fn upstream(rt: &tokio::runtime::Runtime, probe: &Node, s: &Swarm, node: &str, port: u16) -> Response {
+fn upstream(rt: &tokio::runtime::Runtime, member: &Node, s: &Swarm, node: &str, port: u16) -> Response {
     let req = Request::Upstream {
         blob: s.digest.clone(),
         node: node.into(),
         addr: format!("127.0.0.1:{port}"),
     };
-    rt.block_on(probe.ask(s.p2p, &req)).unwrap().0
+    rt.block_on(member.ask(s.p2p, &req)).unwrap().0
 }
 
 #[test]
@@ -624,8 +764,8 @@ fn a_piece_still_arriving_is_forwarded_and_one_that_fails_is_cut_short() {
     // the first half of each piece it is asked for, then waits for the
     // test to say whether the rest is right or garbage.
     let (evil, asked, gate) = pausing_peer(&rt, &s);
-    let probe = s.node(&rt, "probe");
-    announce_holding_all(&rt, &probe, &s, "evil", evil);
+    let evil_member = s.node(&rt, "evil");
+    announce_holding_all(&rt, &evil_member, &s, "evil", evil);
     let (a, agent) = s.agent_listening(0, 0.0, &["--fetch", &s.digest.to_string()]);
     let client = rt.block_on(quic_client(&s, agent));
     let bytes_of = |i: usize| &s.blob[i * piece..((i + 1) * piece).min(s.blob.len())];

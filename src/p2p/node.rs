@@ -644,8 +644,17 @@ fn fetch_err(blob: &Digest, why: impl std::fmt::Display) -> NodeError {
 impl Inner {
     async fn serve_conn(self: Arc<Self>, conn: quinn::Connection) {
         let remote = conn.remote_address();
+        // Every message on this connection speaks for this node only.
+        let who: Arc<str> = match super::identity::peer_name(&conn) {
+            Ok(name) => name.into(),
+            Err(e) => {
+                tracing::warn!("p2p: closing the connection from {remote}: {e}");
+                conn.close(2u32.into(), b"no node name in the certificate");
+                return;
+            }
+        };
         while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-            let node = self.clone();
+            let (node, who) = (self.clone(), who.clone());
             tokio::spawn(async move {
                 let mut req: Request = match read_msg(&mut recv).await {
                     Ok(r) => r,
@@ -658,6 +667,15 @@ impl Inner {
                 | Request::Upstream { addr, .. } = &mut req
                 {
                     *addr = reachable(addr, remote);
+                }
+                if let Err(e) = super::identity::check(&who, &req) {
+                    tracing::warn!("p2p: {remote}: {e}");
+                    let refused = Response::Error {
+                        message: e.to_string(),
+                    };
+                    let _ = write_msg(&mut send, &refused).await;
+                    let _ = send.finish();
+                    return;
                 }
                 if let Request::Prewarm { image, load } = req {
                     let last = match node.prewarm_here(&image, load, &mut send).await {
@@ -690,7 +708,7 @@ impl Inner {
                     let _ = send.finish();
                     return;
                 }
-                let (resp, body) = node.answer(req).await;
+                let (resp, body) = node.answer(req, &who).await;
                 if let Some(b) = &body {
                     node.upload_slot(b.len()).await;
                 }
@@ -833,7 +851,9 @@ impl Inner {
         }
     }
 
-    async fn answer(self: &Arc<Self>, req: Request) -> (Response, Option<Body>) {
+    /// Answers `req` from the node whose certificate is `from`'s (names
+    /// in tracker messages were checked against it).
+    async fn answer(self: &Arc<Self>, req: Request, from: &str) -> (Response, Option<Body>) {
         let err = |m: String| (Response::Error { message: m }, None);
         match req {
             Request::Register {
@@ -984,6 +1004,16 @@ impl Inner {
                 }
             }),
             Request::Gone { blob, peer } => self.track(&blob, |s| {
+                // Only a member of the swarm can have met `peer` in it.
+                if !s.ids.contains_key(from) {
+                    tracing::warn!("p2p: `{from}` reported `{peer}` gone from {blob}, a swarm it is not in");
+                    return Response::Error {
+                        message: format!(
+                            "`{from}` is not in the swarm of {blob}: it cannot report `{peer}` gone"
+                        ),
+                    };
+                }
+                tracing::info!("p2p: `{from}` reports `{peer}` gone from {blob}");
                 if let Some(&id) = s.ids.get(&peer) {
                     s.swarm.remove(id);
                     s.peers.remove(&id);
