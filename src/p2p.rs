@@ -25,6 +25,7 @@ pub mod mirror;
 pub mod node;
 pub mod picker;
 pub mod pieces;
+pub mod register;
 pub mod relay;
 pub mod rng;
 pub mod sim;

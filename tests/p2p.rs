@@ -1035,6 +1035,77 @@ fn a_process_without_a_cluster_certificate_gets_nothing() {
 }
 
 #[test]
+fn an_agent_with_a_certificate_from_another_ca_says_why_and_exits() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Swarm::start(d.path(), 0, 1, 0.0);
+    let other = certs(d.path(), "other-ca", &["agent-0"]);
+    let started = Instant::now();
+    let mut child = strata()
+        .args(["agent", "--name", "agent-0", "--certs"])
+        .arg(&other)
+        .args([
+            "--origin",
+            &s.p2p.to_string(),
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+        ])
+        .arg(d.path().join("agent-0"))
+        .args(["--register-timeout", "3s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its stderr, line by line as it comes.
+    let (tx, lines) = channel();
+    let err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send((started.elapsed(), l));
+        }
+    });
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the agent still runs 30 s after it could not register");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let waited = started.elapsed();
+    std::thread::sleep(Duration::from_millis(100));
+    let got: Vec<(Duration, String)> = lines.try_iter().collect();
+    let text: String = got.iter().map(|(_, l)| format!("{l}\n")).collect();
+    assert!(!status.success(), "{text}");
+    assert!(
+        waited >= Duration::from_secs(3),
+        "gave up after {waited:?}: {text}"
+    );
+    // At once (well before the bound), at error level: which origin, the
+    // likely cause, and what to do.
+    let first = got
+        .iter()
+        .find(|(_, l)| l.contains("ERROR") && l.contains(&s.p2p.to_string()))
+        .unwrap_or_else(|| panic!("no error naming the origin: {text}"));
+    assert!(
+        first.0 < Duration::from_secs(3),
+        "said after {:?}: {text}",
+        first.0
+    );
+    for what in ["another cluster CA", "--join", "strata cluster issue agent-0"] {
+        assert!(first.1.contains(what), "no `{what}` in: {}", first.1);
+    }
+    // The last words say why it exits.
+    assert!(
+        text.contains("not registered with the origin") && text.contains("within 3s"),
+        "{text}"
+    );
+}
+
+#[test]
 fn the_engine_pulls_through_an_agent_and_runs_the_image() {
     if !have_docker() {
         return;

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use strata::digest::Digest;
 use strata::p2p::node::{Node, NodeConfig};
+use strata::p2p::register;
 use strata::p2p::tls::Identity;
+use strata::p2p::wire::Request;
 use strata::store::Store;
 
 /// Run a host's P2P agent: fetch and serve blobs piece by piece.
@@ -88,6 +90,12 @@ pub struct Args {
     /// Cap on what this agent uploads to peers, Mbit/s (0: none).
     #[arg(long, default_value_t = 0.0)]
     pub upload_mbit: f64,
+    /// Exit with an error when the origin has not accepted this agent's
+    /// registration within this long (s, m, h), so a supervisor restarts
+    /// it and people see it; a certificate the origin refuses is reported
+    /// at once. 0: keep trying for ever.
+    #[arg(long, default_value = "60s", value_parser = strata::registry::config::parse_duration)]
+    pub register_timeout: std::time::Duration,
     /// Serve Prometheus metrics (`GET /metrics`) on this TCP address too;
     /// the pull-through registry (--registry) always serves them.
     #[arg(long)]
@@ -169,36 +177,83 @@ pub fn run(a: Args) -> Result<()> {
                 }
             });
         }
-        node.register_with(a.origin, a.labels.clone());
-        std::io::stdout().flush()?;
-        let mut fetches = tokio::task::JoinSet::new();
-        for blob in a.fetch.clone() {
-            let node = node.clone();
-            let origin = a.origin;
-            fetches.spawn(async move { (blob.clone(), node.fetch(origin, &blob).await) });
-        }
-        let mut failed = false;
-        while let Some(done) = fetches.join_next().await {
-            let (blob, r) = done?;
-            match r {
-                Ok(report) => {
-                    let line = serde_json::json!({ "complete": blob.to_string(), "report": report });
-                    println!("{line}");
-                    std::io::stdout().flush()?;
-                }
-                Err(e) => {
-                    eprintln!("strata agent: {e}");
-                    failed = true;
-                }
+        let (status, registered) =
+            tokio::sync::watch::channel(register::Status::Pending("not tried yet".into()));
+        let registering = tokio::spawn(register::keep_registered(
+            node.clone(),
+            a.origin,
+            Request::Register {
+                node: a.name.clone(),
+                addr: node.local_addr().to_string(),
+                zone: a.zone,
+                labels: a.labels.clone(),
+            },
+            a.certs.display().to_string(),
+            status,
+        ));
+        // Not let in within the bound: exit with the reason (the error was
+        // logged the moment it was known).
+        let limit = (!a.register_timeout.is_zero()).then_some(a.register_timeout);
+        let (origin, timeout) = (a.origin, a.register_timeout);
+        let watchdog = async move {
+            match register::wait_registered(registered, limit).await {
+                Ok(()) => std::future::pending::<Result<()>>().await,
+                Err(why) => Err(anyhow::anyhow!(
+                    "not registered with the origin at {origin} within {}: {why}",
+                    humantime(timeout)
+                )),
+            }
+        };
+        let r = tokio::select! {
+            r = serve_agent(&a, &node) => r,
+            r = watchdog => r,
+        };
+        registering.abort();
+        node.close();
+        r
+    })
+}
+
+/// `90s`, `5m`, `2h`: a duration as the flags take it.
+fn humantime(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        s if s >= 3600 && s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s >= 60 && s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// The agent's work once it runs: the `--fetch` blobs, then serving
+/// until stopped.
+async fn serve_agent(a: &Args, node: &std::sync::Arc<Node>) -> Result<()> {
+    std::io::stdout().flush()?;
+    let mut fetches = tokio::task::JoinSet::new();
+    for blob in a.fetch.clone() {
+        let node = node.clone();
+        let origin = a.origin;
+        fetches.spawn(async move { (blob.clone(), node.fetch(origin, &blob).await) });
+    }
+    let mut failed = false;
+    while let Some(done) = fetches.join_next().await {
+        let (blob, r) = done?;
+        match r {
+            Ok(report) => {
+                let line = serde_json::json!({ "complete": blob.to_string(), "report": report });
+                println!("{line}");
+                std::io::stdout().flush()?;
+            }
+            Err(e) => {
+                eprintln!("strata agent: {e}");
+                failed = true;
             }
         }
-        if failed {
-            anyhow::bail!("some fetches failed");
-        }
-        super::serve::wait_for_shutdown().await;
-        node.close();
-        Ok(())
-    })
+    }
+    if failed {
+        anyhow::bail!("some fetches failed");
+    }
+    super::serve::wait_for_shutdown().await;
+    Ok(())
 }
 
 /// Manage the cluster CA and node certificates for P2P traffic.

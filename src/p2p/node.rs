@@ -546,27 +546,13 @@ impl Node {
         *self.inner.agent.lock().unwrap_or_else(|e| e.into_inner()) = Some(side);
     }
 
-    /// Registers with the origin now and every few seconds, for as long
-    /// as the node runs.
-    pub fn register_with(&self, origin: SocketAddr, labels: Vec<String>) {
-        let inner = self.inner.clone();
-        tokio::spawn(async move {
-            loop {
-                let req = Request::Register {
-                    node: inner.name.clone(),
-                    addr: inner.addr.to_string(),
-                    zone: inner.zone,
-                    labels: labels.clone(),
-                };
-                if let Ok(Err(e)) = tokio::time::timeout(TRACKER_TIMEOUT, inner.request(origin, &req)).await {
-                    tracing::debug!("p2p: registering with {origin}: {e}");
-                }
-                if inner.closing.load(Ordering::Relaxed) {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_secs(3)).await;
-            }
-        });
+    /// This node's name (its certificate's).
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    pub fn zone(&self) -> u32 {
+        self.inner.zone
     }
 
     /// Asks the agent at `addr` to prewarm `image`; `progress` gets
