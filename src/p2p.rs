@@ -30,6 +30,7 @@ pub mod relay;
 pub mod rng;
 pub mod sim;
 pub mod tls;
+pub mod tokens;
 pub mod tracker;
 pub mod wire;
 

@@ -1414,6 +1414,77 @@ fn an_agent_joins_with_a_token_and_its_key_stays_home() {
     assert!(d.path().join("joined/ca.pem").is_file());
 }
 
+/// `strata agent --name NAME --join TOKEN` against the swarm's server,
+/// certificates into DIR/joined; it fetches the swarm's blob.
+fn joining(s: &Swarm, name: &str, token: &str) -> Command {
+    let mut c = strata();
+    c.args(["agent", "--name", name, "--certs"])
+        .arg(s.dir.join("joined"))
+        .args([
+            "--origin",
+            &s.p2p.to_string(),
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+        ])
+        .arg(s.dir.join(name))
+        .args([
+            "--registry",
+            &format!("http://127.0.0.1:{}", s.registry),
+            "--mirror-listen",
+            "127.0.0.1:0",
+            "--join",
+            token,
+        ])
+        .args(["--fetch", &s.digest.to_string()]);
+    c
+}
+
+/// `strata cluster token` with `args`, on the swarm's CA.
+fn join_token(s: &Swarm, args: &[&str]) -> String {
+    let o = strata()
+        .args(["cluster", "token", "--dir"])
+        .arg(s.dir.join("ca"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    stdout(&o).trim().to_string()
+}
+
+#[test]
+fn join_tokens_expire_and_run_out() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Swarm::start(d.path(), 0, 1, 0.0);
+    // Expired: refused, saying so, nothing written.
+    let short = join_token(&s, &["--ttl", "1s"]);
+    std::thread::sleep(Duration::from_millis(2100));
+    let o = joining(&s, "late", &short).output().unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("join token expired"), "{}", stderr(&o));
+    assert!(!d.path().join("joined/late.pem").exists());
+    // Two uses: two hosts join, the third is told the token is used up.
+    let twice = join_token(&s, &["--uses", "2"]);
+    for name in ["first", "second"] {
+        let a = Proc::spawn(&mut joining(&s, name, &twice));
+        s.completed(&a, Duration::from_secs(30));
+    }
+    let o = joining(&s, "third", &twice).output().unwrap();
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("join token has been used up (2 uses"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!d.path().join("joined/third.pem").exists());
+    // A refused name does not use the token up.
+    let once = join_token(&s, &["--uses", "1"]);
+    let o = joining(&s, "origin", &once).output().unwrap();
+    assert!(stderr(&o).contains("not allowed"), "{}", stderr(&o));
+    let a = Proc::spawn(&mut joining(&s, "fourth", &once));
+    s.completed(&a, Duration::from_secs(30));
+}
+
 #[test]
 fn the_download_cap_holds() {
     let d = tempfile::tempdir().unwrap();

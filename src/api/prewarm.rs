@@ -114,11 +114,21 @@ async fn join(State(api): State<Api>, body: axum::body::Bytes) -> Response {
             format!("node name `{}` is not allowed", req.name),
         );
     }
-    if !crate::p2p::tls::check_join_token(&ca, &req.token) {
-        return error(
-            StatusCode::FORBIDDEN,
-            "the join token is not valid (strata cluster token)",
-        );
+    // After the name's checks: a refused request spends no use.
+    let redeemed = {
+        let (ca, token) = (ca.clone(), req.token.clone());
+        tokio::task::spawn_blocking(move || crate::p2p::tokens::redeem(&ca, &token)).await
+    };
+    match redeemed {
+        Ok(Ok(())) => {}
+        Ok(Err(e @ crate::p2p::tokens::TokenError::Io { .. })) => {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, e);
+        }
+        Ok(Err(e)) => {
+            tracing::warn!("cluster: refused to join `{}`: {e}", req.name);
+            return error(StatusCode::FORBIDDEN, e);
+        }
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
     let signed = tokio::task::spawn_blocking(move || {
         let cert = crate::p2p::tls::sign_csr(&ca, &req.name, &req.csr)?;

@@ -214,10 +214,11 @@ pub fn run(a: Args) -> Result<()> {
     })
 }
 
-/// `90s`, `5m`, `2h`: a duration as the flags take it.
+/// `90s`, `5m`, `2h`, `7d`: a duration as the flags take it.
 fn humantime(d: std::time::Duration) -> String {
     let s = d.as_secs();
     match s {
+        s if s >= 86400 && s % 86400 == 0 => format!("{}d", s / 86400),
         s if s >= 3600 && s % 3600 == 0 => format!("{}h", s / 3600),
         s if s >= 60 && s % 60 == 0 => format!("{}m", s / 60),
         s => format!("{s}s"),
@@ -281,6 +282,12 @@ pub enum Cluster {
     Token {
         #[arg(long, default_value = "strata-data/cluster")]
         dir: PathBuf,
+        /// How long the token is valid (s, m, h, d). [default: 1h]
+        #[arg(long, value_parser = strata::registry::config::parse_duration)]
+        ttl: Option<std::time::Duration>,
+        /// How many agents may join with it. [default: any number]
+        #[arg(long)]
+        uses: Option<u32>,
     },
     /// Issue a certificate for node NAME (`origin` for the server) into
     /// --out: NAME.pem, NAME.key (0600) and ca.pem.
@@ -300,10 +307,16 @@ pub fn cluster(a: ClusterArgs) -> Result<()> {
             println!("{}", p.display());
             eprintln!("cluster CA created; keep {} secret", dir.join("ca.key").display());
         }
-        Cluster::Token { dir } => {
-            let t = strata::p2p::tls::create_join_token(&dir)?;
+        Cluster::Token { dir, ttl, uses } => {
+            let ttl = ttl.unwrap_or(strata::p2p::tokens::DEFAULT_TTL);
+            anyhow::ensure!(uses != Some(0), "--uses 0 would make a token nobody can use");
+            let t = strata::p2p::tokens::create(&dir, ttl, uses)?;
             println!("{t}");
-            eprintln!("join token created (shown once); agents: strata agent --join TOKEN --registry URL …");
+            let uses = uses.map_or("any number of".to_string(), |u| u.to_string());
+            eprintln!(
+                "join token created (shown once), valid for {} and {uses} joins; agents: strata agent --join TOKEN --registry URL …",
+                humantime(ttl)
+            );
         }
         Cluster::Issue { name, dir, out } => {
             anyhow::ensure!(

@@ -128,44 +128,6 @@ pub fn sign_csr(ca_dir: &Path, name: &str, csr_pem: &str) -> Result<String, TlsE
     Ok(node_params(name)?.signed_by(&csr.public_key, &issuer)?.pem())
 }
 
-/// A new join token for agents (`strata cluster token`); only its
-/// sha256 is kept, in `ca_dir/join-tokens`.
-pub fn create_join_token(ca_dir: &Path) -> Result<String, TlsError> {
-    use std::io::Write;
-    let token = format!(
-        "join_{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    );
-    let path = ca_dir.join("join-tokens");
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .map_err(io(&path))?;
-    writeln!(f, "{}", hex::encode(crate::registry::auth::sha(&token))).map_err(io(&path))?;
-    f.sync_all().map_err(io(&path))?;
-    Ok(token)
-}
-
-/// Whether `token` is one of the join tokens (compared in constant time,
-/// like the registry's push tokens).
-pub fn check_join_token(ca_dir: &Path, token: &str) -> bool {
-    use crate::registry::auth::{constant_time_eq, sha};
-    let presented = sha(token);
-    let Ok(list) = std::fs::read_to_string(ca_dir.join("join-tokens")) else {
-        return false;
-    };
-    let mut ok = false;
-    for line in list.lines() {
-        let mut stored = [0u8; 32];
-        if hex::decode_to_slice(line.trim(), &mut stored).is_ok() {
-            ok |= constant_time_eq(&stored, &presented);
-        }
-    }
-    ok
-}
-
 /// Writes a private key: mode 0600 from the start, then renamed in place.
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
     use std::io::Write;
@@ -291,13 +253,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn join_tokens_and_csrs() {
+    fn csrs_are_signed() {
         let d = tempfile::tempdir().unwrap();
         let ca = d.path().join("ca");
         init_ca(&ca).unwrap();
-        assert!(!check_join_token(&ca, "join_nothing"));
-        let t = create_join_token(&ca).unwrap();
-        assert!(check_join_token(&ca, &t) && !check_join_token(&ca, &format!("{t}x")));
         let (key, csr) = make_csr("host-9").unwrap();
         let cert = sign_csr(&ca, "host-9", &csr).unwrap();
         let out = d.path().join("node");
