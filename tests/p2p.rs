@@ -257,6 +257,7 @@ impl Swarm {
             download_rate: None,
             cache: None,
             chain_max: 0,
+            revoked: None,
         }))
         .unwrap()
     }
@@ -626,7 +627,8 @@ fn bad_pieces_are_banned(chain: bool) {
 fn evil_peer(rt: &tokio::runtime::Runtime, s: &Swarm) -> SocketAddr {
     let id = Identity::from_dir(&s.certs(), "evil").unwrap();
     let _guard = rt.enter();
-    let ep = quinn::Endpoint::server(id.server_config().unwrap(), "127.0.0.1:0".parse().unwrap()).unwrap();
+    let ep =
+        quinn::Endpoint::server(id.server_config(None).unwrap(), "127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = ep.local_addr().unwrap();
     let piece = DEFAULT_PIECE as usize;
     let pieces = s.blob.len().div_ceil(piece);
@@ -823,7 +825,8 @@ fn pausing_peer(
 ) {
     let id = Identity::from_dir(&s.certs(), "evil").unwrap();
     let _guard = rt.enter();
-    let ep = quinn::Endpoint::server(id.server_config().unwrap(), "127.0.0.1:0".parse().unwrap()).unwrap();
+    let ep =
+        quinn::Endpoint::server(id.server_config(None).unwrap(), "127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = ep.local_addr().unwrap();
     let (asked_tx, asked) = channel();
     let (gate, gates) = tokio::sync::mpsc::unbounded_channel::<bool>();
@@ -1012,6 +1015,7 @@ fn a_process_without_a_cluster_certificate_gets_nothing() {
             download_rate: None,
             cache: None,
             chain_max: 0,
+            revoked: None,
         }))
         .unwrap();
     let r = rt.block_on(stranger.ask(
@@ -1329,6 +1333,7 @@ fn the_cache_evicts_least_recently_used_blobs_between_its_watermarks() {
             download_rate: None,
             cache: Some((10 << 20, 9 << 20)),
             chain_max: 0,
+            revoked: None,
         }))
         .unwrap();
     for dg in &digests[..2] {
@@ -1483,6 +1488,73 @@ fn join_tokens_expire_and_run_out() {
     assert!(stderr(&o).contains("not allowed"), "{}", stderr(&o));
     let a = Proc::spawn(&mut joining(&s, "fourth", &once));
     s.completed(&a, Duration::from_secs(30));
+}
+
+#[test]
+fn a_revoked_node_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Swarm::start(d.path(), 1, 1, 0.0);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // agent-0 is a member: connected, registered, in the swarm.
+    let member = s.node(&rt, "agent-0");
+    let register = Request::Register {
+        node: "agent-0".into(),
+        addr: "127.0.0.1:7000".into(),
+        zone: 0,
+        labels: vec![],
+    };
+    let ask = |req: &Request| rt.block_on(member.ask(s.p2p, req));
+    assert!(matches!(ask(&register).unwrap().0, Response::Ok));
+    let o = strata()
+        .args(["cluster", "revoke", "agent-0", "--data"])
+        .arg(d.path().join("origin"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    // On the connection it already has: refused by the tracker.
+    match ask(&register) {
+        Ok((Response::Error { message }, _)) => assert!(message.contains("revoked"), "{message}"),
+        other => panic!("a revoked node registered: {other:?}"),
+    }
+    // A new connection with its certificate: refused in the handshake; a
+    // real agent says so and exits.
+    let started = Instant::now();
+    let o = strata()
+        .args(["agent", "--name", "agent-0", "--certs"])
+        .arg(s.certs())
+        .args([
+            "--origin",
+            &s.p2p.to_string(),
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+        ])
+        .arg(d.path().join("agent-0"))
+        .args(["--register-timeout", "3s"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "{}", stderr(&o));
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(stderr(&o).contains("revoked"), "{}", stderr(&o));
+    // Other members are not affected, and the name cannot join again.
+    let probe = s.node(&rt, "probe");
+    let pieces = Request::Pieces {
+        blob: s.digest.clone(),
+    };
+    assert!(matches!(
+        rt.block_on(probe.ask(s.p2p, &pieces)).unwrap().0,
+        Response::Pieces { .. }
+    ));
+    let token = join_token(&s, &[]);
+    let o = joining(&s, "agent-0", &token).output().unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("revoked"), "{}", stderr(&o));
+    // The list outlives the server: a restarted origin still refuses.
+    assert!(
+        std::fs::read_to_string(d.path().join("origin/revoked-nodes"))
+            .unwrap()
+            .contains("agent-0")
+    );
 }
 
 #[test]

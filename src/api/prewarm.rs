@@ -114,6 +114,16 @@ async fn join(State(api): State<Api>, body: axum::body::Bytes) -> Response {
             format!("node name `{}` is not allowed", req.name),
         );
     }
+    if crate::p2p::revoke::Revoked::open(&api.cfg.data).contains(&req.name) {
+        tracing::warn!("cluster: refused to join `{}`: revoked", req.name);
+        return error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "node `{}` is revoked (strata cluster revoke): join under another name",
+                req.name
+            ),
+        );
+    }
     // After the name's checks: a refused request spends no use.
     let redeemed = {
         let (ca, token) = (ca.clone(), req.token.clone());

@@ -137,6 +137,7 @@ pub fn run(a: Args) -> Result<()> {
                 .cache_high_mib
                 .map(|h| (h << 20, a.cache_low_mib.unwrap_or(h * 8 / 10) << 20)),
             chain_max: 0,
+            revoked: None,
         })
         .await?;
         println!("p2p listening on {}", node.local_addr());
@@ -289,6 +290,16 @@ pub enum Cluster {
         #[arg(long)]
         uses: Option<u32>,
     },
+    /// Revoke node NAME: the origin (`strata serve --data DATA`) refuses
+    /// its certificates from now on, in the handshake and on connections
+    /// already open, and the name can no longer join or renew. Kept in
+    /// DATA/revoked-nodes; a running server sees it at once.
+    Revoke {
+        name: String,
+        /// The origin's data directory.
+        #[arg(long, env = "STRATA_DATA", default_value = "strata-data")]
+        data: PathBuf,
+    },
     /// Issue a certificate for node NAME (`origin` for the server) into
     /// --out: NAME.pem, NAME.key (0600) and ca.pem.
     Issue {
@@ -317,6 +328,16 @@ pub fn cluster(a: ClusterArgs) -> Result<()> {
                 "join token created (shown once), valid for {} and {uses} joins; agents: strata agent --join TOKEN --registry URL …",
                 humantime(ttl)
             );
+        }
+        Cluster::Revoke { name, data } => {
+            if strata::p2p::revoke::revoke(&data, &name)? {
+                eprintln!(
+                    "revoked `{name}`: the origin with data in {} refuses its certificates from now on",
+                    data.display()
+                );
+            } else {
+                eprintln!("`{name}` was already revoked");
+            }
         }
         Cluster::Issue { name, dir, out } => {
             anyhow::ensure!(

@@ -169,6 +169,7 @@ pub fn run(mut a: Args) -> Result<()> {
                     cache: None,
                     download_rate: None,
                     chain_max: a.p2p_chain,
+                    revoked: Some(std::sync::Arc::new(strata::p2p::revoke::Revoked::open(&data))),
                 })
                 .await?;
                 println!("p2p listening on {}", node.local_addr());

@@ -74,6 +74,9 @@ pub struct NodeConfig {
     /// streams from the one before it, cut-through); 0 turns chains off
     /// and every agent swarms. See `CHAIN_MAX`.
     pub chain_max: usize,
+    /// On the origin: nodes whose certificates are refused, in the
+    /// handshake and on every message of a connection already open.
+    pub revoked: Option<Arc<super::revoke::Revoked>>,
 }
 
 /// Agents per blob that form a chain by default. A chain keeps every link
@@ -159,6 +162,7 @@ struct Inner {
     /// Woken when a piece starts arriving or is written (streams wait on it).
     news: tokio::sync::Notify,
     chain_max: usize,
+    revoked: Option<Arc<super::revoke::Revoked>>,
 }
 
 /// An agent as the origin knows it.
@@ -407,7 +411,7 @@ pub struct FetchReport {
 
 impl Node {
     pub async fn start(cfg: NodeConfig) -> Result<Node> {
-        let server = cfg.identity.server_config()?;
+        let server = cfg.identity.server_config(cfg.revoked.clone())?;
         let mut endpoint = quinn::Endpoint::server(server, cfg.listen).map_err(|source| NodeError::Bind {
             addr: cfg.listen,
             source,
@@ -440,6 +444,7 @@ impl Node {
             arriving: Mutex::new(HashMap::new()),
             news: tokio::sync::Notify::new(),
             chain_max: cfg.chain_max,
+            revoked: cfg.revoked,
         });
         inner.evict();
         let serving = inner.clone();
@@ -654,11 +659,17 @@ impl Inner {
                 {
                     *addr = reachable(addr, remote);
                 }
-                if let Err(e) = super::identity::check(&who, &req) {
-                    tracing::warn!("p2p: {remote}: {e}");
-                    let refused = Response::Error {
-                        message: e.to_string(),
-                    };
+                let refused = match super::identity::check(&who, &req) {
+                    Err(e) => Some(e.to_string()),
+                    // Revoked while connected: refused from now on.
+                    Ok(()) if node.revoked.as_ref().is_some_and(|r| r.contains(&who)) => Some(format!(
+                        "the certificate of `{who}` is revoked (strata cluster revoke)"
+                    )),
+                    Ok(()) => None,
+                };
+                if let Some(message) = refused {
+                    tracing::warn!("p2p: {remote}: {message}");
+                    let refused = Response::Error { message };
                     let _ = write_msg(&mut send, &refused).await;
                     let _ = send.finish();
                     return;
@@ -1563,6 +1574,12 @@ impl Inner {
         let peer = |why: String| NodeError::Peer { addr, why };
         let work = async {
             let conn = self.connection(addr).await?;
+            // A connection the peer closed says why (e.g. the handshake
+            // alert of a refused certificate), not just "connection lost".
+            let peer = |e: String| match conn.close_reason() {
+                Some(why) => peer(format!("{e}: {why}")),
+                None => peer(e),
+            };
             let (mut send, mut recv) = conn.open_bi().await.map_err(|e| peer(e.to_string()))?;
             write_msg(&mut send, req).await.map_err(|e| peer(e.to_string()))?;
             let _ = send.finish();

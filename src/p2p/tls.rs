@@ -11,6 +11,7 @@ use rcgen::{
     KeyUsagePurpose,
 };
 use rustls::RootCertStore;
+use rustls::server::danger::ClientCertVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -195,13 +196,24 @@ impl Identity {
         Arc::new(rustls::crypto::aws_lc_rs::default_provider())
     }
 
-    /// Accepts only clients with a certificate from the cluster CA.
-    pub fn server_config(&self) -> Result<quinn::ServerConfig, TlsError> {
+    /// Accepts only clients with a certificate from the cluster CA, and
+    /// (with `revoked`) none whose node is revoked.
+    pub fn server_config(
+        &self,
+        revoked: Option<Arc<super::revoke::Revoked>>,
+    ) -> Result<quinn::ServerConfig, TlsError> {
         let r = |e: &dyn std::fmt::Display| TlsError::Rustls(e.to_string());
-        let verifier =
+        let webpki =
             rustls::server::WebPkiClientVerifier::builder_with_provider(self.roots.clone(), Self::provider())
                 .build()
                 .map_err(|e| r(&e))?;
+        let verifier: Arc<dyn ClientCertVerifier> = match revoked {
+            Some(revoked) => Arc::new(NotRevoked {
+                inner: webpki,
+                revoked,
+            }),
+            None => webpki,
+        };
         let mut tls = rustls::ServerConfig::builder_with_provider(Self::provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| r(&e))?
@@ -230,6 +242,61 @@ impl Identity {
         let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
         cfg.transport_config(Arc::new(transport()));
         Ok(cfg)
+    }
+}
+
+/// The cluster CA's check, then the revocation list's: a revoked node's
+/// certificate fails the handshake (alert `certificate_revoked`).
+#[derive(Debug)]
+struct NotRevoked {
+    inner: Arc<dyn ClientCertVerifier>,
+    revoked: Arc<super::revoke::Revoked>,
+}
+
+impl ClientCertVerifier for NotRevoked {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let ok = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        let name = super::identity::read_cert(end_entity)
+            .map_err(|e| rustls::Error::General(e.to_string()))?
+            .name;
+        if self.revoked.contains(&name) {
+            tracing::warn!("p2p: refused the certificate of `{name}`: revoked");
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Revoked,
+            ));
+        }
+        Ok(ok)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }
 
@@ -280,7 +347,7 @@ mod tests {
         let out = d.path().join("node");
         issue(&ca, "agent-1", &out).unwrap();
         let id = Identity::from_dir(&out, "agent-1").unwrap();
-        id.server_config().unwrap();
+        id.server_config(None).unwrap();
         id.client_config().unwrap();
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(out.join("agent-1.key"))
