@@ -27,6 +27,7 @@ pub mod picker;
 pub mod pieces;
 pub mod register;
 pub mod relay;
+pub mod renew;
 pub mod revoke;
 pub mod rng;
 pub mod sim;

@@ -258,6 +258,7 @@ impl Swarm {
             cache: None,
             chain_max: 0,
             revoked: None,
+            authority: None,
         }))
         .unwrap()
     }
@@ -1016,6 +1017,7 @@ fn a_process_without_a_cluster_certificate_gets_nothing() {
             cache: None,
             chain_max: 0,
             revoked: None,
+            authority: None,
         }))
         .unwrap();
     let r = rt.block_on(stranger.ask(
@@ -1334,6 +1336,7 @@ fn the_cache_evicts_least_recently_used_blobs_between_its_watermarks() {
             cache: Some((10 << 20, 9 << 20)),
             chain_max: 0,
             revoked: None,
+            authority: None,
         }))
         .unwrap();
     for dg in &digests[..2] {
@@ -1554,6 +1557,58 @@ fn a_revoked_node_is_refused() {
         std::fs::read_to_string(d.path().join("origin/revoked-nodes"))
             .unwrap()
             .contains("agent-0")
+    );
+}
+
+#[test]
+fn an_agent_renews_its_certificate_before_it_expires() {
+    let d = tempfile::tempdir().unwrap();
+    // Certificates from the join endpoint live 12 s: the agent renews
+    // when less than a third is left, over its QUIC link to the origin.
+    let s = Swarm::start_with(d.path(), 0, 1, 0.0, &["--cert-lifetime", "12s"]);
+    let token = join_token(&s, &[]);
+    let a = Proc::spawn(&mut joining(&s, "renewer", &token));
+    let listening = a
+        .line("p2p listening on", Duration::from_secs(20))
+        .expect("the agent starts");
+    let agent: SocketAddr = listening.rsplit(' ').next().unwrap().parse().unwrap();
+    s.completed(&a, Duration::from_secs(30));
+    let pem = d.path().join("joined/renewer.pem");
+    let first = strata::p2p::identity::read_cert_file(&pem).unwrap();
+    assert!(first.not_after - first.not_before <= 13, "{first:?}");
+    // Past the first certificate's end: a newer one is on disk, and the
+    // agent, which reconnects with it, is still registered.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let renewed = loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let c = strata::p2p::identity::read_cert_file(&pem).unwrap();
+        if now > first.not_after + 2 && c.not_after > first.not_after {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "not renewed: {c:?} (first {first:?})");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(renewed.name, "renewer");
+    // A peer connecting now is shown the new certificate.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let shown = rt.block_on(async {
+        let c = quic_client(&s, agent).await;
+        let certs = c
+            .peer_identity()
+            .unwrap()
+            .downcast::<Vec<quinn::rustls::pki_types::CertificateDer<'static>>>()
+            .unwrap();
+        strata::p2p::identity::read_cert(&certs[0]).unwrap()
+    });
+    assert!(shown.not_after > first.not_after, "{shown:?} {first:?}");
+    std::thread::sleep(Duration::from_secs(4));
+    let seen = s.hosts()["renewer"]["seen_seconds_ago"].as_f64().unwrap();
+    assert!(
+        seen < 4.0,
+        "no heartbeat for {seen} s after the first certificate expired"
     );
 }
 

@@ -140,8 +140,9 @@ async fn join(State(api): State<Api>, body: axum::body::Bytes) -> Response {
         }
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
+    let lifetime = api.cfg.cert_lifetime;
     let signed = tokio::task::spawn_blocking(move || {
-        let cert = crate::p2p::tls::sign_csr(&ca, &req.name, &req.csr)?;
+        let cert = crate::p2p::tls::sign_csr(&ca, &req.name, &req.csr, lifetime)?;
         let ca_pem =
             std::fs::read_to_string(ca.join("ca.pem")).map_err(|source| crate::p2p::tls::TlsError::Io {
                 path: ca.join("ca.pem"),

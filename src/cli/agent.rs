@@ -138,6 +138,7 @@ pub fn run(a: Args) -> Result<()> {
                 .map(|h| (h << 20, a.cache_low_mib.unwrap_or(h * 8 / 10) << 20)),
             chain_max: 0,
             revoked: None,
+            authority: None,
         })
         .await?;
         println!("p2p listening on {}", node.local_addr());
@@ -189,7 +190,7 @@ pub fn run(a: Args) -> Result<()> {
                 zone: a.zone,
                 labels: a.labels.clone(),
             },
-            a.certs.display().to_string(),
+            a.certs.clone(),
             status,
         ));
         // Not let in within the bound: exit with the reason (the error was
@@ -308,6 +309,10 @@ pub enum Cluster {
         dir: PathBuf,
         #[arg(long)]
         out: PathBuf,
+        /// How long the certificate is valid (s, m, h, d); an agent renews
+        /// it through the origin when a third is left.
+        #[arg(long, default_value = "365d", value_parser = strata::registry::config::parse_duration)]
+        lifetime: std::time::Duration,
     },
 }
 
@@ -339,7 +344,12 @@ pub fn cluster(a: ClusterArgs) -> Result<()> {
                 eprintln!("`{name}` was already revoked");
             }
         }
-        Cluster::Issue { name, dir, out } => {
+        Cluster::Issue {
+            name,
+            dir,
+            out,
+            lifetime,
+        } => {
             anyhow::ensure!(
                 !name.is_empty()
                     && name
@@ -347,7 +357,7 @@ pub fn cluster(a: ClusterArgs) -> Result<()> {
                         .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)),
                 "node name `{name}` must be letters, digits, '.', '_' or '-'"
             );
-            let (c, k) = strata::p2p::tls::issue(&dir, &name, &out)?;
+            let (c, k) = strata::p2p::tls::issue(&dir, &name, &out, lifetime)?;
             println!("{}\n{}", c.display(), k.display());
         }
     }

@@ -68,6 +68,14 @@ pub fn read_cert(der: &[u8]) -> Result<CertInfo> {
     })
 }
 
+/// Reads the first certificate of a PEM file.
+pub fn read_cert_file(path: &std::path::Path) -> Result<CertInfo> {
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::CertificateDer::from_pem_file(path)
+        .map_err(|e| IdentityError::Unreadable(format!("{}: {e}", path.display())))?;
+    read_cert(&der)
+}
+
 /// The node name of the certificate a QUIC peer presented (the handshake
 /// already checked it against the cluster CA).
 pub fn peer_name(conn: &quinn::Connection) -> Result<String> {
@@ -129,7 +137,13 @@ mod tests {
     fn names_and_lifetimes_come_from_the_certificate() {
         let d = tempfile::tempdir().unwrap();
         crate::p2p::tls::init_ca(d.path()).unwrap();
-        let (pem, _) = crate::p2p::tls::issue(d.path(), "host-7", &d.path().join("out")).unwrap();
+        let (pem, _) = crate::p2p::tls::issue(
+            d.path(),
+            "host-7",
+            &d.path().join("out"),
+            crate::p2p::tls::DEFAULT_LIFETIME,
+        )
+        .unwrap();
         let der = rustls_pki_types::CertificateDer::from_pem_file(&pem).unwrap();
         let info = read_cert(&der).unwrap();
         assert_eq!(info.name, "host-7");

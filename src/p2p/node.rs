@@ -77,6 +77,8 @@ pub struct NodeConfig {
     /// On the origin: nodes whose certificates are refused, in the
     /// handshake and on every message of a connection already open.
     pub revoked: Option<Arc<super::revoke::Revoked>>,
+    /// On the origin with the cluster CA: renews agents' certificates.
+    pub authority: Option<super::renew::Authority>,
 }
 
 /// Agents per blob that form a chain by default. A chain keeps every link
@@ -163,6 +165,9 @@ struct Inner {
     news: tokio::sync::Notify,
     chain_max: usize,
     revoked: Option<Arc<super::revoke::Revoked>>,
+    authority: Option<super::renew::Authority>,
+    /// What outgoing connections present (replaced by a renewal).
+    client: Mutex<quinn::ClientConfig>,
 }
 
 /// An agent as the origin knows it.
@@ -412,11 +417,11 @@ pub struct FetchReport {
 impl Node {
     pub async fn start(cfg: NodeConfig) -> Result<Node> {
         let server = cfg.identity.server_config(cfg.revoked.clone())?;
-        let mut endpoint = quinn::Endpoint::server(server, cfg.listen).map_err(|source| NodeError::Bind {
+        let endpoint = quinn::Endpoint::server(server, cfg.listen).map_err(|source| NodeError::Bind {
             addr: cfg.listen,
             source,
         })?;
-        endpoint.set_default_client_config(cfg.identity.client_config()?);
+        let client = Mutex::new(cfg.identity.client_config()?);
         let addr = endpoint.local_addr()?;
         let inner = Arc::new(Inner {
             name: cfg.name,
@@ -445,6 +450,8 @@ impl Node {
             news: tokio::sync::Notify::new(),
             chain_max: cfg.chain_max,
             revoked: cfg.revoked,
+            authority: cfg.authority,
+            client,
         });
         inner.evict();
         let serving = inner.clone();
@@ -549,6 +556,16 @@ impl Node {
     /// Makes this node answer prewarms from the origin registry.
     pub fn set_agent(&self, side: AgentSide) {
         *self.inner.agent.lock().unwrap_or_else(|e| e.into_inner()) = Some(side);
+    }
+
+    /// Presents `identity` from now on: new connections, in and out, use
+    /// it (open ones keep theirs until they close).
+    pub async fn set_identity(&self, identity: &Identity) -> Result<()> {
+        let server = identity.server_config(self.inner.revoked.clone())?;
+        self.inner.endpoint.set_server_config(Some(server));
+        *self.inner.client.lock().unwrap_or_else(|e| e.into_inner()) = identity.client_config()?;
+        self.inner.conns.lock().await.clear();
+        Ok(())
     }
 
     /// This node's name (its certificate's).
@@ -874,6 +891,19 @@ impl Inner {
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(node, (info, Instant::now()));
                 (Response::Ok, None)
+            }
+            Request::Renew { csr } => {
+                let Some(authority) = self.authority.clone() else {
+                    return err(
+                        "this node does not renew certificates (strata serve --cluster-ca DIR)".into(),
+                    );
+                };
+                let from = from.to_string();
+                match tokio::task::spawn_blocking(move || super::renew::sign(&authority, &from, &csr)).await {
+                    Ok(Ok(cert)) => (Response::Renewed { cert }, None),
+                    Ok(Err(e)) => err(e.to_string()),
+                    Err(e) => err(e.to_string()),
+                }
             }
             Request::Prewarm { .. } => err("prewarm is answered on its own stream".into()),
             Request::Stats => (
@@ -1557,9 +1587,10 @@ impl Inner {
         // Connect without holding the map: a dead peer must not stall
         // requests to live ones.
         let peer = |why: String| NodeError::Peer { addr, why };
+        let client = self.client.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let connecting = self
             .endpoint
-            .connect(addr, CLUSTER_NAME)
+            .connect_with(client, addr, CLUSTER_NAME)
             .map_err(|e| peer(e.to_string()))?;
         let c = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await

@@ -1,5 +1,6 @@
 //! An agent's registration with the origin: a heartbeat every few
-//! seconds, and what the agent says when it is not let in.
+//! seconds (which also renews the node certificate when it is due: see
+//! `renew`), and what the agent says when it is not let in.
 //!
 //! A certificate from another cluster CA (or a revoked one) never gets
 //! better by waiting: the agent says so at once, at error level, with
@@ -84,14 +85,20 @@ pub async fn keep_registered(
     node: Arc<Node>,
     origin: SocketAddr,
     register: Request,
-    certs: String,
+    certs: std::path::PathBuf,
     status: tokio::sync::watch::Sender<Status>,
 ) {
     let name = match &register {
         Request::Register { node, .. } => node.clone(),
         _ => String::new(),
     };
+    let certs_shown = certs.display().to_string();
     loop {
+        // A certificate with less than a third of its life left is
+        // renewed first (a failure is said, and tried again next time).
+        if let Err(e) = super::renew::renew_if_due(&node, origin, &certs, &name).await {
+            tracing::error!("p2p: {e}");
+        }
         let now = match tokio::time::timeout(TIMEOUT, node.ask(origin, &register)).await {
             Ok(Ok((Response::Ok, _))) => Status::Registered,
             Ok(Ok((Response::Error { message }, _))) => Status::Refused(format!(
@@ -101,7 +108,9 @@ pub async fn keep_registered(
             Ok(Err(e)) => {
                 let e = e.to_string();
                 match diagnose(&e) {
-                    Problem::Certificate => Status::Refused(certificate_advice(origin, &name, &certs, &e)),
+                    Problem::Certificate => {
+                        Status::Refused(certificate_advice(origin, &name, &certs_shown, &e))
+                    }
                     _ => Status::Pending(format!("the origin at {origin} is not reachable: {e}")),
                 }
             }

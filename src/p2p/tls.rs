@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -69,11 +70,22 @@ pub fn init_ca(dir: &Path) -> Result<PathBuf, TlsError> {
     Ok(cert_path)
 }
 
-/// Issues a node certificate named `name` into `out/NAME.pem` and
-/// `out/NAME.key`, with `ca.pem` copied beside them: what a node needs.
-pub fn issue(ca_dir: &Path, name: &str, out: &Path) -> Result<(PathBuf, PathBuf), TlsError> {
+/// How long a node certificate is valid unless told otherwise (`strata
+/// serve --cert-lifetime`, `strata cluster issue --lifetime`). Agents
+/// renew theirs when less than a third is left.
+pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Issues a node certificate named `name`, valid for `lifetime`, into
+/// `out/NAME.pem` and `out/NAME.key`, with `ca.pem` copied beside them:
+/// what a node needs.
+pub fn issue(
+    ca_dir: &Path,
+    name: &str,
+    out: &Path,
+    lifetime: Duration,
+) -> Result<(PathBuf, PathBuf), TlsError> {
     let issuer = load_issuer(ca_dir)?;
-    let p = node_params(name)?;
+    let p = node_params(name, lifetime)?;
     let key = KeyPair::generate()?;
     let cert = p.signed_by(&key, &issuer)?;
     std::fs::create_dir_all(out).map_err(io(out))?;
@@ -89,17 +101,20 @@ pub fn issue(ca_dir: &Path, name: &str, out: &Path) -> Result<(PathBuf, PathBuf)
 }
 
 /// What every node certificate says: its name, the cluster host name,
-/// server and client use. Nothing of it comes from the requester but the
-/// name (and, for a CSR, the public key).
-fn node_params(name: &str) -> Result<CertificateParams, TlsError> {
+/// server and client use, valid from now (less a tenth of the lifetime,
+/// at most 5 min, for clocks a little behind) for `lifetime`. Nothing of
+/// it comes from the requester but the name (and, for a CSR, the public
+/// key).
+fn node_params(name: &str, lifetime: Duration) -> Result<CertificateParams, TlsError> {
     let mut p = CertificateParams::new(vec![CLUSTER_NAME.to_string()])?;
     p.distinguished_name.push(DnType::CommonName, name);
     p.extended_key_usages = vec![
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
-    p.not_before = rcgen::date_time_ymd(2024, 1, 1);
-    p.not_after = rcgen::date_time_ymd(2124, 1, 1);
+    let now = time::OffsetDateTime::now_utc();
+    p.not_before = now - (lifetime / 10).min(Duration::from_secs(300));
+    p.not_after = now + lifetime;
     Ok(p)
 }
 
@@ -117,16 +132,27 @@ fn load_issuer(ca_dir: &Path) -> Result<Issuer<'static, KeyPair>, TlsError> {
 /// stays on the host, the request goes to the server with a join token.
 pub fn make_csr(name: &str) -> Result<(String, String), TlsError> {
     let key = KeyPair::generate()?;
-    let csr = node_params(name)?.serialize_request(&key)?;
+    let csr = node_params(name, DEFAULT_LIFETIME)?.serialize_request(&key)?;
     Ok((key.serialize_pem(), csr.pem()?))
 }
 
-/// Signs a node certificate for `name` with the public key of `csr_pem`.
-/// Everything else in the request is ignored.
-pub fn sign_csr(ca_dir: &Path, name: &str, csr_pem: &str) -> Result<String, TlsError> {
+/// A certificate signing request for node `name` with the key it has
+/// (`key_pem`): a renewal keeps the key, so only the certificate changes.
+pub fn csr_for_key(name: &str, key_pem: &str) -> Result<String, TlsError> {
+    let key = KeyPair::from_pem(key_pem)?;
+    Ok(node_params(name, DEFAULT_LIFETIME)?
+        .serialize_request(&key)?
+        .pem()?)
+}
+
+/// Signs a node certificate for `name`, valid for `lifetime`, with the
+/// public key of `csr_pem`. Everything else in the request is ignored.
+pub fn sign_csr(ca_dir: &Path, name: &str, csr_pem: &str, lifetime: Duration) -> Result<String, TlsError> {
     let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
     let issuer = load_issuer(ca_dir)?;
-    Ok(node_params(name)?.signed_by(&csr.public_key, &issuer)?.pem())
+    Ok(node_params(name, lifetime)?
+        .signed_by(&csr.public_key, &issuer)?
+        .pem())
 }
 
 /// Writes a private key: mode 0600 from the start, then renamed in place.
@@ -325,7 +351,7 @@ mod tests {
         let ca = d.path().join("ca");
         init_ca(&ca).unwrap();
         let (key, csr) = make_csr("host-9").unwrap();
-        let cert = sign_csr(&ca, "host-9", &csr).unwrap();
+        let cert = sign_csr(&ca, "host-9", &csr, DEFAULT_LIFETIME).unwrap();
         let out = d.path().join("node");
         std::fs::create_dir_all(&out).unwrap();
         std::fs::write(out.join("host-9.pem"), cert).unwrap();
@@ -335,7 +361,7 @@ mod tests {
             .unwrap()
             .client_config()
             .unwrap();
-        assert!(sign_csr(&ca, "x", "not a csr").is_err());
+        assert!(sign_csr(&ca, "x", "not a csr", DEFAULT_LIFETIME).is_err());
     }
 
     #[test]
@@ -345,7 +371,7 @@ mod tests {
         init_ca(&ca).unwrap();
         assert!(matches!(init_ca(&ca), Err(TlsError::Exists { .. })));
         let out = d.path().join("node");
-        issue(&ca, "agent-1", &out).unwrap();
+        issue(&ca, "agent-1", &out, DEFAULT_LIFETIME).unwrap();
         let id = Identity::from_dir(&out, "agent-1").unwrap();
         id.server_config(None).unwrap();
         id.client_config().unwrap();
