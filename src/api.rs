@@ -45,6 +45,8 @@ pub struct ApiConfig {
     /// The cluster CA directory, when the server issues certificates to
     /// agents that join with a token.
     pub ca_dir: Option<PathBuf>,
+    /// How long the node certificates it signs are valid.
+    pub cert_lifetime: std::time::Duration,
     /// The server's data directory: deploy state and history live in
     /// `DATA/apps/`, the audit log in `DATA/audit.jsonl`.
     pub data: PathBuf,

@@ -20,14 +20,19 @@
 //! cluster uses.
 
 pub mod bitfield;
+pub mod identity;
 pub mod mirror;
 pub mod node;
 pub mod picker;
 pub mod pieces;
+pub mod register;
 pub mod relay;
+pub mod renew;
+pub mod revoke;
 pub mod rng;
 pub mod sim;
 pub mod tls;
+pub mod tokens;
 pub mod tracker;
 pub mod wire;
 

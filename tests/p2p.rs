@@ -276,8 +276,40 @@ impl Swarm {
             download_rate: None,
             cache: None,
             chain_max: 0,
+            revoked: None,
+            authority: None,
         }))
         .unwrap()
+    }
+
+    /// An in-process node with a certificate of its own for `name`
+    /// (issued now with `strata cluster issue` if there is none yet): the
+    /// tracker takes a node's name from its certificate only.
+    fn member(&self, rt: &tokio::runtime::Runtime, name: &str) -> Node {
+        if !self.certs().join(format!("{name}.pem")).is_file() {
+            let o = strata()
+                .args(["cluster", "issue", name, "--dir"])
+                .arg(self.dir.join("ca"))
+                .arg("--out")
+                .arg(self.certs())
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", stderr(&o));
+        }
+        self.node(rt, name)
+    }
+
+    /// The hosts the origin knows, by name (`/strata/api/hosts`).
+    fn hosts(&self) -> std::collections::BTreeMap<String, Value> {
+        let v: Value = reqwest::blocking::get(format!("http://127.0.0.1:{}/strata/api/hosts", self.registry))
+            .unwrap()
+            .json()
+            .unwrap();
+        v.as_array()
+            .unwrap_or_else(|| panic!("no hosts in {v}"))
+            .iter()
+            .map(|h| (h["name"].as_str().unwrap().to_string(), h.clone()))
+            .collect()
     }
 
     fn origin_bytes(&self, rt: &tokio::runtime::Runtime, probe: &Node) -> u64 {
@@ -322,7 +354,9 @@ fn the_tracker_hands_out_peers_with_what_they_hold() {
     let d = tempfile::tempdir().unwrap();
     let (s, rt, probe) = Swarm::with_probe(d.path(), 4, 0.0);
     let n = s.blob.len().div_ceil(DEFAULT_PIECE as usize);
-    let ask = |req: Request| rt.block_on(probe.ask(s.p2p, &req)).unwrap().0;
+    let x1 = s.member(&rt, "x1");
+    let ask_as = |who: &Node, req: Request| rt.block_on(who.ask(s.p2p, &req)).unwrap().0;
+    let ask = |req: Request| ask_as(&probe, req);
     let announce = Request::Announce {
         blob: s.digest.clone(),
         node: "x1".into(),
@@ -330,13 +364,13 @@ fn the_tracker_hands_out_peers_with_what_they_hold() {
         zone: 0,
         have: strata::p2p::Bitfield::with(n, &[0, 2]).to_bytes(),
     };
-    assert!(matches!(ask(announce), Response::Ok));
+    assert!(matches!(ask_as(&x1, announce), Response::Ok));
     let got = Request::Got {
         blob: s.digest.clone(),
         node: "x1".into(),
         index: 3,
     };
-    assert!(matches!(ask(got), Response::Ok));
+    assert!(matches!(ask_as(&x1, got), Response::Ok));
     let peers = Request::Peers {
         blob: s.digest.clone(),
         node: "probe".into(),
@@ -355,6 +389,105 @@ fn the_tracker_hands_out_peers_with_what_they_hold() {
     // The bitfield comes with the peer, so the asker need not ask it.
     let have = peers[0].have.clone().expect("a bitfield with the peer");
     assert_eq!(have, strata::p2p::Bitfield::with(n, &[0, 2, 3]).to_bytes());
+}
+
+#[test]
+fn a_member_cannot_speak_for_another_node() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Swarm::start(d.path(), 0, 2, 0.0);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (host1, host3) = (s.member(&rt, "host-1"), s.member(&rt, "host-3"));
+    let n = s.blob.len().div_ceil(DEFAULT_PIECE as usize);
+    let ask = |who: &Node, req: Request| rt.block_on(who.ask(s.p2p, &req)).unwrap().0;
+    let register = |node: &str, addr: &str, label: &str| Request::Register {
+        node: node.into(),
+        addr: addr.into(),
+        zone: 0,
+        labels: vec![label.into()],
+    };
+    // host-1 registers itself, and announces half the blob.
+    assert!(matches!(
+        ask(&host1, register("host-1", "127.0.0.1:7001", "rack=a")),
+        Response::Ok
+    ));
+    let half: Vec<usize> = (0..n / 2).collect();
+    let announce = |node: &str, have: &[usize]| Request::Announce {
+        blob: s.digest.clone(),
+        node: node.into(),
+        addr: "127.0.0.1:7001".into(),
+        zone: 0,
+        have: strata::p2p::Bitfield::with(n, have).to_bytes(),
+    };
+    assert!(matches!(ask(&host1, announce("host-1", &half)), Response::Ok));
+    // host-3's certificate speaks for host-1 in every tracker message:
+    // each is refused, naming both.
+    let all: Vec<usize> = (0..n).collect();
+    let blob = s.digest.clone();
+    let forged = [
+        register("host-1", "127.0.0.1:6666", "rack=evil"),
+        announce("host-1", &all),
+        Request::Got {
+            blob: blob.clone(),
+            node: "host-1".into(),
+            index: n - 1,
+        },
+        Request::Peers {
+            blob: blob.clone(),
+            node: "host-1".into(),
+            want: 8,
+        },
+        Request::Upstream {
+            blob: blob.clone(),
+            node: "host-1".into(),
+            addr: "127.0.0.1:6666".into(),
+        },
+    ];
+    for req in forged {
+        match ask(&host3, req.clone()) {
+            Response::Error { message } => assert!(
+                message.contains("host-3") && message.contains("host-1"),
+                "{req:?}: {message}"
+            ),
+            other => panic!("host-3 spoke for host-1 with {req:?}: {other:?}"),
+        }
+    }
+    // host-3 cannot drop host-1 from a swarm it is no member of.
+    let gone = Request::Gone {
+        blob: blob.clone(),
+        peer: "host-1".into(),
+    };
+    assert!(matches!(ask(&host3, gone), Response::Error { .. }));
+    // The origin kept host-1 as host-1 registered it...
+    let hosts = s.hosts();
+    let h1 = &hosts["host-1"];
+    assert_eq!(h1["addr"], "127.0.0.1:7001", "{h1}");
+    assert_eq!(h1["labels"], serde_json::json!(["rack=a"]), "{h1}");
+    assert!(!hosts.contains_key("host-3"), "{hosts:?}");
+    // ...and with what host-1 announced, no more.
+    let probe = s.node(&rt, "probe");
+    let Response::Peers { peers, .. } = ask(
+        &probe,
+        Request::Peers {
+            blob: blob.clone(),
+            node: "probe".into(),
+            want: 8,
+        },
+    ) else {
+        panic!("no peers answer")
+    };
+    assert_eq!(peers.len(), 1, "{peers:?}");
+    assert_eq!(peers[0].name, "host-1");
+    assert_eq!(peers[0].addr, "127.0.0.1:7001");
+    assert_eq!(
+        peers[0].have.clone().unwrap(),
+        strata::p2p::Bitfield::with(n, &half).to_bytes()
+    );
+    // Speaking for itself still works.
+    assert!(matches!(
+        ask(&host3, register("host-3", "127.0.0.1:7003", "rack=c")),
+        Response::Ok
+    ));
+    assert_eq!(s.hosts()["host-3"]["addr"], "127.0.0.1:7003");
 }
 
 #[test]
@@ -465,15 +598,16 @@ fn bad_pieces_are_banned(chain: bool) {
     let s = Swarm::start_with(d.path(), 1, 4, 0.0, &["--p2p-chain", chains]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let evil = evil_peer(&rt, &s);
-    let probe = s.node(&rt, "probe");
+    // Evil's own certificate: the tracker takes names from certificates.
+    let evil_member = s.node(&rt, "evil");
     if chain {
         // Evil takes the chain's first place: the agent streams from it.
-        match upstream(&rt, &probe, &s, "evil", evil.port()) {
+        match upstream(&rt, &evil_member, &s, "evil", evil.port()) {
             Response::Upstream { peer: None } => {}
             other => panic!("evil should stream from the origin: {other:?}"),
         }
     } else {
-        announce_holding_all(&rt, &probe, &s, "evil", evil);
+        announce_holding_all(&rt, &evil_member, &s, "evil", evil);
     }
     let a = s.agent_with(
         0,
@@ -513,7 +647,8 @@ fn bad_pieces_are_banned(chain: bool) {
 fn evil_peer(rt: &tokio::runtime::Runtime, s: &Swarm) -> SocketAddr {
     let id = Identity::from_dir(&s.certs(), "evil").unwrap();
     let _guard = rt.enter();
-    let ep = quinn::Endpoint::server(id.server_config().unwrap(), "127.0.0.1:0".parse().unwrap()).unwrap();
+    let ep =
+        quinn::Endpoint::server(id.server_config(None).unwrap(), "127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = ep.local_addr().unwrap();
     let piece = DEFAULT_PIECE as usize;
     let pieces = s.blob.len().div_ceil(piece);
@@ -563,8 +698,9 @@ fn the_tracker_chains_agents_one_after_another_only_while_all_fit() {
     let d = tempfile::tempdir().unwrap();
     let s = Swarm::start_with(d.path(), 0, 1, 0.0, &["--p2p-chain", "2"]);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let probe = s.node(&rt, "probe");
-    let ask = |node: &str, port: u16| upstream(&rt, &probe, &s, node, port);
+    let members: std::collections::HashMap<&str, Node> =
+        ["h1", "h2", "h3"].map(|h| (h, s.member(&rt, h))).into();
+    let ask = |node: &str, port: u16| upstream(&rt, &members[node], &s, node, port);
     // The first streams from the origin, the second from the first, again
     // when it asks again (a restart); the third finds the chain full.
     assert!(matches!(ask("h1", 7001), Response::Upstream { peer: None }));
@@ -584,8 +720,9 @@ fn the_tracker_chains_agents_one_after_another_only_while_all_fit() {
     // would hold the origin's uplink while the others wait.
     let d = tempfile::tempdir().unwrap();
     let s = Swarm::start_with(d.path(), 0, 1, 0.0, &["--p2p-chain", "2"]);
-    let probe = s.node(&rt, "probe");
-    let ask = |node: &str, port: u16| upstream(&rt, &probe, &s, node, port);
+    let members: std::collections::HashMap<&str, Node> =
+        ["r1", "r2", "r3"].map(|h| (h, s.member(&rt, h))).into();
+    let ask = |node: &str, port: u16| upstream(&rt, &members[node], &s, node, port);
     for h in ["r1", "r2", "r3"] {
         let register = Request::Register {
             node: h.into(),
@@ -594,7 +731,7 @@ fn the_tracker_chains_agents_one_after_another_only_while_all_fit() {
             labels: vec![],
         };
         assert!(matches!(
-            rt.block_on(probe.ask(s.p2p, &register)).unwrap().0,
+            rt.block_on(members[h].ask(s.p2p, &register)).unwrap().0,
             Response::Ok
         ));
     }
@@ -604,9 +741,15 @@ fn the_tracker_chains_agents_one_after_another_only_while_all_fit() {
     }
 }
 
-/// Tells the tracker that `node`, at `addr`, holds every piece of the
-/// swarm's blob.
-fn announce_holding_all(rt: &tokio::runtime::Runtime, probe: &Node, s: &Swarm, node: &str, addr: SocketAddr) {
+/// Tells the tracker that `node` (whose certificate `member` holds), at
+/// `addr`, holds every piece of the swarm's blob.
+fn announce_holding_all(
+    rt: &tokio::runtime::Runtime,
+    member: &Node,
+    s: &Swarm,
+    node: &str,
+    addr: SocketAddr,
+) {
     let announce = Request::Announce {
         blob: s.digest.clone(),
         node: node.into(),
@@ -615,20 +758,20 @@ fn announce_holding_all(rt: &tokio::runtime::Runtime, probe: &Node, s: &Swarm, n
         have: strata::p2p::Bitfield::full(s.blob.len().div_ceil(DEFAULT_PIECE as usize)).to_bytes(),
     };
     assert!(matches!(
-        rt.block_on(probe.ask(s.p2p, &announce)).unwrap().0,
+        rt.block_on(member.ask(s.p2p, &announce)).unwrap().0,
         Response::Ok
     ));
 }
 
 /// The tracker's answer to `node` (at 127.0.0.1:`port`) asking where to
 /// stream the swarm's blob from.
-fn upstream(rt: &tokio::runtime::Runtime, probe: &Node, s: &Swarm, node: &str, port: u16) -> Response {
+fn upstream(rt: &tokio::runtime::Runtime, member: &Node, s: &Swarm, node: &str, port: u16) -> Response {
     let req = Request::Upstream {
         blob: s.digest.clone(),
         node: node.into(),
         addr: format!("127.0.0.1:{port}"),
     };
-    rt.block_on(probe.ask(s.p2p, &req)).unwrap().0
+    rt.block_on(member.ask(s.p2p, &req)).unwrap().0
 }
 
 #[test]
@@ -643,8 +786,8 @@ fn a_piece_still_arriving_is_forwarded_and_one_that_fails_is_cut_short() {
     // the first half of each piece it is asked for, then waits for the
     // test to say whether the rest is right or garbage.
     let (evil, asked, gate) = pausing_peer(&rt, &s);
-    let probe = s.node(&rt, "probe");
-    announce_holding_all(&rt, &probe, &s, "evil", evil);
+    let evil_member = s.node(&rt, "evil");
+    announce_holding_all(&rt, &evil_member, &s, "evil", evil);
     let (a, agent) = s.agent_listening(0, 0.0, &["--fetch", &s.digest.to_string()]);
     let client = rt.block_on(quic_client(&s, agent));
     let bytes_of = |i: usize| &s.blob[i * piece..((i + 1) * piece).min(s.blob.len())];
@@ -702,7 +845,8 @@ fn pausing_peer(
 ) {
     let id = Identity::from_dir(&s.certs(), "evil").unwrap();
     let _guard = rt.enter();
-    let ep = quinn::Endpoint::server(id.server_config().unwrap(), "127.0.0.1:0".parse().unwrap()).unwrap();
+    let ep =
+        quinn::Endpoint::server(id.server_config(None).unwrap(), "127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = ep.local_addr().unwrap();
     let (asked_tx, asked) = channel();
     let (gate, gates) = tokio::sync::mpsc::unbounded_channel::<bool>();
@@ -891,6 +1035,8 @@ fn a_process_without_a_cluster_certificate_gets_nothing() {
             download_rate: None,
             cache: None,
             chain_max: 0,
+            revoked: None,
+            authority: None,
         }))
         .unwrap();
     let r = rt.block_on(stranger.ask(
@@ -911,6 +1057,77 @@ fn a_process_without_a_cluster_certificate_gets_nothing() {
         ))
         .unwrap();
     assert!(matches!(r.0, Response::Pieces { .. }));
+}
+
+#[test]
+fn an_agent_with_a_certificate_from_another_ca_says_why_and_exits() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Swarm::start(d.path(), 0, 1, 0.0);
+    let other = certs(d.path(), "other-ca", &["agent-0"]);
+    let started = Instant::now();
+    let mut child = strata()
+        .args(["agent", "--name", "agent-0", "--certs"])
+        .arg(&other)
+        .args([
+            "--origin",
+            &s.p2p.to_string(),
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+        ])
+        .arg(d.path().join("agent-0"))
+        .args(["--register-timeout", "3s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its stderr, line by line as it comes.
+    let (tx, lines) = channel();
+    let err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send((started.elapsed(), l));
+        }
+    });
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the agent still runs 30 s after it could not register");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let waited = started.elapsed();
+    std::thread::sleep(Duration::from_millis(100));
+    let got: Vec<(Duration, String)> = lines.try_iter().collect();
+    let text: String = got.iter().map(|(_, l)| format!("{l}\n")).collect();
+    assert!(!status.success(), "{text}");
+    assert!(
+        waited >= Duration::from_secs(3),
+        "gave up after {waited:?}: {text}"
+    );
+    // At once (well before the bound), at error level: which origin, the
+    // likely cause, and what to do.
+    let first = got
+        .iter()
+        .find(|(_, l)| l.contains("ERROR") && l.contains(&s.p2p.to_string()))
+        .unwrap_or_else(|| panic!("no error naming the origin: {text}"));
+    assert!(
+        first.0 < Duration::from_secs(3),
+        "said after {:?}: {text}",
+        first.0
+    );
+    for what in ["another cluster CA", "--join", "strata cluster issue agent-0"] {
+        assert!(first.1.contains(what), "no `{what}` in: {}", first.1);
+    }
+    // The last words say why it exits.
+    assert!(
+        text.contains("not registered with the origin") && text.contains("within 3s"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -1137,6 +1354,8 @@ fn the_cache_evicts_least_recently_used_blobs_between_its_watermarks() {
             download_rate: None,
             cache: Some((10 << 20, 9 << 20)),
             chain_max: 0,
+            revoked: None,
+            authority: None,
         }))
         .unwrap();
     for dg in &digests[..2] {
@@ -1220,6 +1439,198 @@ fn an_agent_joins_with_a_token_and_its_key_stays_home() {
         .mode();
     assert_eq!(mode & 0o777, 0o600);
     assert!(d.path().join("joined/ca.pem").is_file());
+}
+
+/// `strata agent --name NAME --join TOKEN` against the swarm's server,
+/// certificates into DIR/joined; it fetches the swarm's blob.
+fn joining(s: &Swarm, name: &str, token: &str) -> Command {
+    let mut c = strata();
+    c.args(["agent", "--name", name, "--certs"])
+        .arg(s.dir.join("joined"))
+        .args([
+            "--origin",
+            &s.p2p.to_string(),
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+        ])
+        .arg(s.dir.join(name))
+        .args([
+            "--registry",
+            &format!("http://127.0.0.1:{}", s.registry),
+            "--mirror-listen",
+            "127.0.0.1:0",
+            "--join",
+            token,
+        ])
+        .args(["--fetch", &s.digest.to_string()]);
+    c
+}
+
+/// `strata cluster token` with `args`, on the swarm's CA.
+fn join_token(s: &Swarm, args: &[&str]) -> String {
+    let o = strata()
+        .args(["cluster", "token", "--dir"])
+        .arg(s.dir.join("ca"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    stdout(&o).trim().to_string()
+}
+
+#[test]
+fn join_tokens_expire_and_run_out() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Swarm::start(d.path(), 0, 1, 0.0);
+    // Expired: refused, saying so, nothing written.
+    let short = join_token(&s, &["--ttl", "1s"]);
+    std::thread::sleep(Duration::from_millis(2100));
+    let o = joining(&s, "late", &short).output().unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("join token expired"), "{}", stderr(&o));
+    assert!(!d.path().join("joined/late.pem").exists());
+    // Two uses: two hosts join, the third is told the token is used up.
+    let twice = join_token(&s, &["--uses", "2"]);
+    for name in ["first", "second"] {
+        let a = Proc::spawn(&mut joining(&s, name, &twice));
+        s.completed(&a, Duration::from_secs(30));
+    }
+    let o = joining(&s, "third", &twice).output().unwrap();
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("join token has been used up (2 uses"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!d.path().join("joined/third.pem").exists());
+    // A refused name does not use the token up.
+    let once = join_token(&s, &["--uses", "1"]);
+    let o = joining(&s, "origin", &once).output().unwrap();
+    assert!(stderr(&o).contains("not allowed"), "{}", stderr(&o));
+    let a = Proc::spawn(&mut joining(&s, "fourth", &once));
+    s.completed(&a, Duration::from_secs(30));
+}
+
+#[test]
+fn a_revoked_node_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Swarm::start(d.path(), 1, 1, 0.0);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // agent-0 is a member: connected, registered, in the swarm.
+    let member = s.node(&rt, "agent-0");
+    let register = Request::Register {
+        node: "agent-0".into(),
+        addr: "127.0.0.1:7000".into(),
+        zone: 0,
+        labels: vec![],
+    };
+    let ask = |req: &Request| rt.block_on(member.ask(s.p2p, req));
+    assert!(matches!(ask(&register).unwrap().0, Response::Ok));
+    let o = strata()
+        .args(["cluster", "revoke", "agent-0", "--data"])
+        .arg(d.path().join("origin"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    // On the connection it already has: refused by the tracker.
+    match ask(&register) {
+        Ok((Response::Error { message }, _)) => assert!(message.contains("revoked"), "{message}"),
+        other => panic!("a revoked node registered: {other:?}"),
+    }
+    // A new connection with its certificate: refused in the handshake; a
+    // real agent says so and exits.
+    let started = Instant::now();
+    let o = strata()
+        .args(["agent", "--name", "agent-0", "--certs"])
+        .arg(s.certs())
+        .args([
+            "--origin",
+            &s.p2p.to_string(),
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+        ])
+        .arg(d.path().join("agent-0"))
+        .args(["--register-timeout", "3s"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "{}", stderr(&o));
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(stderr(&o).contains("revoked"), "{}", stderr(&o));
+    // Other members are not affected, and the name cannot join again.
+    let probe = s.node(&rt, "probe");
+    let pieces = Request::Pieces {
+        blob: s.digest.clone(),
+    };
+    assert!(matches!(
+        rt.block_on(probe.ask(s.p2p, &pieces)).unwrap().0,
+        Response::Pieces { .. }
+    ));
+    let token = join_token(&s, &[]);
+    let o = joining(&s, "agent-0", &token).output().unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("revoked"), "{}", stderr(&o));
+    // The list outlives the server: a restarted origin still refuses.
+    assert!(
+        std::fs::read_to_string(d.path().join("origin/revoked-nodes"))
+            .unwrap()
+            .contains("agent-0")
+    );
+}
+
+#[test]
+fn an_agent_renews_its_certificate_before_it_expires() {
+    let d = tempfile::tempdir().unwrap();
+    // Certificates from the join endpoint live 12 s: the agent renews
+    // when less than a third is left, over its QUIC link to the origin.
+    let s = Swarm::start_with(d.path(), 0, 1, 0.0, &["--cert-lifetime", "12s"]);
+    let token = join_token(&s, &[]);
+    let a = Proc::spawn(&mut joining(&s, "renewer", &token));
+    let listening = a
+        .line("p2p listening on", Duration::from_secs(20))
+        .expect("the agent starts");
+    let agent: SocketAddr = listening.rsplit(' ').next().unwrap().parse().unwrap();
+    // The joined certificate, read before the first renewal can be due
+    // (12 s, a tenth of it back-dated; whole seconds).
+    let pem = d.path().join("joined/renewer.pem");
+    let first = strata::p2p::identity::read_cert_file(&pem).unwrap();
+    assert!(first.not_after - first.not_before <= 14, "{first:?}");
+    s.completed(&a, Duration::from_secs(30));
+    // Past the first certificate's end: a newer one is on disk, and the
+    // agent, which reconnects with it, is still registered.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let renewed = loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let c = strata::p2p::identity::read_cert_file(&pem).unwrap();
+        if now > first.not_after + 2 && c.not_after > first.not_after {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "not renewed: {c:?} (first {first:?})");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(renewed.name, "renewer");
+    // A peer connecting now is shown the new certificate.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let shown = rt.block_on(async {
+        let c = quic_client(&s, agent).await;
+        let certs = c
+            .peer_identity()
+            .unwrap()
+            .downcast::<Vec<quinn::rustls::pki_types::CertificateDer<'static>>>()
+            .unwrap();
+        strata::p2p::identity::read_cert(&certs[0]).unwrap()
+    });
+    assert!(shown.not_after > first.not_after, "{shown:?} {first:?}");
+    std::thread::sleep(Duration::from_secs(4));
+    let seen = s.hosts()["renewer"]["seen_seconds_ago"].as_f64().unwrap();
+    assert!(
+        seen < 4.0,
+        "no heartbeat for {seen} s after the first certificate expired"
+    );
 }
 
 #[test]

@@ -114,14 +114,35 @@ async fn join(State(api): State<Api>, body: axum::body::Bytes) -> Response {
             format!("node name `{}` is not allowed", req.name),
         );
     }
-    if !crate::p2p::tls::check_join_token(&ca, &req.token) {
+    if crate::p2p::revoke::Revoked::open(&api.cfg.data).contains(&req.name) {
+        tracing::warn!("cluster: refused to join `{}`: revoked", req.name);
         return error(
             StatusCode::FORBIDDEN,
-            "the join token is not valid (strata cluster token)",
+            format!(
+                "node `{}` is revoked (strata cluster revoke): join under another name",
+                req.name
+            ),
         );
     }
+    // After the name's checks: a refused request spends no use.
+    let redeemed = {
+        let (ca, token) = (ca.clone(), req.token.clone());
+        tokio::task::spawn_blocking(move || crate::p2p::tokens::redeem(&ca, &token)).await
+    };
+    match redeemed {
+        Ok(Ok(())) => {}
+        Ok(Err(e @ crate::p2p::tokens::TokenError::Io { .. })) => {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, e);
+        }
+        Ok(Err(e)) => {
+            tracing::warn!("cluster: refused to join `{}`: {e}", req.name);
+            return error(StatusCode::FORBIDDEN, e);
+        }
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+    let lifetime = api.cfg.cert_lifetime;
     let signed = tokio::task::spawn_blocking(move || {
-        let cert = crate::p2p::tls::sign_csr(&ca, &req.name, &req.csr)?;
+        let cert = crate::p2p::tls::sign_csr(&ca, &req.name, &req.csr, lifetime)?;
         let ca_pem =
             std::fs::read_to_string(ca.join("ca.pem")).map_err(|source| crate::p2p::tls::TlsError::Io {
                 path: ca.join("ca.pem"),

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use strata::digest::Digest;
 use strata::p2p::node::{Node, NodeConfig};
+use strata::p2p::register;
 use strata::p2p::tls::Identity;
+use strata::p2p::wire::Request;
 use strata::store::Store;
 
 /// Run a host's P2P agent: fetch and serve blobs piece by piece.
@@ -88,6 +90,12 @@ pub struct Args {
     /// Cap on what this agent uploads to peers, Mbit/s (0: none).
     #[arg(long, default_value_t = 0.0)]
     pub upload_mbit: f64,
+    /// Exit with an error when the origin has not accepted this agent's
+    /// registration within this long (s, m, h), so a supervisor restarts
+    /// it and people see it; a certificate the origin refuses is reported
+    /// at once. 0: keep trying for ever.
+    #[arg(long, default_value = "60s", value_parser = strata::registry::config::parse_duration)]
+    pub register_timeout: std::time::Duration,
     /// Serve Prometheus metrics (`GET /metrics`) on this TCP address too;
     /// the pull-through registry (--registry) always serves them.
     #[arg(long)]
@@ -129,6 +137,8 @@ pub fn run(a: Args) -> Result<()> {
                 .cache_high_mib
                 .map(|h| (h << 20, a.cache_low_mib.unwrap_or(h * 8 / 10) << 20)),
             chain_max: 0,
+            revoked: None,
+            authority: None,
         })
         .await?;
         println!("p2p listening on {}", node.local_addr());
@@ -169,36 +179,84 @@ pub fn run(a: Args) -> Result<()> {
                 }
             });
         }
-        node.register_with(a.origin, a.labels.clone());
-        std::io::stdout().flush()?;
-        let mut fetches = tokio::task::JoinSet::new();
-        for blob in a.fetch.clone() {
-            let node = node.clone();
-            let origin = a.origin;
-            fetches.spawn(async move { (blob.clone(), node.fetch(origin, &blob).await) });
-        }
-        let mut failed = false;
-        while let Some(done) = fetches.join_next().await {
-            let (blob, r) = done?;
-            match r {
-                Ok(report) => {
-                    let line = serde_json::json!({ "complete": blob.to_string(), "report": report });
-                    println!("{line}");
-                    std::io::stdout().flush()?;
-                }
-                Err(e) => {
-                    eprintln!("strata agent: {e}");
-                    failed = true;
-                }
+        let (status, registered) =
+            tokio::sync::watch::channel(register::Status::Pending("not tried yet".into()));
+        let registering = tokio::spawn(register::keep_registered(
+            node.clone(),
+            a.origin,
+            Request::Register {
+                node: a.name.clone(),
+                addr: node.local_addr().to_string(),
+                zone: a.zone,
+                labels: a.labels.clone(),
+            },
+            a.certs.clone(),
+            status,
+        ));
+        // Not let in within the bound: exit with the reason (the error was
+        // logged the moment it was known).
+        let limit = (!a.register_timeout.is_zero()).then_some(a.register_timeout);
+        let (origin, timeout) = (a.origin, a.register_timeout);
+        let watchdog = async move {
+            match register::wait_registered(registered, limit).await {
+                Ok(()) => std::future::pending::<Result<()>>().await,
+                Err(why) => Err(anyhow::anyhow!(
+                    "not registered with the origin at {origin} within {}: {why}",
+                    humantime(timeout)
+                )),
+            }
+        };
+        let r = tokio::select! {
+            r = serve_agent(&a, &node) => r,
+            r = watchdog => r,
+        };
+        registering.abort();
+        node.close();
+        r
+    })
+}
+
+/// `90s`, `5m`, `2h`, `7d`: a duration as the flags take it.
+fn humantime(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        s if s >= 86400 && s % 86400 == 0 => format!("{}d", s / 86400),
+        s if s >= 3600 && s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s >= 60 && s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// The agent's work once it runs: the `--fetch` blobs, then serving
+/// until stopped.
+async fn serve_agent(a: &Args, node: &std::sync::Arc<Node>) -> Result<()> {
+    std::io::stdout().flush()?;
+    let mut fetches = tokio::task::JoinSet::new();
+    for blob in a.fetch.clone() {
+        let node = node.clone();
+        let origin = a.origin;
+        fetches.spawn(async move { (blob.clone(), node.fetch(origin, &blob).await) });
+    }
+    let mut failed = false;
+    while let Some(done) = fetches.join_next().await {
+        let (blob, r) = done?;
+        match r {
+            Ok(report) => {
+                let line = serde_json::json!({ "complete": blob.to_string(), "report": report });
+                println!("{line}");
+                std::io::stdout().flush()?;
+            }
+            Err(e) => {
+                eprintln!("strata agent: {e}");
+                failed = true;
             }
         }
-        if failed {
-            anyhow::bail!("some fetches failed");
-        }
-        super::serve::wait_for_shutdown().await;
-        node.close();
-        Ok(())
-    })
+    }
+    if failed {
+        anyhow::bail!("some fetches failed");
+    }
+    super::serve::wait_for_shutdown().await;
+    Ok(())
 }
 
 /// Manage the cluster CA and node certificates for P2P traffic.
@@ -226,6 +284,22 @@ pub enum Cluster {
     Token {
         #[arg(long, default_value = "strata-data/cluster")]
         dir: PathBuf,
+        /// How long the token is valid (s, m, h, d). [default: 1h]
+        #[arg(long, value_parser = strata::registry::config::parse_duration)]
+        ttl: Option<std::time::Duration>,
+        /// How many agents may join with it. [default: any number]
+        #[arg(long)]
+        uses: Option<u32>,
+    },
+    /// Revoke node NAME: the origin (`strata serve --data DATA`) refuses
+    /// its certificates from now on, in the handshake and on connections
+    /// already open, and the name can no longer join or renew. Kept in
+    /// DATA/revoked-nodes; a running server sees it at once.
+    Revoke {
+        name: String,
+        /// The origin's data directory.
+        #[arg(long, env = "STRATA_DATA", default_value = "strata-data")]
+        data: PathBuf,
     },
     /// Issue a certificate for node NAME (`origin` for the server) into
     /// --out: NAME.pem, NAME.key (0600) and ca.pem.
@@ -235,6 +309,10 @@ pub enum Cluster {
         dir: PathBuf,
         #[arg(long)]
         out: PathBuf,
+        /// How long the certificate is valid (s, m, h, d); an agent renews
+        /// it through the origin when a third is left.
+        #[arg(long, default_value = "365d", value_parser = strata::registry::config::parse_duration)]
+        lifetime: std::time::Duration,
     },
 }
 
@@ -245,12 +323,33 @@ pub fn cluster(a: ClusterArgs) -> Result<()> {
             println!("{}", p.display());
             eprintln!("cluster CA created; keep {} secret", dir.join("ca.key").display());
         }
-        Cluster::Token { dir } => {
-            let t = strata::p2p::tls::create_join_token(&dir)?;
+        Cluster::Token { dir, ttl, uses } => {
+            let ttl = ttl.unwrap_or(strata::p2p::tokens::DEFAULT_TTL);
+            anyhow::ensure!(uses != Some(0), "--uses 0 would make a token nobody can use");
+            let t = strata::p2p::tokens::create(&dir, ttl, uses)?;
             println!("{t}");
-            eprintln!("join token created (shown once); agents: strata agent --join TOKEN --registry URL …");
+            let uses = uses.map_or("any number of".to_string(), |u| u.to_string());
+            eprintln!(
+                "join token created (shown once), valid for {} and {uses} joins; agents: strata agent --join TOKEN --registry URL …",
+                humantime(ttl)
+            );
         }
-        Cluster::Issue { name, dir, out } => {
+        Cluster::Revoke { name, data } => {
+            if strata::p2p::revoke::revoke(&data, &name)? {
+                eprintln!(
+                    "revoked `{name}`: the origin with data in {} refuses its certificates from now on",
+                    data.display()
+                );
+            } else {
+                eprintln!("`{name}` was already revoked");
+            }
+        }
+        Cluster::Issue {
+            name,
+            dir,
+            out,
+            lifetime,
+        } => {
             anyhow::ensure!(
                 !name.is_empty()
                     && name
@@ -258,7 +357,7 @@ pub fn cluster(a: ClusterArgs) -> Result<()> {
                         .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)),
                 "node name `{name}` must be letters, digits, '.', '_' or '-'"
             );
-            let (c, k) = strata::p2p::tls::issue(&dir, &name, &out)?;
+            let (c, k) = strata::p2p::tls::issue(&dir, &name, &out, lifetime)?;
             println!("{}\n{}", c.display(), k.display());
         }
     }

@@ -74,6 +74,11 @@ pub struct Args {
     /// join with a token (`strata cluster token`) and get a certificate.
     #[arg(long)]
     pub cluster_ca: Option<PathBuf>,
+    /// How long the node certificates this server signs (joins with
+    /// --cluster-ca, and renewals: agents renew when a third is left)
+    /// are valid (s, m, h, d).
+    #[arg(long, default_value = "365d", value_parser = strata::registry::config::parse_duration)]
+    pub cert_lifetime: std::time::Duration,
     /// Cap on the origin's P2P egress, Mbit/s (0: none).
     #[arg(long, default_value_t = 0.0)]
     pub p2p_upload_mbit: f64,
@@ -169,6 +174,11 @@ pub fn run(mut a: Args) -> Result<()> {
                     cache: None,
                     download_rate: None,
                     chain_max: a.p2p_chain,
+                    revoked: Some(std::sync::Arc::new(strata::p2p::revoke::Revoked::open(&data))),
+                    authority: a.cluster_ca.clone().map(|ca_dir| strata::p2p::renew::Authority {
+                        ca_dir,
+                        lifetime: a.cert_lifetime,
+                    }),
                 })
                 .await?;
                 println!("p2p listening on {}", node.local_addr());
@@ -187,6 +197,7 @@ pub fn run(mut a: Args) -> Result<()> {
             registry,
             node: node.clone(),
             ca_dir: a.cluster_ca.clone(),
+            cert_lifetime: a.cert_lifetime,
             data: data.clone(),
             apps: a.apps.clone(),
             leases: a.leases.clone(),

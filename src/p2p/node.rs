@@ -74,6 +74,11 @@ pub struct NodeConfig {
     /// streams from the one before it, cut-through); 0 turns chains off
     /// and every agent swarms. See `CHAIN_MAX`.
     pub chain_max: usize,
+    /// On the origin: nodes whose certificates are refused, in the
+    /// handshake and on every message of a connection already open.
+    pub revoked: Option<Arc<super::revoke::Revoked>>,
+    /// On the origin with the cluster CA: renews agents' certificates.
+    pub authority: Option<super::renew::Authority>,
 }
 
 /// Agents per blob that form a chain by default. A chain keeps every link
@@ -159,6 +164,10 @@ struct Inner {
     /// Woken when a piece starts arriving or is written (streams wait on it).
     news: tokio::sync::Notify,
     chain_max: usize,
+    revoked: Option<Arc<super::revoke::Revoked>>,
+    authority: Option<super::renew::Authority>,
+    /// What outgoing connections present (replaced by a renewal).
+    client: Mutex<quinn::ClientConfig>,
 }
 
 /// An agent as the origin knows it.
@@ -407,12 +416,12 @@ pub struct FetchReport {
 
 impl Node {
     pub async fn start(cfg: NodeConfig) -> Result<Node> {
-        let server = cfg.identity.server_config()?;
-        let mut endpoint = quinn::Endpoint::server(server, cfg.listen).map_err(|source| NodeError::Bind {
+        let server = cfg.identity.server_config(cfg.revoked.clone())?;
+        let endpoint = quinn::Endpoint::server(server, cfg.listen).map_err(|source| NodeError::Bind {
             addr: cfg.listen,
             source,
         })?;
-        endpoint.set_default_client_config(cfg.identity.client_config()?);
+        let client = Mutex::new(cfg.identity.client_config()?);
         let addr = endpoint.local_addr()?;
         let inner = Arc::new(Inner {
             name: cfg.name,
@@ -440,6 +449,9 @@ impl Node {
             arriving: Mutex::new(HashMap::new()),
             news: tokio::sync::Notify::new(),
             chain_max: cfg.chain_max,
+            revoked: cfg.revoked,
+            authority: cfg.authority,
+            client,
         });
         inner.evict();
         let serving = inner.clone();
@@ -546,27 +558,23 @@ impl Node {
         *self.inner.agent.lock().unwrap_or_else(|e| e.into_inner()) = Some(side);
     }
 
-    /// Registers with the origin now and every few seconds, for as long
-    /// as the node runs.
-    pub fn register_with(&self, origin: SocketAddr, labels: Vec<String>) {
-        let inner = self.inner.clone();
-        tokio::spawn(async move {
-            loop {
-                let req = Request::Register {
-                    node: inner.name.clone(),
-                    addr: inner.addr.to_string(),
-                    zone: inner.zone,
-                    labels: labels.clone(),
-                };
-                if let Ok(Err(e)) = tokio::time::timeout(TRACKER_TIMEOUT, inner.request(origin, &req)).await {
-                    tracing::debug!("p2p: registering with {origin}: {e}");
-                }
-                if inner.closing.load(Ordering::Relaxed) {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_secs(3)).await;
-            }
-        });
+    /// Presents `identity` from now on: new connections, in and out, use
+    /// it (open ones keep theirs until they close).
+    pub async fn set_identity(&self, identity: &Identity) -> Result<()> {
+        let server = identity.server_config(self.inner.revoked.clone())?;
+        self.inner.endpoint.set_server_config(Some(server));
+        *self.inner.client.lock().unwrap_or_else(|e| e.into_inner()) = identity.client_config()?;
+        self.inner.conns.lock().await.clear();
+        Ok(())
+    }
+
+    /// This node's name (its certificate's).
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    pub fn zone(&self) -> u32 {
+        self.inner.zone
     }
 
     /// Asks the agent at `addr` to prewarm `image`; `progress` gets
@@ -644,8 +652,17 @@ fn fetch_err(blob: &Digest, why: impl std::fmt::Display) -> NodeError {
 impl Inner {
     async fn serve_conn(self: Arc<Self>, conn: quinn::Connection) {
         let remote = conn.remote_address();
+        // Every message on this connection speaks for this node only.
+        let who: Arc<str> = match super::identity::peer_name(&conn) {
+            Ok(name) => name.into(),
+            Err(e) => {
+                tracing::warn!("p2p: closing the connection from {remote}: {e}");
+                conn.close(2u32.into(), b"no node name in the certificate");
+                return;
+            }
+        };
         while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-            let node = self.clone();
+            let (node, who) = (self.clone(), who.clone());
             tokio::spawn(async move {
                 let mut req: Request = match read_msg(&mut recv).await {
                     Ok(r) => r,
@@ -658,6 +675,21 @@ impl Inner {
                 | Request::Upstream { addr, .. } = &mut req
                 {
                     *addr = reachable(addr, remote);
+                }
+                let refused = match super::identity::check(&who, &req) {
+                    Err(e) => Some(e.to_string()),
+                    // Revoked while connected: refused from now on.
+                    Ok(()) if node.revoked.as_ref().is_some_and(|r| r.contains(&who)) => Some(format!(
+                        "the certificate of `{who}` is revoked (strata cluster revoke)"
+                    )),
+                    Ok(()) => None,
+                };
+                if let Some(message) = refused {
+                    tracing::warn!("p2p: {remote}: {message}");
+                    let refused = Response::Error { message };
+                    let _ = write_msg(&mut send, &refused).await;
+                    let _ = send.finish();
+                    return;
                 }
                 if let Request::Prewarm { image, load } = req {
                     let last = match node.prewarm_here(&image, load, &mut send).await {
@@ -690,7 +722,7 @@ impl Inner {
                     let _ = send.finish();
                     return;
                 }
-                let (resp, body) = node.answer(req).await;
+                let (resp, body) = node.answer(req, &who).await;
                 if let Some(b) = &body {
                     node.upload_slot(b.len()).await;
                 }
@@ -833,7 +865,9 @@ impl Inner {
         }
     }
 
-    async fn answer(self: &Arc<Self>, req: Request) -> (Response, Option<Body>) {
+    /// Answers `req` from the node whose certificate is `from`'s (names
+    /// in tracker messages were checked against it).
+    async fn answer(self: &Arc<Self>, req: Request, from: &str) -> (Response, Option<Body>) {
         let err = |m: String| (Response::Error { message: m }, None);
         match req {
             Request::Register {
@@ -857,6 +891,19 @@ impl Inner {
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(node, (info, Instant::now()));
                 (Response::Ok, None)
+            }
+            Request::Renew { csr } => {
+                let Some(authority) = self.authority.clone() else {
+                    return err(
+                        "this node does not renew certificates (strata serve --cluster-ca DIR)".into(),
+                    );
+                };
+                let from = from.to_string();
+                match tokio::task::spawn_blocking(move || super::renew::sign(&authority, &from, &csr)).await {
+                    Ok(Ok(cert)) => (Response::Renewed { cert }, None),
+                    Ok(Err(e)) => err(e.to_string()),
+                    Err(e) => err(e.to_string()),
+                }
             }
             Request::Prewarm { .. } => err("prewarm is answered on its own stream".into()),
             Request::Stats => (
@@ -984,6 +1031,16 @@ impl Inner {
                 }
             }),
             Request::Gone { blob, peer } => self.track(&blob, |s| {
+                // Only a member of the swarm can have met `peer` in it.
+                if !s.ids.contains_key(from) {
+                    tracing::warn!("p2p: `{from}` reported `{peer}` gone from {blob}, a swarm it is not in");
+                    return Response::Error {
+                        message: format!(
+                            "`{from}` is not in the swarm of {blob}: it cannot report `{peer}` gone"
+                        ),
+                    };
+                }
+                tracing::info!("p2p: `{from}` reports `{peer}` gone from {blob}");
                 if let Some(&id) = s.ids.get(&peer) {
                     s.swarm.remove(id);
                     s.peers.remove(&id);
@@ -1530,9 +1587,10 @@ impl Inner {
         // Connect without holding the map: a dead peer must not stall
         // requests to live ones.
         let peer = |why: String| NodeError::Peer { addr, why };
+        let client = self.client.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let connecting = self
             .endpoint
-            .connect(addr, CLUSTER_NAME)
+            .connect_with(client, addr, CLUSTER_NAME)
             .map_err(|e| peer(e.to_string()))?;
         let c = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
@@ -1547,6 +1605,12 @@ impl Inner {
         let peer = |why: String| NodeError::Peer { addr, why };
         let work = async {
             let conn = self.connection(addr).await?;
+            // A connection the peer closed says why (e.g. the handshake
+            // alert of a refused certificate), not just "connection lost".
+            let peer = |e: String| match conn.close_reason() {
+                Some(why) => peer(format!("{e}: {why}")),
+                None => peer(e),
+            };
             let (mut send, mut recv) = conn.open_bi().await.map_err(|e| peer(e.to_string()))?;
             write_msg(&mut send, req).await.map_err(|e| peer(e.to_string()))?;
             let _ = send.finish();

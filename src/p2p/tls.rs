@@ -5,12 +5,14 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
 use rustls::RootCertStore;
+use rustls::server::danger::ClientCertVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -68,11 +70,22 @@ pub fn init_ca(dir: &Path) -> Result<PathBuf, TlsError> {
     Ok(cert_path)
 }
 
-/// Issues a node certificate named `name` into `out/NAME.pem` and
-/// `out/NAME.key`, with `ca.pem` copied beside them: what a node needs.
-pub fn issue(ca_dir: &Path, name: &str, out: &Path) -> Result<(PathBuf, PathBuf), TlsError> {
+/// How long a node certificate is valid unless told otherwise (`strata
+/// serve --cert-lifetime`, `strata cluster issue --lifetime`). Agents
+/// renew theirs when less than a third is left.
+pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Issues a node certificate named `name`, valid for `lifetime`, into
+/// `out/NAME.pem` and `out/NAME.key`, with `ca.pem` copied beside them:
+/// what a node needs.
+pub fn issue(
+    ca_dir: &Path,
+    name: &str,
+    out: &Path,
+    lifetime: Duration,
+) -> Result<(PathBuf, PathBuf), TlsError> {
     let issuer = load_issuer(ca_dir)?;
-    let p = node_params(name)?;
+    let p = node_params(name, lifetime)?;
     let key = KeyPair::generate()?;
     let cert = p.signed_by(&key, &issuer)?;
     std::fs::create_dir_all(out).map_err(io(out))?;
@@ -88,17 +101,20 @@ pub fn issue(ca_dir: &Path, name: &str, out: &Path) -> Result<(PathBuf, PathBuf)
 }
 
 /// What every node certificate says: its name, the cluster host name,
-/// server and client use. Nothing of it comes from the requester but the
-/// name (and, for a CSR, the public key).
-fn node_params(name: &str) -> Result<CertificateParams, TlsError> {
+/// server and client use, valid from now (less a tenth of the lifetime,
+/// at most 5 min, for clocks a little behind) for `lifetime`. Nothing of
+/// it comes from the requester but the name (and, for a CSR, the public
+/// key).
+fn node_params(name: &str, lifetime: Duration) -> Result<CertificateParams, TlsError> {
     let mut p = CertificateParams::new(vec![CLUSTER_NAME.to_string()])?;
     p.distinguished_name.push(DnType::CommonName, name);
     p.extended_key_usages = vec![
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
-    p.not_before = rcgen::date_time_ymd(2024, 1, 1);
-    p.not_after = rcgen::date_time_ymd(2124, 1, 1);
+    let now = time::OffsetDateTime::now_utc();
+    p.not_before = now - (lifetime / 10).min(Duration::from_secs(300));
+    p.not_after = now + lifetime;
     Ok(p)
 }
 
@@ -116,54 +132,27 @@ fn load_issuer(ca_dir: &Path) -> Result<Issuer<'static, KeyPair>, TlsError> {
 /// stays on the host, the request goes to the server with a join token.
 pub fn make_csr(name: &str) -> Result<(String, String), TlsError> {
     let key = KeyPair::generate()?;
-    let csr = node_params(name)?.serialize_request(&key)?;
+    let csr = node_params(name, DEFAULT_LIFETIME)?.serialize_request(&key)?;
     Ok((key.serialize_pem(), csr.pem()?))
 }
 
-/// Signs a node certificate for `name` with the public key of `csr_pem`.
-/// Everything else in the request is ignored.
-pub fn sign_csr(ca_dir: &Path, name: &str, csr_pem: &str) -> Result<String, TlsError> {
+/// A certificate signing request for node `name` with the key it has
+/// (`key_pem`): a renewal keeps the key, so only the certificate changes.
+pub fn csr_for_key(name: &str, key_pem: &str) -> Result<String, TlsError> {
+    let key = KeyPair::from_pem(key_pem)?;
+    Ok(node_params(name, DEFAULT_LIFETIME)?
+        .serialize_request(&key)?
+        .pem()?)
+}
+
+/// Signs a node certificate for `name`, valid for `lifetime`, with the
+/// public key of `csr_pem`. Everything else in the request is ignored.
+pub fn sign_csr(ca_dir: &Path, name: &str, csr_pem: &str, lifetime: Duration) -> Result<String, TlsError> {
     let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
     let issuer = load_issuer(ca_dir)?;
-    Ok(node_params(name)?.signed_by(&csr.public_key, &issuer)?.pem())
-}
-
-/// A new join token for agents (`strata cluster token`); only its
-/// sha256 is kept, in `ca_dir/join-tokens`.
-pub fn create_join_token(ca_dir: &Path) -> Result<String, TlsError> {
-    use std::io::Write;
-    let token = format!(
-        "join_{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    );
-    let path = ca_dir.join("join-tokens");
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .map_err(io(&path))?;
-    writeln!(f, "{}", hex::encode(crate::registry::auth::sha(&token))).map_err(io(&path))?;
-    f.sync_all().map_err(io(&path))?;
-    Ok(token)
-}
-
-/// Whether `token` is one of the join tokens (compared in constant time,
-/// like the registry's push tokens).
-pub fn check_join_token(ca_dir: &Path, token: &str) -> bool {
-    use crate::registry::auth::{constant_time_eq, sha};
-    let presented = sha(token);
-    let Ok(list) = std::fs::read_to_string(ca_dir.join("join-tokens")) else {
-        return false;
-    };
-    let mut ok = false;
-    for line in list.lines() {
-        let mut stored = [0u8; 32];
-        if hex::decode_to_slice(line.trim(), &mut stored).is_ok() {
-            ok |= constant_time_eq(&stored, &presented);
-        }
-    }
-    ok
+    Ok(node_params(name, lifetime)?
+        .signed_by(&csr.public_key, &issuer)?
+        .pem())
 }
 
 /// Writes a private key: mode 0600 from the start, then renamed in place.
@@ -233,13 +222,24 @@ impl Identity {
         Arc::new(rustls::crypto::aws_lc_rs::default_provider())
     }
 
-    /// Accepts only clients with a certificate from the cluster CA.
-    pub fn server_config(&self) -> Result<quinn::ServerConfig, TlsError> {
+    /// Accepts only clients with a certificate from the cluster CA, and
+    /// (with `revoked`) none whose node is revoked.
+    pub fn server_config(
+        &self,
+        revoked: Option<Arc<super::revoke::Revoked>>,
+    ) -> Result<quinn::ServerConfig, TlsError> {
         let r = |e: &dyn std::fmt::Display| TlsError::Rustls(e.to_string());
-        let verifier =
+        let webpki =
             rustls::server::WebPkiClientVerifier::builder_with_provider(self.roots.clone(), Self::provider())
                 .build()
                 .map_err(|e| r(&e))?;
+        let verifier: Arc<dyn ClientCertVerifier> = match revoked {
+            Some(revoked) => Arc::new(NotRevoked {
+                inner: webpki,
+                revoked,
+            }),
+            None => webpki,
+        };
         let mut tls = rustls::ServerConfig::builder_with_provider(Self::provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| r(&e))?
@@ -271,6 +271,61 @@ impl Identity {
     }
 }
 
+/// The cluster CA's check, then the revocation list's: a revoked node's
+/// certificate fails the handshake (alert `certificate_revoked`).
+#[derive(Debug)]
+struct NotRevoked {
+    inner: Arc<dyn ClientCertVerifier>,
+    revoked: Arc<super::revoke::Revoked>,
+}
+
+impl ClientCertVerifier for NotRevoked {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let ok = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        let name = super::identity::read_cert(end_entity)
+            .map_err(|e| rustls::Error::General(e.to_string()))?
+            .name;
+        if self.revoked.contains(&name) {
+            tracing::warn!("p2p: refused the certificate of `{name}`: revoked");
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Revoked,
+            ));
+        }
+        Ok(ok)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
 /// Windows large enough for a few MiB pieces in flight on a fast link;
 /// idle connections kept alive so peers stay reachable between pieces.
 fn transport() -> quinn::TransportConfig {
@@ -291,15 +346,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn join_tokens_and_csrs() {
+    fn csrs_are_signed() {
         let d = tempfile::tempdir().unwrap();
         let ca = d.path().join("ca");
         init_ca(&ca).unwrap();
-        assert!(!check_join_token(&ca, "join_nothing"));
-        let t = create_join_token(&ca).unwrap();
-        assert!(check_join_token(&ca, &t) && !check_join_token(&ca, &format!("{t}x")));
         let (key, csr) = make_csr("host-9").unwrap();
-        let cert = sign_csr(&ca, "host-9", &csr).unwrap();
+        let cert = sign_csr(&ca, "host-9", &csr, DEFAULT_LIFETIME).unwrap();
         let out = d.path().join("node");
         std::fs::create_dir_all(&out).unwrap();
         std::fs::write(out.join("host-9.pem"), cert).unwrap();
@@ -309,7 +361,7 @@ mod tests {
             .unwrap()
             .client_config()
             .unwrap();
-        assert!(sign_csr(&ca, "x", "not a csr").is_err());
+        assert!(sign_csr(&ca, "x", "not a csr", DEFAULT_LIFETIME).is_err());
     }
 
     #[test]
@@ -319,9 +371,9 @@ mod tests {
         init_ca(&ca).unwrap();
         assert!(matches!(init_ca(&ca), Err(TlsError::Exists { .. })));
         let out = d.path().join("node");
-        issue(&ca, "agent-1", &out).unwrap();
+        issue(&ca, "agent-1", &out, DEFAULT_LIFETIME).unwrap();
         let id = Identity::from_dir(&out, "agent-1").unwrap();
-        id.server_config().unwrap();
+        id.server_config(None).unwrap();
         id.client_config().unwrap();
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(out.join("agent-1.key"))

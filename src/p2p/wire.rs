@@ -67,6 +67,9 @@ pub enum Request {
         zone: u32,
         labels: Vec<String>,
     },
+    /// To the origin: a new certificate for the asker (the name of the
+    /// certificate it connected with) with the key of this CSR.
+    Renew { csr: String },
     /// To an agent: fetch every blob of `image` (REPO:TAG or REPO@DIGEST
     /// of the origin registry) and, with `load`, pull it into the local
     /// engine. The agent answers with `Progress` frames, then `Ok`/`Error`.
@@ -121,6 +124,10 @@ pub enum Response {
     Busy {
         retry_ms: u64,
         message: String,
+    },
+    /// A renewed node certificate (PEM).
+    Renewed {
+        cert: String,
     },
     Error {
         message: String,

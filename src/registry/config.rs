@@ -55,13 +55,14 @@ pub struct StorageConfig {
 
 /// `90s`, `30m`, `2h` (a bare number is seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("`{s}` is not a duration like 90s, 30m or 2h");
+    let bad = || format!("`{s}` is not a duration like 90s, 30m, 2h or 7d");
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = num.parse().map_err(|_| bad())?;
     let secs = match unit {
         "" | "s" => Some(n),
         "m" => n.checked_mul(60),
         "h" => n.checked_mul(3600),
+        "d" => n.checked_mul(86400),
         _ => None,
     };
     secs.map(Duration::from_secs).ok_or_else(bad)
