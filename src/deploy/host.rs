@@ -23,7 +23,7 @@ use bollard::query_parameters::{
 };
 use futures_util::{Stream, StreamExt};
 
-use super::spec::{Driver, Endpoint, Network};
+use super::spec::{Driver, Endpoint, Ipv4Net, Network};
 use super::{DeployError, Result};
 
 /// What the orchestrator needs to know about a container.
@@ -124,9 +124,10 @@ impl Host {
         &self.docker
     }
 
-    /// Creates the network when it is missing; checks an existing one has
-    /// the subnet (and range) the spec declares.
-    pub async fn ensure_network(&self, net: &Network) -> Result<()> {
+    /// Creates the network when it is missing, with `ip_range` as the
+    /// engine's dynamic range; checks an existing one has the subnet the
+    /// spec declares.
+    pub async fn ensure_network(&self, net: &Network, ip_range: Option<Ipv4Net>) -> Result<()> {
         let want_subnet = net.subnet.to_string();
         match self.docker.inspect_network(&net.name, None).await {
             Ok(n) => {
@@ -159,7 +160,7 @@ impl Host {
                         driver: Some("default".into()),
                         config: Some(vec![IpamConfig {
                             subnet: Some(want_subnet),
-                            ip_range: net.dynamic_range.map(|r| r.to_string()),
+                            ip_range: ip_range.map(|r| r.to_string()),
                             gateway: net.gateway.map(|g| g.to_string()),
                             auxiliary_addresses: None,
                         }]),

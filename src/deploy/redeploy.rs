@@ -24,7 +24,7 @@ impl Orchestrator<'_> {
         let endpoint = self.app.host_of(index);
         let host = self.host(endpoint)?;
         let ip = self.leases.acquire(&self.app.network.pool, &name)?;
-        self.block(host.ensure_network(&self.app.network))?;
+        self.block(host.ensure_network(&self.app.network, self.app.dynamic_range_of(endpoint)))?;
         let image = self.ensure_image(&host, target)?;
         let prev = st.instances.get(&index).cloned();
         let prev_host = match &prev {
