@@ -84,6 +84,9 @@ impl Host {
             what: "connect".into(),
             reason,
         };
+        if let Endpoint::Tcp { tls: Some(d), .. } = endpoint {
+            check_tls_dir(d).map_err(err)?;
+        }
         let docker = match endpoint {
             Endpoint::Unix(p) => {
                 Docker::connect_with_socket(&p.to_string_lossy(), 120, bollard::API_DEFAULT_VERSION)
@@ -101,10 +104,14 @@ impl Host {
             ),
         }
         .map_err(|e| err(e.to_string()))?;
+        let tls = match endpoint {
+            Endpoint::Tcp { tls: Some(d), .. } => Some(d.as_path()),
+            _ => None,
+        };
         let docker = tokio::time::timeout(Duration::from_secs(10), docker.negotiate_version())
             .await
             .map_err(|_| err("no answer within 10 s".into()))?
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| err(explain(&e, tls)))?;
         Ok(Host {
             endpoint: endpoint.clone(),
             docker,
@@ -587,6 +594,66 @@ impl Host {
         self.docker
             .logs(id, Some(opts))
             .map(|r| r.map(|l| l.into_bytes()))
+    }
+}
+
+/// Checks a `tls=DIR` before connecting: bollard reads `ca.pem` at
+/// once but the client certificate only during the handshake, and a
+/// missing one just goes unsent (the engine then refuses us).
+fn check_tls_dir(dir: &Path) -> std::result::Result<(), String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let missing: Vec<&str> = ["ca.pem", "cert.pem", "key.pem"]
+        .into_iter()
+        .filter(|f| !dir.join(f).is_file())
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "no {} in {} (tls=DIR needs ca.pem, cert.pem and key.pem)",
+            missing.join(", "),
+            dir.display()
+        ));
+    }
+    for f in ["ca.pem", "cert.pem"] {
+        let p = dir.join(f);
+        let certs = CertificateDer::pem_file_iter(&p)
+            .and_then(|i| i.collect::<std::result::Result<Vec<_>, _>>())
+            .map_err(|e| format!("{}: {e}", p.display()))?;
+        if certs.is_empty() {
+            return Err(format!("{} holds no PEM certificate", p.display()));
+        }
+    }
+    let key = dir.join("key.pem");
+    PrivateKeyDer::from_pem_file(&key).map_err(|e| format!("{}: no private key: {e}", key.display()))?;
+    Ok(())
+}
+
+/// An engine error with its causes (hyper's own message is only "client
+/// error (Connect)"), and what a TLS failure means for the `tls=DIR`.
+fn explain(e: &bollard::errors::Error, tls: Option<&Path>) -> String {
+    let mut reason = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let m = c.to_string();
+        if !reason.contains(&m) {
+            reason.push_str(": ");
+            reason.push_str(&m);
+        }
+        cause = c.source();
+    }
+    let Some(dir) = tls else { return reason };
+    if reason.contains("invalid peer certificate") {
+        format!(
+            "{reason} (the engine's certificate is not signed by {}: a CA from elsewhere?)",
+            dir.join("ca.pem").display()
+        )
+    } else if reason.contains("received fatal alert") {
+        format!(
+            "{reason} (the engine refused the client certificate {}: it is not signed by the CA the engine trusts)",
+            dir.join("cert.pem").display()
+        )
+    } else {
+        reason
     }
 }
 
