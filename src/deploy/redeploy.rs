@@ -21,7 +21,7 @@ impl Orchestrator<'_> {
         target: &Target,
     ) -> Result<InstanceReport> {
         let name = self.app.instance_name(index);
-        let endpoint = self.app.host_of(index);
+        let endpoint = &self.placed(st, index);
         let host = self.host(endpoint)?;
         let ip = self.leases.acquire(&self.app.network.pool, &name)?;
         self.block(host.ensure_network(&self.app.network, self.app.dynamic_range_of(endpoint)))?;

@@ -314,9 +314,40 @@ impl App {
         format!("{}-{index}", self.name)
     }
 
-    /// Where instance `index` (from 1) runs.
-    pub fn host_of(&self, index: u32) -> &Endpoint {
-        &self.hosts[(index as usize - 1) % self.hosts.len()]
+    /// Where instance `index` (from 1) runs, given where the instances
+    /// run now (`current`: index → endpoint as recorded). An instance
+    /// stays on its host while `hosts` lists it; a new one, or one whose
+    /// host left `hosts` (a drain), goes to the listed host with the
+    /// fewest instances, the first listed on a tie. From nothing this is
+    /// round-robin: instance i on host ((i − 1) mod K) + 1. Adding a host
+    /// moves nothing; only new instances go there.
+    pub fn host_of(&self, index: u32, current: &BTreeMap<u32, String>) -> &Endpoint {
+        let listed = |i: u32| {
+            let h = current.get(&i)?;
+            self.hosts.iter().position(|e| e.to_string() == *h)
+        };
+        let mut load = vec![0usize; self.hosts.len()];
+        for i in 1..=self.instances {
+            if let Some(p) = listed(i) {
+                load[p] += 1;
+            }
+        }
+        if let Some(p) = listed(index) {
+            return &self.hosts[p];
+        }
+        for i in 1..=self.instances.max(index) {
+            if listed(i).is_some() {
+                continue;
+            }
+            let p = (0..load.len())
+                .min_by_key(|&p| (load[p], p))
+                .expect("at least one host");
+            if i == index {
+                return &self.hosts[p];
+            }
+            load[p] += 1;
+        }
+        unreachable!("index {index} was placed in the loop")
     }
 
     /// The part of the dynamic range that the engine at `endpoint` hands
@@ -973,6 +1004,49 @@ context = "/var/lib/tomcat10/webapps/ROOT"
         assert!(Endpoint::parse("tcp://h").is_err());
         assert_eq!(parse_duration("1500ms"), Some(Duration::from_millis(1500)));
         assert_eq!(parse_duration("10"), None);
+    }
+
+    #[test]
+    fn instances_start_round_robin_and_only_a_drained_hosts_move() {
+        let spec = |hosts: &[&str], n: u32| {
+            let list: Vec<String> = hosts.iter().map(|h| format!("\"tcp://{h}:2376\"")).collect();
+            let text = GOOD
+                .replace("instances = 2", &format!("instances = {n}"))
+                .replace(
+                    "name = \"shop\"",
+                    &format!("name = \"shop\"\nhosts = [{}]", list.join(", ")),
+                );
+            parse(Path::new("apps/shop.toml"), &text).unwrap()
+        };
+        let place = |a: &App, now: &BTreeMap<u32, String>| -> BTreeMap<u32, String> {
+            (1..=a.instances)
+                .map(|i| (i, a.host_of(i, now).to_string()))
+                .collect()
+        };
+        let four = spec(&["a", "b", "c", "d"], 8);
+        let first = place(&four, &BTreeMap::new());
+        let hosts: Vec<&str> = first.values().map(|h| &h[6..7]).collect();
+        assert_eq!(hosts, ["a", "b", "c", "d", "a", "b", "c", "d"]);
+        assert_eq!(place(&four, &first), first, "nothing moves by itself");
+        // d drained: only its instances (4 and 8) move, to the least loaded.
+        let three = spec(&["a", "b", "c"], 8);
+        let drained = place(&three, &first);
+        let moved: Vec<(u32, &str)> = drained
+            .iter()
+            .filter(|(i, h)| first[*i] != **h)
+            .map(|(i, h)| (*i, &h[6..7]))
+            .collect();
+        assert_eq!(moved, [(4, "a"), (8, "b")]);
+        assert_eq!(place(&three, &drained), drained);
+        // A host added takes new instances only.
+        let five = spec(&["a", "b", "c", "d", "e"], 10);
+        let grown = place(&five, &first);
+        let e: Vec<u32> = grown
+            .iter()
+            .filter(|(_, h)| h.contains("//e"))
+            .map(|(i, _)| *i)
+            .collect();
+        assert_eq!(e, [9, 10]);
     }
 
     #[test]
