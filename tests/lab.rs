@@ -276,7 +276,7 @@ fn other_ca(dir: &Path) {
 }
 
 #[test]
-fn a_release_across_four_lab_hosts_over_tls_on_macvlan() {
+fn a_release_across_four_lab_hosts_over_tls_on_macvlan_then_a_drain() {
     let Some(_) = stack() else { return };
     let Some(lab) = Lab::up() else { return };
     let app = LabApp::new(&lab);
@@ -382,6 +382,45 @@ fn a_release_across_four_lab_hosts_over_tls_on_macvlan() {
             "{name} at {ip}"
         );
     }
+
+    // Drain h4: taken out of `hosts`, only its instances (4 and 8) move,
+    // to the least loaded hosts (h1, h2), keeping their IPs and MACs.
+    let h4 = format!("\"{}\"", lab.endpoint(4, &lab.client_tls()));
+    std::fs::write(app.spec(), spec.replace(&format!(", {h4}"), "")).unwrap();
+    let t = Instant::now();
+    let r = app.json(&lab, &["deploy", "--image", "v2"]);
+    eprintln!("drain of h4 in {:.1}s", t.elapsed().as_secs_f64());
+    let drained = instances(&lab, &app);
+    for ((b, a), m) in after.iter().zip(&drained).zip(&macs) {
+        let want = match b.0.as_str() {
+            "shop-4" => 1,
+            "shop-8" => 2,
+            _ => b.1,
+        };
+        assert_eq!(
+            (a.1, &a.2),
+            (want, &b.2),
+            "{}: host and IP after the drain: {r}",
+            a.0
+        );
+        assert_eq!(&mac(&lab, a.1, &a.3), m, "{}: the MAC follows the IP", a.0);
+        assert_eq!(
+            lab.get(&a.2, "/version.txt").as_deref(),
+            Some("v2\n"),
+            "{} at {}",
+            a.0,
+            a.2
+        );
+    }
+    for i in r["instances"].as_array().unwrap() {
+        if let Some(g) = i["gap_seconds"].as_f64() {
+            eprintln!(
+                "{} moved: gap {g:.1}s (the switch sends its MAC to h4's port until it speaks)",
+                i["instance"]
+            );
+        }
+    }
+    assert_eq!(lab.docker(4, &["ps", "-aq"]), "", "nothing left on h4");
 
     // Down leaves nothing: no namespace, no directory.
     let (dir, prefix) = (lab.dir.clone(), lab.prefix.clone());
