@@ -273,6 +273,12 @@ impl<'a> Orchestrator<'a> {
         Ok(h)
     }
 
+    /// Where instance `index` runs or is to run (see [`App::host_of`]).
+    fn placed(&self, st: &AppState, index: u32) -> spec::Endpoint {
+        let now: BTreeMap<u32, String> = st.instances.iter().map(|(i, x)| (*i, x.host.clone())).collect();
+        self.app.host_of(index, &now).clone()
+    }
+
     fn host_of_instance(&self, i: &Instance) -> Result<Arc<Host>> {
         let e = spec::Endpoint::parse(&i.host).map_err(|why| DeployError::Instance {
             instance: i.name.clone(),

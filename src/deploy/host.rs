@@ -23,7 +23,7 @@ use bollard::query_parameters::{
 };
 use futures_util::{Stream, StreamExt};
 
-use super::spec::{Driver, Endpoint, Network};
+use super::spec::{Driver, Endpoint, Ipv4Net, Network};
 use super::{DeployError, Result};
 
 /// What the orchestrator needs to know about a container.
@@ -84,6 +84,9 @@ impl Host {
             what: "connect".into(),
             reason,
         };
+        if let Endpoint::Tcp { tls: Some(d), .. } = endpoint {
+            check_tls_dir(d).map_err(err)?;
+        }
         let docker = match endpoint {
             Endpoint::Unix(p) => {
                 Docker::connect_with_socket(&p.to_string_lossy(), 120, bollard::API_DEFAULT_VERSION)
@@ -101,10 +104,14 @@ impl Host {
             ),
         }
         .map_err(|e| err(e.to_string()))?;
+        let tls = match endpoint {
+            Endpoint::Tcp { tls: Some(d), .. } => Some(d.as_path()),
+            _ => None,
+        };
         let docker = tokio::time::timeout(Duration::from_secs(10), docker.negotiate_version())
             .await
             .map_err(|_| err("no answer within 10 s".into()))?
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| err(explain(&e, tls)))?;
         Ok(Host {
             endpoint: endpoint.clone(),
             docker,
@@ -124,9 +131,10 @@ impl Host {
         &self.docker
     }
 
-    /// Creates the network when it is missing; checks an existing one has
-    /// the subnet (and range) the spec declares.
-    pub async fn ensure_network(&self, net: &Network) -> Result<()> {
+    /// Creates the network when it is missing, with `ip_range` as the
+    /// engine's dynamic range; checks an existing one has the subnet the
+    /// spec declares.
+    pub async fn ensure_network(&self, net: &Network, ip_range: Option<Ipv4Net>) -> Result<()> {
         let want_subnet = net.subnet.to_string();
         match self.docker.inspect_network(&net.name, None).await {
             Ok(n) => {
@@ -159,7 +167,7 @@ impl Host {
                         driver: Some("default".into()),
                         config: Some(vec![IpamConfig {
                             subnet: Some(want_subnet),
-                            ip_range: net.dynamic_range.map(|r| r.to_string()),
+                            ip_range: ip_range.map(|r| r.to_string()),
                             gateway: net.gateway.map(|g| g.to_string()),
                             auxiliary_addresses: None,
                         }]),
@@ -588,6 +596,66 @@ impl Host {
         self.docker
             .logs(id, Some(opts))
             .map(|r| r.map(|l| l.into_bytes()))
+    }
+}
+
+/// Checks a `tls=DIR` before connecting: bollard reads `ca.pem` at
+/// once but the client certificate only during the handshake, and a
+/// missing one just goes unsent (the engine then refuses us).
+fn check_tls_dir(dir: &Path) -> std::result::Result<(), String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let missing: Vec<&str> = ["ca.pem", "cert.pem", "key.pem"]
+        .into_iter()
+        .filter(|f| !dir.join(f).is_file())
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "no {} in {} (tls=DIR needs ca.pem, cert.pem and key.pem)",
+            missing.join(", "),
+            dir.display()
+        ));
+    }
+    for f in ["ca.pem", "cert.pem"] {
+        let p = dir.join(f);
+        let certs = CertificateDer::pem_file_iter(&p)
+            .and_then(|i| i.collect::<std::result::Result<Vec<_>, _>>())
+            .map_err(|e| format!("{}: {e}", p.display()))?;
+        if certs.is_empty() {
+            return Err(format!("{} holds no PEM certificate", p.display()));
+        }
+    }
+    let key = dir.join("key.pem");
+    PrivateKeyDer::from_pem_file(&key).map_err(|e| format!("{}: no private key: {e}", key.display()))?;
+    Ok(())
+}
+
+/// An engine error with its causes (hyper's own message is only "client
+/// error (Connect)"), and what a TLS failure means for the `tls=DIR`.
+fn explain(e: &bollard::errors::Error, tls: Option<&Path>) -> String {
+    let mut reason = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let m = c.to_string();
+        if !reason.contains(&m) {
+            reason.push_str(": ");
+            reason.push_str(&m);
+        }
+        cause = c.source();
+    }
+    let Some(dir) = tls else { return reason };
+    if reason.contains("invalid peer certificate") {
+        format!(
+            "{reason} (the engine's certificate is not signed by {}: a CA from elsewhere?)",
+            dir.join("ca.pem").display()
+        )
+    } else if reason.contains("received fatal alert") {
+        format!(
+            "{reason} (the engine refused the client certificate {}: it is not signed by the CA the engine trusts)",
+            dir.join("cert.pem").display()
+        )
+    } else {
+        reason
     }
 }
 

@@ -122,7 +122,7 @@ impl Orchestrator<'_> {
             Operation::Redeploy { old, new, .. } => {
                 let Some(i) = st.instances.get(&index).cloned() else {
                     if let Some(n) = new {
-                        self.block(self.host(self.app.host_of(index))?.remove(n))?;
+                        self.block(self.host(&self.placed(st, index))?.remove(n))?;
                     }
                     return Ok(());
                 };
@@ -130,7 +130,7 @@ impl Orchestrator<'_> {
                 if let Some(n) = new
                     && *n != i.container
                 {
-                    let new_host = self.host(self.app.host_of(index))?;
+                    let new_host = self.host(&self.placed(st, index))?;
                     self.block(new_host.remove(n))?;
                 }
                 if old.as_deref() == Some(i.container.as_str()) {
@@ -186,7 +186,7 @@ impl Orchestrator<'_> {
         let owned: std::collections::BTreeSet<&str> =
             st.instances.values().map(|i| i.container.as_str()).collect();
         let mut endpoints: Vec<String> = st.instances.values().map(|i| i.host.clone()).collect();
-        endpoints.extend((1..=self.app.instances).map(|i| self.app.host_of(i).to_string()));
+        endpoints.extend((1..=self.app.instances).map(|i| self.placed(st, i).to_string()));
         endpoints.sort();
         endpoints.dedup();
         for e in endpoints {

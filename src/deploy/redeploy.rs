@@ -21,10 +21,10 @@ impl Orchestrator<'_> {
         target: &Target,
     ) -> Result<InstanceReport> {
         let name = self.app.instance_name(index);
-        let endpoint = self.app.host_of(index);
+        let endpoint = &self.placed(st, index);
         let host = self.host(endpoint)?;
         let ip = self.leases.acquire(&self.app.network.pool, &name)?;
-        self.block(host.ensure_network(&self.app.network))?;
+        self.block(host.ensure_network(&self.app.network, self.app.dynamic_range_of(endpoint)))?;
         let image = self.ensure_image(&host, target)?;
         let prev = st.instances.get(&index).cloned();
         let prev_host = match &prev {

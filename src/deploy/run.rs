@@ -212,7 +212,7 @@ impl Orchestrator<'_> {
     /// instance, touching nothing.
     fn plan(&self, st: &AppState, target: &Target, mode: Mode) -> Result<Vec<(u32, Decision)>> {
         for index in 1..=self.app.instances {
-            self.host(self.app.host_of(index))?;
+            self.host(&self.placed(st, index))?;
         }
         self.check_pool()?;
         let want = Desired::of(&self.app);
@@ -251,7 +251,7 @@ impl Orchestrator<'_> {
         let Some(i) = st.instances.get(&index) else {
             return redeploy("no running instance yet".into());
         };
-        let endpoint = self.app.host_of(index).to_string();
+        let endpoint = self.placed(st, index).to_string();
         if i.host != endpoint {
             return redeploy(format!("it moves from {} to {endpoint}", i.host));
         }
@@ -356,7 +356,7 @@ impl Orchestrator<'_> {
     fn failed_report(&self, st: &AppState, index: u32, d: &Decision, e: &DeployError) -> InstanceReport {
         InstanceReport {
             instance: self.app.instance_name(index),
-            host: self.app.host_of(index).to_string(),
+            host: self.placed(st, index).to_string(),
             ip: st
                 .instances
                 .get(&index)

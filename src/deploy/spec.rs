@@ -314,10 +314,77 @@ impl App {
         format!("{}-{index}", self.name)
     }
 
-    /// Where instance `index` (from 1) runs.
-    pub fn host_of(&self, index: u32) -> &Endpoint {
-        &self.hosts[(index as usize - 1) % self.hosts.len()]
+    /// Where instance `index` (from 1) runs, given where the instances
+    /// run now (`current`: index → endpoint as recorded). An instance
+    /// stays on its host while `hosts` lists it; a new one, or one whose
+    /// host left `hosts` (a drain), goes to the listed host with the
+    /// fewest instances, the first listed on a tie. From nothing this is
+    /// round-robin: instance i on host ((i − 1) mod K) + 1. Adding a host
+    /// moves nothing; only new instances go there.
+    pub fn host_of(&self, index: u32, current: &BTreeMap<u32, String>) -> &Endpoint {
+        let listed = |i: u32| {
+            let h = current.get(&i)?;
+            self.hosts.iter().position(|e| e.to_string() == *h)
+        };
+        let mut load = vec![0usize; self.hosts.len()];
+        for i in 1..=self.instances {
+            if let Some(p) = listed(i) {
+                load[p] += 1;
+            }
+        }
+        if let Some(p) = listed(index) {
+            return &self.hosts[p];
+        }
+        for i in 1..=self.instances.max(index) {
+            if listed(i).is_some() {
+                continue;
+            }
+            let p = (0..load.len())
+                .min_by_key(|&p| (load[p], p))
+                .expect("at least one host");
+            if i == index {
+                return &self.hosts[p];
+            }
+            load[p] += 1;
+        }
+        unreachable!("index {index} was placed in the loop")
     }
+
+    /// The part of the dynamic range that the engine at `endpoint` hands
+    /// out (warm-up addresses). A bridge network lives on its host alone
+    /// and gets the whole range. The engines of a macvlan network share
+    /// one LAN but allocate on their own, so each host gets a disjoint
+    /// slice (see [`dynamic_slice`]): otherwise two hosts hand out the
+    /// same address, at once (two IPs in conflict, a health check that
+    /// reaches the wrong container) or in turn (the switch still sends
+    /// the address's MAC, which Docker derives from the IP, to the port
+    /// of the host that had it first, until the new container speaks).
+    pub fn dynamic_range_of(&self, endpoint: &Endpoint) -> Option<Ipv4Net> {
+        let range = self.network.dynamic_range?;
+        match self.network.driver {
+            Driver::Bridge => Some(range),
+            Driver::Macvlan { .. } => {
+                let i = self.hosts.iter().position(|h| h == endpoint).unwrap_or(0);
+                dynamic_slice(range, self.hosts.len(), i)
+            }
+        }
+    }
+}
+
+/// Slice `i` of `range` split into the smallest power of two of equal
+/// networks that is at least `hosts`; None when a slice would hold fewer
+/// than 4 addresses.
+pub fn dynamic_slice(range: Ipv4Net, hosts: usize, i: usize) -> Option<Ipv4Net> {
+    let bits = hosts.max(1).next_power_of_two().trailing_zeros() as u8;
+    let prefix = range.prefix + bits;
+    if prefix > 30 || i >= 1 << bits {
+        return None;
+    }
+    let size = 1u32 << (32 - prefix);
+    Some(Ipv4Net {
+        addr: Ipv4Addr::from(u32::from(range.addr) + size * i as u32),
+        prefix,
+    })
 }
 
 /// `500ms`, `10s`, `2m`.
@@ -576,6 +643,18 @@ pub fn parse(path: &Path, text: &str) -> Result<App> {
                 format!("{r} overlaps the pool {}-{}: the engine could hand a leased address to another container", pool.first, pool.last),
             ));
         }
+    }
+    if let (Some(r), Driver::Macvlan { .. }) = (dynamic_range, &driver)
+        && dynamic_slice(r, hosts.len(), 0).is_none()
+    {
+        return Err(cx.invalid(
+            n.dynamic_range.as_ref().expect("parsed"),
+            "network.dynamic_range",
+            format!(
+                "{r} is too small to give each of the {} hosts a slice of its own of at least 4 addresses (the engines of a macvlan network allocate on their own)",
+                hosts.len()
+            ),
+        ));
     }
     if u64::from(instances) > pool.size() {
         return Err(cx.invalid(
@@ -925,5 +1004,75 @@ context = "/var/lib/tomcat10/webapps/ROOT"
         assert!(Endpoint::parse("tcp://h").is_err());
         assert_eq!(parse_duration("1500ms"), Some(Duration::from_millis(1500)));
         assert_eq!(parse_duration("10"), None);
+    }
+
+    #[test]
+    fn instances_start_round_robin_and_only_a_drained_hosts_move() {
+        let spec = |hosts: &[&str], n: u32| {
+            let list: Vec<String> = hosts.iter().map(|h| format!("\"tcp://{h}:2376\"")).collect();
+            let text = GOOD
+                .replace("instances = 2", &format!("instances = {n}"))
+                .replace(
+                    "name = \"shop\"",
+                    &format!("name = \"shop\"\nhosts = [{}]", list.join(", ")),
+                );
+            parse(Path::new("apps/shop.toml"), &text).unwrap()
+        };
+        let place = |a: &App, now: &BTreeMap<u32, String>| -> BTreeMap<u32, String> {
+            (1..=a.instances)
+                .map(|i| (i, a.host_of(i, now).to_string()))
+                .collect()
+        };
+        let four = spec(&["a", "b", "c", "d"], 8);
+        let first = place(&four, &BTreeMap::new());
+        let hosts: Vec<&str> = first.values().map(|h| &h[6..7]).collect();
+        assert_eq!(hosts, ["a", "b", "c", "d", "a", "b", "c", "d"]);
+        assert_eq!(place(&four, &first), first, "nothing moves by itself");
+        // d drained: only its instances (4 and 8) move, to the least loaded.
+        let three = spec(&["a", "b", "c"], 8);
+        let drained = place(&three, &first);
+        let moved: Vec<(u32, &str)> = drained
+            .iter()
+            .filter(|(i, h)| first[*i] != **h)
+            .map(|(i, h)| (*i, &h[6..7]))
+            .collect();
+        assert_eq!(moved, [(4, "a"), (8, "b")]);
+        assert_eq!(place(&three, &drained), drained);
+        // A host added takes new instances only.
+        let five = spec(&["a", "b", "c", "d", "e"], 10);
+        let grown = place(&five, &first);
+        let e: Vec<u32> = grown
+            .iter()
+            .filter(|(_, h)| h.contains("//e"))
+            .map(|(i, _)| *i)
+            .collect();
+        assert_eq!(e, [9, 10]);
+    }
+
+    #[test]
+    fn macvlan_hosts_get_disjoint_slices_of_the_dynamic_range() {
+        let lab = GOOD
+            .replace(
+                "name = \"shop\"",
+                "name = \"shop\"\nhosts = [\"tcp://a:2376\", \"tcp://b:2376\", \"tcp://c:2376\"]",
+            )
+            .replace("[network]", "[network]\ndriver = \"macvlan\"\nparent = \"eth0\"");
+        let a = parse(Path::new("apps/shop.toml"), &lab).unwrap();
+        let slices: Vec<String> = a
+            .hosts
+            .iter()
+            .map(|h| a.dynamic_range_of(h).unwrap().to_string())
+            .collect();
+        assert_eq!(slices, ["10.91.0.128/27", "10.91.0.160/27", "10.91.0.192/27"]);
+        let bridge = parse(Path::new("apps/shop.toml"), GOOD).unwrap();
+        assert_eq!(
+            bridge.dynamic_range_of(&bridge.hosts[0]).unwrap().to_string(),
+            "10.91.0.128/25"
+        );
+        let e = err(&lab.replace("10.91.0.128/25", "10.91.0.128/29"));
+        assert!(
+            e.contains("`network.dynamic_range`") && e.contains("3 hosts"),
+            "{e}"
+        );
     }
 }
