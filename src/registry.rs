@@ -11,6 +11,7 @@ pub mod auth;
 pub mod config;
 pub mod gc;
 mod http;
+pub mod manifests;
 mod state;
 pub mod uploads;
 
@@ -18,6 +19,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub use manifests::ManifestPolicy;
 pub use state::{Registry, RegistryError, valid_name, valid_tag};
 pub use uploads::{DEFAULT_UPLOAD_TTL, PurgeReport, UploadLock};
 
@@ -36,6 +38,9 @@ pub struct Access {
     /// Purge upload sessions idle for longer than this (default
     /// [`DEFAULT_UPLOAD_TTL`]).
     pub upload_ttl: Option<std::time::Duration>,
+    /// Foreign layers and sparse indexes (`--refuse-foreign-layers`,
+    /// `--allow-sparse-index`).
+    pub manifest_policy: ManifestPolicy,
 }
 
 /// A bound registry server; [`Server::run`] serves until `shutdown`.
@@ -123,7 +128,9 @@ impl Server {
         if let Some(mib) = access.max_blob_mib {
             registry = registry.with_max_blob(mib << 20);
         }
-        registry = registry.with_upload_ttl(access.upload_ttl.unwrap_or(DEFAULT_UPLOAD_TTL));
+        registry = registry
+            .with_upload_ttl(access.upload_ttl.unwrap_or(DEFAULT_UPLOAD_TTL))
+            .with_manifest_policy(access.manifest_policy);
         let registry = Arc::new(registry);
         let listener = tokio::net::TcpListener::bind(addr)
             .await

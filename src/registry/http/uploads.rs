@@ -1,5 +1,6 @@
 //! Blob upload endpoints: `POST …/blobs/uploads/` (monolithic or a new
-//! session, or a mount), `PATCH`, `PUT`, `GET` and `DELETE` of a session.
+//! session, or a mount, with or without `from`), `PATCH`, `PUT`, `GET` and
+//! `DELETE` (cancel: the session and its bytes are gone) of a session.
 //!
 //! Every request on a session holds its [`UploadLock`], so chunks never
 //! interleave; a chunk whose `Content-Range` is malformed, out of order or
@@ -185,9 +186,16 @@ fn blob_created(name: &str, d: &Digest) -> Response {
 /// `POST /v2/NAME/blobs/uploads/`: a mount, a monolithic upload
 /// (`?digest=`) or a new session. A refused request creates no session.
 pub(super) async fn start(reg: &Registry, name: &str, q: &HashMap<String, String>, req: Request) -> Reply {
-    if let (Some(mount), Some(_from)) = (q.get("mount"), q.get("from")) {
+    if let Some(mount) = q.get("mount") {
+        // From `from` when it holds the blob, else (no `from`) from any
+        // repository that does: whoever may push here may read them all.
+        // Otherwise a new session, as the spec asks.
         let d = parse_digest(mount)?;
-        if reg.store().has(&d) {
+        let found = tokio::task::block_in_place(|| match q.get("from") {
+            Some(from) => reg.repo_has_blob(from, &d),
+            None => reg.repo_holding_blob(&d).is_some(),
+        });
+        if found {
             reg.link_blob(name, &d)?;
             return Ok(blob_created(name, &d));
         }
