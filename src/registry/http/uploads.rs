@@ -103,7 +103,17 @@ fn io(lock: &UploadLock<'_>, source: std::io::Error) -> RegistryError {
     }
 }
 
+/// Most body bytes one upload gathers before writing them (when more
+/// arrive at once than this).
+const WRITE_BATCH: usize = 256 << 10;
+
 /// Streams `body` into `file`; an error says whether the session may go on.
+///
+/// Memory per upload stays bounded: frames are written in batches of at
+/// most [`WRITE_BATCH`], and whatever has arrived is written before the
+/// upload waits for more, so an upload whose client is slow (or whose
+/// turn has not come, among a thousand) holds no body bytes while it
+/// waits.
 async fn pump(
     reg: &Registry,
     have: u64,
@@ -111,9 +121,10 @@ async fn pump(
     body: Body,
     file: &mut UploadWriter<'_, '_>,
 ) -> Result<(), (ApiError, bool)> {
+    use futures_util::FutureExt;
     let mut stream = body.into_data_stream();
     // Frames are small (curl sends 64 KiB); leave the async worker for the
-    // blocking write and hash once per MiB, not once per frame.
+    // blocking write and hash once per batch, not once per frame.
     let mut pending: Vec<bytes::Bytes> = Vec::new();
     let mut pending_len = 0usize;
     let mut got = 0u64;
@@ -121,8 +132,30 @@ async fn pump(
         let e = RegistryError::ContentRangeLength { start, end, got };
         (ApiError::from(e), true)
     };
+    let write = |pending: &mut Vec<bytes::Bytes>, file: &mut UploadWriter<'_, '_>| {
+        let written = tokio::task::block_in_place(|| pending.iter().try_for_each(|c| file.write_all(c)));
+        pending.clear();
+        written.map_err(|source| {
+            let e = RegistryError::Io {
+                path: "uploads".into(),
+                source,
+            };
+            let keep = !e.disk_full();
+            (ApiError::from(e), keep)
+        })
+    };
     loop {
-        let next = stream.next().await;
+        let next = match stream.next().now_or_never() {
+            Some(next) => next,
+            None => {
+                // Nothing more has arrived: write what has before waiting.
+                if pending_len > 0 {
+                    write(&mut pending, file)?;
+                    pending_len = 0;
+                }
+                stream.next().await
+            }
+        };
         let done = next.is_none();
         if let Some(chunk) = next {
             let chunk = chunk.map_err(|e| {
@@ -143,17 +176,8 @@ async fn pump(
                 return Err((RegistryError::BlobTooLarge { max: reg.max_blob() }.into(), false));
             }
         }
-        if pending_len >= 1 << 20 || (done && pending_len > 0) {
-            let written = tokio::task::block_in_place(|| pending.iter().try_for_each(|c| file.write_all(c)));
-            if let Err(source) = written {
-                let e = RegistryError::Io {
-                    path: "uploads".into(),
-                    source,
-                };
-                let keep = !e.disk_full();
-                return Err((e.into(), keep));
-            }
-            pending.clear();
+        if pending_len >= WRITE_BATCH || (done && pending_len > 0) {
+            write(&mut pending, file)?;
             pending_len = 0;
         }
         if done {
