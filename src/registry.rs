@@ -11,6 +11,7 @@ pub mod auth;
 pub mod config;
 pub mod gc;
 mod http;
+pub mod manifests;
 mod state;
 pub mod uploads;
 
@@ -18,6 +19,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub use manifests::ManifestPolicy;
 pub use state::{Registry, RegistryError, valid_name, valid_tag};
 pub use uploads::{DEFAULT_UPLOAD_TTL, PurgeReport, UploadLock};
 
@@ -36,6 +38,9 @@ pub struct Access {
     /// Purge upload sessions idle for longer than this (default
     /// [`DEFAULT_UPLOAD_TTL`]).
     pub upload_ttl: Option<std::time::Duration>,
+    /// Foreign layers and sparse indexes (`--refuse-foreign-layers`,
+    /// `--allow-sparse-index`).
+    pub manifest_policy: ManifestPolicy,
 }
 
 /// A bound registry server; [`Server::run`] serves until `shutdown`.
@@ -77,6 +82,21 @@ async fn purge_expired_uploads(registry: Arc<Registry>) {
             Err(e) => tracing::warn!("registry: the upload purge task: {e}"),
         }
     }
+}
+
+/// The most a connection buffers of what a client sends before the
+/// request's handler takes it. hyper's default (about 400 KiB) grows on
+/// every full read, and on loopback every read is full: 1,000 concurrent
+/// uploads then held 400 MB in read buffers alone. 64 KiB still reads a
+/// fast upload in large bites (curl sends 64 KiB frames).
+pub const READ_BUFFER: usize = 64 << 10;
+
+/// How connections are served: HTTP/1.1 with a bounded read buffer, or h2
+/// (negotiated by ALPN under TLS, or prior knowledge).
+fn connection_builder() -> hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor> {
+    let mut b = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    b.http1().max_buf_size(READ_BUFFER);
+    b
 }
 
 /// A certificate chain and key, PEM files, for HTTPS.
@@ -123,7 +143,9 @@ impl Server {
         if let Some(mib) = access.max_blob_mib {
             registry = registry.with_max_blob(mib << 20);
         }
-        registry = registry.with_upload_ttl(access.upload_ttl.unwrap_or(DEFAULT_UPLOAD_TTL));
+        registry = registry
+            .with_upload_ttl(access.upload_ttl.unwrap_or(DEFAULT_UPLOAD_TTL))
+            .with_manifest_policy(access.manifest_policy);
         let registry = Arc::new(registry);
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -170,15 +192,13 @@ impl Server {
         if let Some(extra) = self.extra {
             app = app.merge(extra);
         }
-        let Some(acceptor) = self.tls else {
-            return axum::serve(self.listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await;
-        };
-        // HTTPS: accept, handshake and serve each connection in its own
-        // task; a failed handshake only ends that connection.
+        // Our own accept loop (not `axum::serve`) for HTTP and HTTPS alike,
+        // so the connection's read buffer can be bounded: see
+        // `READ_BUFFER`. Each connection is served in its own task; a
+        // failed handshake or a broken connection only ends that task.
+        let builder = connection_builder();
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut shutdown = std::pin::pin!(shutdown);
-        let mut conns = tokio::task::JoinSet::new();
         loop {
             tokio::select! {
                 accepted = self.listener.accept() => {
@@ -186,36 +206,42 @@ impl Server {
                         Ok(c) => c,
                         Err(e) => {
                             tracing::warn!("registry: accept failed: {e}");
+                            // Out of file descriptors, most likely: let some close.
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                             continue;
                         }
                     };
-                    let acceptor = acceptor.clone();
-                    let app = app.clone();
-                    conns.spawn(async move {
-                        let tls = match acceptor.accept(tcp).await {
-                            Ok(t) => t,
-                            Err(e) => {
-                                tracing::debug!("registry: TLS handshake with {peer} failed: {e}");
-                                return;
+                    tracing::trace!("registry: connection from {peer} accepted");
+                    let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+                    let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), self.tls.clone());
+                    tokio::spawn(async move {
+                        let served = match tls {
+                            None => {
+                                let io = hyper_util::rt::TokioIo::new(tcp);
+                                watcher.watch(builder.serve_connection_with_upgrades(io, svc).into_owned()).await
                             }
+                            Some(acceptor) => match acceptor.accept(tcp).await {
+                                Ok(stream) => {
+                                    let io = hyper_util::rt::TokioIo::new(stream);
+                                    watcher.watch(builder.serve_connection_with_upgrades(io, svc).into_owned()).await
+                                }
+                                Err(e) => {
+                                    tracing::debug!("registry: TLS handshake with {peer} failed: {e}");
+                                    return;
+                                }
+                            },
                         };
-                        let svc = hyper_util::service::TowerToHyperService::new(app);
-                        let builder =
-                            hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-                        if let Err(e) = builder.serve_connection(hyper_util::rt::TokioIo::new(tls), svc).await {
+                        if let Err(e) = served {
                             tracing::debug!("registry: connection from {peer}: {e}");
                         }
                     });
-                    while conns.try_join_next().is_some() {}
                 }
                 _ = &mut shutdown => break,
             }
         }
-        // Let in-flight requests finish, within bounds.
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-            while conns.join_next().await.is_some() {}
-        })
-        .await;
+        drop(self.listener);
+        // In-flight requests finish (idle connections close at once), within bounds.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), graceful.shutdown()).await;
         Ok(())
     }
 }

@@ -62,6 +62,15 @@ pub struct Args {
     /// `strata gc --upload-ttl` purges them too. [default: 24h]
     #[arg(long, value_parser = strata::registry::config::parse_duration)]
     pub upload_ttl: Option<std::time::Duration>,
+    /// Refuse manifests whose foreign (non-distributable) layers were not
+    /// pushed; by default such layers are accepted when they carry `urls`
+    /// (clients fetch them from there).
+    #[arg(long)]
+    pub refuse_foreign_layers: bool,
+    /// Accept an image index that names manifests not in the repository
+    /// (e.g. `skopeo copy --multi-arch=index-only`); refused by default.
+    #[arg(long)]
+    pub allow_sparse_index: bool,
     /// Also run the P2P origin and tracker on this UDP address (QUIC,
     /// mutual TLS); needs --p2p-certs.
     #[arg(long, requires = "p2p_certs")]
@@ -120,6 +129,8 @@ pub fn run(mut a: Args) -> Result<()> {
     a.allow_delete |= cfg.storage.allow_delete;
     a.max_blob_mib = a.max_blob_mib.or(cfg.storage.max_blob_mib);
     a.upload_ttl = a.upload_ttl.or(cfg.storage.upload_ttl);
+    a.refuse_foreign_layers |= cfg.storage.refuse_foreign_layers;
+    a.allow_sparse_index |= cfg.storage.allow_sparse_index;
     if a.tls_cert.is_none()
         && let Some(t) = cfg.tls
     {
@@ -144,6 +155,10 @@ pub fn run(mut a: Args) -> Result<()> {
             allow_delete: a.allow_delete,
             max_blob_mib: a.max_blob_mib,
             upload_ttl: a.upload_ttl,
+            manifest_policy: strata::registry::ManifestPolicy {
+                refuse_foreign_layers: a.refuse_foreign_layers,
+                allow_sparse_index: a.allow_sparse_index,
+            },
         };
         let tls = a.tls_cert.clone().zip(a.tls_key.clone()).map(|(cert, key)| strata::registry::TlsFiles { cert, key });
         let scheme = if tls.is_some() { "https" } else { "http" };

@@ -51,6 +51,13 @@ pub struct StorageConfig {
     /// (default: `uploads::DEFAULT_UPLOAD_TTL`, 24 h).
     #[serde(default, deserialize_with = "duration")]
     pub upload_ttl: Option<Duration>,
+    /// Refuse foreign (non-distributable) layers that were not pushed
+    /// (accepted with `urls` by default).
+    #[serde(default)]
+    pub refuse_foreign_layers: bool,
+    /// Accept an index naming manifests the repository does not have.
+    #[serde(default)]
+    pub allow_sparse_index: bool,
 }
 
 /// `90s`, `30m`, `2h` (a bare number is seconds).

@@ -40,16 +40,29 @@ const MAX_SESSIONS: usize = 100_000;
 const BLOB_CHUNK: usize = 128 << 10;
 
 pub fn router(reg: Arc<Registry>, access: Arc<super::Access>) -> Router {
-    Router::new()
+    let v2 = Router::new()
         .route("/v2", get(base))
         .route("/v2/", get(base))
         .route("/v2/{*rest}", any(dispatch))
+        .layer(axum::middleware::map_response(api_version));
+    Router::new()
         .route("/token", get(token))
+        .merge(v2)
         .with_state(Shared {
             reg,
             access,
             sessions: Default::default(),
         })
+}
+
+/// Every `/v2/` answer, errors and challenges included, says which API it
+/// speaks (clients such as Docker probe for it).
+async fn api_version(mut r: Response) -> Response {
+    r.headers_mut().insert(
+        "Docker-Distribution-API-Version",
+        HeaderValue::from_static("registry/2.0"),
+    );
+    r
 }
 
 fn unauthorized(why: &str) -> ApiError {
@@ -58,17 +71,19 @@ fn unauthorized(why: &str) -> ApiError {
 
 /// The Bearer challenge that sends clients to `/token` (Docker's token
 /// flow: anonymous clients get a pull-only token, clients with a
-/// credential a push token).
-fn challenge(headers: &HeaderMap, why: &str) -> Response {
+/// credential a push token), naming the `scope` the request needs
+/// (`repository:NAME:pull`, `…:pull,push`, `…:delete`) as distribution does.
+fn challenge(headers: &HeaderMap, why: &str, scope: Option<&str>) -> Response {
     let host = headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("127.0.0.1");
     let mut r = unauthorized(why).into_response();
+    let scope = scope.map(|s| format!(",scope=\"{s}\"")).unwrap_or_default();
     set(
         &mut r,
         "WWW-Authenticate",
-        format!("Bearer realm=\"http://{host}/token\",service=\"strata\""),
+        format!("Bearer realm=\"http://{host}/token\",service=\"strata\"{scope}"),
     );
     r
 }
@@ -100,7 +115,17 @@ async fn token(State(sh): State<Shared>, headers: HeaderMap) -> Response {
             map.insert(t.clone(), (who, now + SESSION_TTL));
         }
     }
-    let body = serde_json::json!({ "token": t, "access_token": t, "expires_in": SESSION_TTL.as_secs() });
+    let issued_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    // distribution's answer: both token names, seconds to live, and when.
+    let body = serde_json::json!({
+        "token": t,
+        "access_token": t,
+        "expires_in": SESSION_TTL.as_secs(),
+        "issued_at": crate::oci::rfc3339(issued_at),
+    });
     let mut r = (StatusCode::OK, body.to_string()).into_response();
     set(&mut r, "Content-Type", "application/json");
     r
@@ -144,7 +169,7 @@ fn proves(sh: &Shared, headers: &HeaderMap, write: bool) -> bool {
     }
 }
 
-fn authorize(sh: &Shared, headers: &HeaderMap, write: bool) -> Result<(), Response> {
+fn authorize(sh: &Shared, headers: &HeaderMap, write: bool, scope: Option<&str>) -> Result<(), Response> {
     let access = &sh.access;
     let needed = if write {
         !access.open_push
@@ -168,7 +193,7 @@ fn authorize(sh: &Shared, headers: &HeaderMap, write: bool) -> Result<(), Respon
     } else {
         "pulling needs a credential"
     };
-    Err(challenge(headers, why))
+    Err(challenge(headers, why, scope))
 }
 
 /// The API root. When the server has credentials it challenges clients
@@ -178,17 +203,12 @@ async fn base(State(sh): State<Shared>, headers: HeaderMap) -> Response {
     let has_auth = headers.contains_key(header::AUTHORIZATION);
     let guarded = !sh.access.credentials.is_empty() || sh.access.pull_auth;
     if guarded && !has_auth {
-        return challenge(&headers, "authentication required");
+        return challenge(&headers, "authentication required", None);
     }
     if has_auth && guarded && !proves(&sh, &headers, false) {
-        return challenge(&headers, "the credential is not valid");
+        return challenge(&headers, "the credential is not valid", None);
     }
-    let mut r = StatusCode::OK.into_response();
-    r.headers_mut().insert(
-        "Docker-Distribution-API-Version",
-        HeaderValue::from_static("registry/2.0"),
-    );
-    r
+    StatusCode::OK.into_response()
 }
 
 /// An error in the spec's JSON shape, with its HTTP status.
@@ -224,7 +244,9 @@ impl From<RegistryError> for ApiError {
             E::UploadUnknown(_) => (StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN"),
             E::DigestInvalid(_) | E::DigestMismatch { .. } => (StatusCode::BAD_REQUEST, "DIGEST_INVALID"),
             E::ManifestInvalid(_) => (StatusCode::BAD_REQUEST, "MANIFEST_INVALID"),
-            E::ManifestBlobUnknown(_) => (StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN"),
+            E::ManifestBlobUnknown(_) | E::ForeignLayerRefused(_) => {
+                (StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN")
+            }
             E::ManifestTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "SIZE_INVALID"),
             E::BlobTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "SIZE_INVALID"),
             E::RangeInvalid { .. } | E::UploadBusy(_) | E::ContentRangeInvalid(_) => {
@@ -259,6 +281,20 @@ enum Route<'a> {
     Manifest(&'a str, &'a str),
     Tags(&'a str),
     Referrers(&'a str, &'a str),
+}
+
+impl<'a> Route<'a> {
+    /// The repository the endpoint belongs to.
+    fn repository(self) -> &'a str {
+        match self {
+            Route::Blob(n, _)
+            | Route::Uploads(n)
+            | Route::Upload(n, _)
+            | Route::Manifest(n, _)
+            | Route::Tags(n)
+            | Route::Referrers(n, _) => n,
+        }
+    }
 }
 
 fn route(rest: &str) -> Option<Route<'_>> {
@@ -320,7 +356,13 @@ async fn serve(
 ) -> Reply {
     let method = req.method().clone();
     let write = !matches!(method, Method::GET | Method::HEAD);
-    if let Err(r) = authorize(&sh, req.headers(), write) {
+    let actions = match method {
+        Method::GET | Method::HEAD => "pull",
+        Method::DELETE => "delete",
+        _ => "pull,push",
+    };
+    let scope = r.map(|r| format!("repository:{}:{actions}", r.repository()));
+    if let Err(r) = authorize(&sh, req.headers(), write, scope.as_deref()) {
         return Ok(r);
     }
     let reg = sh.reg;
@@ -389,21 +431,45 @@ fn set(r: &mut Response, name: &'static str, value: impl AsRef<str>) {
     }
 }
 
-/// `bytes=START-END` (END optional) → inclusive range within `size`.
+/// A request's `Range` against a blob of `size` bytes: `None` without one
+/// (or in a unit other than bytes, which is ignored); else the inclusive
+/// range `bytes=START-END`, `bytes=START-` or `bytes=-SUFFIX` (the last
+/// SUFFIX bytes) names, or `Err` when it is malformed, has several ranges
+/// or none of it lies within the blob (416).
 fn parse_range(h: &HeaderMap, size: u64) -> Option<Result<(u64, u64), ()>> {
-    let v = h.get(header::RANGE)?.to_str().ok()?;
-    let spec = v.strip_prefix("bytes=")?;
-    let (a, b) = spec.split_once('-')?;
-    let start: u64 = a.trim().parse().ok()?;
-    let end: u64 = if b.trim().is_empty() {
-        size.saturating_sub(1)
-    } else {
-        b.trim().parse().ok()?
-    };
-    if start > end || start >= size {
-        return Some(Err(()));
+    let v = h.get(header::RANGE)?;
+    let v = String::from_utf8_lossy(v.as_bytes());
+    let v = v.trim();
+    if !v.to_ascii_lowercase().starts_with("bytes=") {
+        // Another unit is ignored (RFC 9110); a header that is no range
+        // at all is refused.
+        return if v.contains('=') { None } else { Some(Err(())) };
     }
-    Some(Ok((start, end.min(size - 1))))
+    Some(byte_range(&v[6..], size))
+}
+
+fn byte_range(spec: &str, size: u64) -> Result<(u64, u64), ()> {
+    let number = |s: &str| -> Result<u64, ()> {
+        let s = s.trim();
+        if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
+            return Err(());
+        }
+        s.parse().map_err(|_| ())
+    };
+    let (a, b) = spec.split_once('-').ok_or(())?;
+    if a.trim().is_empty() {
+        let suffix = number(b)?;
+        if suffix == 0 || size == 0 {
+            return Err(());
+        }
+        return Ok((size.saturating_sub(suffix), size - 1));
+    }
+    let start = number(a)?;
+    let end = if b.trim().is_empty() { u64::MAX } else { number(b)? };
+    if start > end || start >= size {
+        return Err(());
+    }
+    Ok((start, end.min(size - 1)))
 }
 
 async fn get_blob(reg: &Registry, name: &str, d: &str, h: &HeaderMap, head: bool) -> Reply {
@@ -463,7 +529,22 @@ fn get_manifest(reg: &Registry, name: &str, reference: &str, head: bool) -> Repl
     Ok(r)
 }
 
+/// Every value of `key` in a query string, in order (`?tag=a&tag=b`).
+fn query_all(query: Option<&str>, key: &str) -> Vec<String> {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .filter(|(k, _)| *k == key)
+        .map(|(_, v)| v.to_string())
+        .collect()
+}
+
+/// `PUT …/manifests/REFERENCE[?tag=T…]`: stores the manifest, tags it
+/// (one `OCI-Tag` header per `tag` in the answer) and answers its digest
+/// in the algorithm it was pushed with.
 async fn put_manifest(reg: &Registry, name: &str, reference: &str, req: Request) -> Reply {
+    let tags = query_all(req.uri().query(), "tag");
     let ct = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -472,13 +553,19 @@ async fn put_manifest(reg: &Registry, name: &str, reference: &str, req: Request)
     let bytes = axum::body::to_bytes(req.into_body(), MAX_MANIFEST)
         .await
         .map_err(|_| ApiError::from(RegistryError::ManifestTooLarge))?;
-    let put = tokio::task::block_in_place(|| reg.put_manifest(name, reference, &bytes, ct.as_deref()))?;
+    let put =
+        tokio::task::block_in_place(|| reg.put_manifest(name, reference, &bytes, ct.as_deref(), &tags))?;
     let d = put.digest;
     let mut r = StatusCode::CREATED.into_response();
     set(&mut r, "Location", format!("/v2/{name}/manifests/{d}"));
     set(&mut r, "Docker-Content-Digest", d.to_string());
     if let Some(sub) = put.subject {
         set(&mut r, "OCI-Subject", sub.to_string());
+    }
+    for t in &tags {
+        if let Ok(v) = HeaderValue::from_str(t) {
+            r.headers_mut().append("OCI-Tag", v);
+        }
     }
     set(&mut r, "Content-Length", "0");
     Ok(r)

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+use super::manifests::ManifestPolicy;
 use crate::digest::{Digest, Hasher};
-use crate::oci::{Index, Manifest};
 use crate::store::{Store, StoreError};
 
 /// Largest manifest accepted (the spec suggests at least 4 MiB).
@@ -43,6 +43,10 @@ pub enum RegistryError {
     ManifestInvalid(String),
     #[error("manifest references unknown blob {0}")]
     ManifestBlobUnknown(Digest),
+    #[error(
+        "manifest references foreign layer {0}, which was not pushed; this registry refuses foreign layers (--refuse-foreign-layers): push the blob"
+    )]
+    ForeignLayerRefused(Digest),
     #[error("manifest is larger than {MAX_MANIFEST} bytes")]
     ManifestTooLarge,
     #[error("the blob is larger than this registry accepts ({max} bytes; storage.max_blob_mib)")]
@@ -100,57 +104,11 @@ pub struct Registry {
     pub(super) upload_ttl: Duration,
     /// Largest blob an upload may grow to.
     max_blob: u64,
+    /// What a manifest push may leave out.
+    pub(super) manifest_policy: ManifestPolicy,
     /// Told of every blob an upload adds to the store (the P2P origin
     /// makes its piece table then).
     on_new_blob: OnceLock<NewBlobHook>,
-}
-
-/// What a manifest push stored.
-pub struct PutManifest {
-    pub digest: Digest,
-    /// The manifest's `subject`, echoed as `OCI-Subject`.
-    pub subject: Option<Digest>,
-}
-
-/// Manifest media types this registry stores and serves.
-const MANIFEST_TYPES: [&str; 4] = [
-    crate::oci::MEDIA_MANIFEST,
-    crate::oci::MEDIA_INDEX,
-    crate::oci::MEDIA_DOCKER_MANIFEST,
-    crate::oci::MEDIA_DOCKER_LIST,
-];
-
-/// The media type of a pushed manifest: its own `mediaType` when it has
-/// one (a `Content-Type` that says otherwise is refused), else the
-/// `Content-Type` it was pushed with, else an OCI image manifest. Only
-/// manifest types are accepted.
-pub fn manifest_media_type(body: Option<&serde_json::Value>, content_type: Option<&str>) -> Result<String> {
-    let media = match (body, content_type) {
-        (Some(v), ct) => {
-            let Some(m) = v.as_str() else {
-                return Err(RegistryError::ManifestInvalid(
-                    "`mediaType` is not a string".into(),
-                ));
-            };
-            if let Some(ct) = ct
-                && ct != m
-            {
-                return Err(RegistryError::ManifestInvalid(format!(
-                    "Content-Type `{ct}` contradicts the manifest's mediaType `{m}`"
-                )));
-            }
-            m
-        }
-        (None, Some(ct)) => ct,
-        (None, None) => crate::oci::MEDIA_MANIFEST,
-    };
-    if !MANIFEST_TYPES.contains(&media) {
-        return Err(RegistryError::ManifestInvalid(format!(
-            "`{media}` is not a manifest media type ({})",
-            MANIFEST_TYPES.join(", ")
-        )));
-    }
-    Ok(media.to_string())
 }
 
 /// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*`
@@ -226,6 +184,7 @@ impl Registry {
             busy: Default::default(),
             upload_ttl: super::uploads::DEFAULT_UPLOAD_TTL,
             max_blob: u64::MAX,
+            manifest_policy: ManifestPolicy::default(),
             on_new_blob: OnceLock::new(),
         })
     }
@@ -240,6 +199,12 @@ impl Registry {
     /// Refuses uploads that grow past `bytes`.
     pub fn with_max_blob(mut self, bytes: u64) -> Registry {
         self.max_blob = bytes;
+        self
+    }
+
+    /// Accepts foreign layers and sparse indexes as `policy` says.
+    pub fn with_manifest_policy(mut self, policy: ManifestPolicy) -> Registry {
+        self.manifest_policy = policy;
         self
     }
 
@@ -279,7 +244,7 @@ impl Registry {
         crate::store::write_atomic(path, bytes).map_err(io_err(path))
     }
 
-    fn blob_marker(repo: &Path, d: &Digest) -> PathBuf {
+    pub(super) fn blob_marker(repo: &Path, d: &Digest) -> PathBuf {
         repo.join("_blobs").join(d.algorithm().name()).join(d.hex())
     }
 
@@ -287,6 +252,46 @@ impl Registry {
     pub fn link_blob(&self, name: &str, d: &Digest) -> Result<()> {
         let repo = self.repo(name)?;
         Self::write_small(&Self::blob_marker(&repo, d), b"")
+    }
+
+    /// Whether `d` is a blob of the repository at `repo` (linked and stored).
+    pub(super) fn has_blob(&self, repo: &Path, d: &Digest) -> bool {
+        Self::blob_marker(repo, d).is_file() && self.store.has(d)
+    }
+
+    /// Whether repository `name` holds blob `d` (an invalid name holds
+    /// nothing).
+    pub fn repo_has_blob(&self, name: &str, d: &Digest) -> bool {
+        self.repo(name).is_ok_and(|repo| self.has_blob(&repo, d))
+    }
+
+    /// Some repository that holds blob `d` (for a mount without `from`:
+    /// every repository is readable by whoever may push).
+    pub fn repo_holding_blob(&self, d: &Digest) -> Option<String> {
+        if !self.store.has(d) {
+            return None;
+        }
+        fn walk(dir: &Path, prefix: &str, d: &Digest, depth: usize) -> Option<String> {
+            for e in fs::read_dir(dir).ok()?.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with('_') || depth > 16 || !e.path().is_dir() {
+                    continue;
+                }
+                let full = if prefix.is_empty() {
+                    name
+                } else {
+                    format!("{prefix}/{name}")
+                };
+                if Registry::blob_marker(&e.path(), d).is_file() {
+                    return Some(full);
+                }
+                if let Some(found) = walk(&e.path(), &full, d, depth + 1) {
+                    return Some(found);
+                }
+            }
+            None
+        }
+        walk(&self.root.join("repos"), "", d, 0)
     }
 
     /// The size of a blob that belongs to `name`; other repositories'
@@ -325,172 +330,6 @@ impl Registry {
         text.trim()
             .parse()
             .map_err(|_| RegistryError::ManifestUnknown(reference.to_string()))
-    }
-
-    fn manifest_marker(repo: &Path, d: &Digest) -> PathBuf {
-        repo.join("_manifests").join(d.algorithm().name()).join(d.hex())
-    }
-
-    /// The manifest bytes and the media type this repository serves them
-    /// with.
-    pub fn manifest(&self, name: &str, reference: &str) -> Result<(Digest, Vec<u8>, String)> {
-        let d = self.resolve(name, reference)?;
-        let bytes = self.store.read_blob(&d)?;
-        let recorded = fs::read_to_string(Self::manifest_marker(&self.repo(name)?, &d)).unwrap_or_default();
-        let media = if !recorded.trim().is_empty() {
-            recorded.trim().to_string()
-        } else {
-            // Pushed before media types were kept per repository: the
-            // body's own type, then the old store-wide record.
-            serde_json::from_slice::<serde_json::Value>(&bytes)
-                .ok()
-                .and_then(|v| v.get("mediaType")?.as_str().map(str::to_string))
-                .or_else(|| {
-                    self.store
-                        .read_meta("media-type", d.hex())
-                        .map(|m| String::from_utf8_lossy(&m).into_owned())
-                })
-                .unwrap_or_else(|| crate::oci::MEDIA_MANIFEST.to_string())
-        };
-        Ok((d, bytes, media))
-    }
-
-    /// Whether `d` is a blob of the repository at `repo` (linked and stored).
-    fn has_blob(&self, repo: &Path, d: &Digest) -> bool {
-        Self::blob_marker(repo, d).is_file() && self.store.has(d)
-    }
-
-    /// Whether `d` is a manifest of the repository at `repo`.
-    fn has_manifest(&self, repo: &Path, d: &Digest) -> bool {
-        Self::manifest_marker(repo, d).is_file() && self.store.has(d)
-    }
-
-    /// Stores a manifest after checking that everything it names exists.
-    pub fn put_manifest(
-        &self,
-        name: &str,
-        reference: &str,
-        bytes: &[u8],
-        content_type: Option<&str>,
-    ) -> Result<PutManifest> {
-        let repo = self.repo(name)?;
-        if bytes.len() > MAX_MANIFEST {
-            return Err(RegistryError::ManifestTooLarge);
-        }
-        let expected = if reference.contains(':') {
-            Some(
-                reference
-                    .parse::<Digest>()
-                    .map_err(|_| RegistryError::DigestInvalid(reference.to_string()))?,
-            )
-        } else if valid_tag(reference) {
-            None
-        } else {
-            return Err(RegistryError::TagInvalid(reference.to_string()));
-        };
-        let value: serde_json::Value =
-            serde_json::from_slice(bytes).map_err(|e| RegistryError::ManifestInvalid(e.to_string()))?;
-        let media = manifest_media_type(value.get("mediaType"), content_type)?;
-        // A manifest with a `subject` is a referrer of that subject.
-        let subject: Option<Digest> = value
-            .get("subject")
-            .and_then(|s| s.get("digest"))
-            .and_then(|d| d.as_str())
-            .and_then(|d| d.parse().ok());
-        let artifact_type = value
-            .get("artifactType")
-            .and_then(|a| a.as_str())
-            .or_else(|| {
-                value
-                    .get("config")
-                    .and_then(|c| c.get("mediaType"))
-                    .and_then(|m| m.as_str())
-            })
-            .map(str::to_string);
-        let annotations = value.get("annotations").cloned();
-        let is_index = media == crate::oci::MEDIA_INDEX || media == crate::oci::MEDIA_DOCKER_LIST;
-        if is_index {
-            let index: Index =
-                serde_json::from_value(value).map_err(|e| RegistryError::ManifestInvalid(e.to_string()))?;
-            for m in &index.manifests {
-                if !self.has_manifest(&repo, &m.digest) {
-                    return Err(RegistryError::ManifestBlobUnknown(m.digest.clone()));
-                }
-            }
-        } else {
-            let m: Manifest =
-                serde_json::from_value(value).map_err(|e| RegistryError::ManifestInvalid(e.to_string()))?;
-            for d in std::iter::once(&m.config).chain(&m.layers) {
-                if !self.has_blob(&repo, &d.digest) {
-                    return Err(RegistryError::ManifestBlobUnknown(d.digest.clone()));
-                }
-            }
-        }
-        let (d, _) = self.store.put(bytes, expected.as_ref()).map_err(|e| match e {
-            StoreError::DigestMismatch { expected, actual, .. } => {
-                RegistryError::DigestMismatch { expected, actual }
-            }
-            other => other.into(),
-        })?;
-        // The media type is the repository's record of the manifest: a push
-        // elsewhere never changes it.
-        Self::write_small(&Self::manifest_marker(&repo, &d), media.as_bytes())?;
-        if expected.is_none() {
-            Self::write_small(&repo.join("_tags").join(reference), d.to_string().as_bytes())?;
-        }
-        if let Some(sub) = &subject {
-            let mut desc =
-                serde_json::json!({ "mediaType": media, "digest": d.to_string(), "size": bytes.len() });
-            if let Some(a) = &artifact_type {
-                desc["artifactType"] = serde_json::Value::String(a.clone());
-            }
-            if let Some(a) = annotations {
-                desc["annotations"] = a;
-            }
-            let path = Self::referrers_dir(&repo, sub).join(d.hex());
-            Self::write_small(&path, desc.to_string().as_bytes())?;
-        }
-        Ok(PutManifest { digest: d, subject })
-    }
-
-    fn referrers_dir(repo: &Path, subject: &Digest) -> PathBuf {
-        repo.join("_referrers")
-            .join(subject.algorithm().name())
-            .join(subject.hex())
-    }
-
-    /// Descriptors of the manifests whose `subject` is `subject`, filtered
-    /// by artifact type when given. An unknown subject has no referrers.
-    pub fn referrers(
-        &self,
-        name: &str,
-        subject: &Digest,
-        artifact_type: Option<&str>,
-    ) -> Result<Vec<serde_json::Value>> {
-        let repo = self.repo(name)?;
-        let mut out: Vec<serde_json::Value> = fs::read_dir(Self::referrers_dir(&repo, subject))
-            .map(|rd| {
-                rd.flatten()
-                    .filter_map(|e| fs::read(e.path()).ok())
-                    .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-                    .filter(|d| {
-                        // Only referrers whose manifest is still in the repository.
-                        d["digest"]
-                            .as_str()
-                            .and_then(|x| x.parse::<Digest>().ok())
-                            .is_some_and(|x| {
-                                repo.join("_manifests")
-                                    .join(x.algorithm().name())
-                                    .join(x.hex())
-                                    .is_file()
-                            })
-                    })
-                    .filter(|d| artifact_type.is_none_or(|a| d["artifactType"].as_str() == Some(a)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        out.sort_by(|a, b| a["digest"].as_str().cmp(&b["digest"].as_str()));
-        Ok(out)
     }
 
     /// Every repository name (a folder under `repos/` holding manifests),
@@ -580,27 +419,6 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_manifests_own_media_type_wins_and_must_agree() {
-        use crate::oci::{MEDIA_DOCKER_MANIFEST, MEDIA_MANIFEST};
-        let own = serde_json::json!(MEDIA_MANIFEST);
-        let t = |body, ct| manifest_media_type(body, ct).map_err(|e| e.to_string());
-        assert_eq!(t(Some(&own), None).unwrap(), MEDIA_MANIFEST);
-        assert_eq!(t(Some(&own), Some(MEDIA_MANIFEST)).unwrap(), MEDIA_MANIFEST);
-        let e = t(Some(&own), Some("text/plain")).unwrap_err();
-        assert!(
-            e.contains("`text/plain` contradicts") && e.contains(MEDIA_MANIFEST),
-            "{e}"
-        );
-        assert_eq!(
-            t(None, Some(MEDIA_DOCKER_MANIFEST)).unwrap(),
-            MEDIA_DOCKER_MANIFEST
-        );
-        assert_eq!(t(None, None).unwrap(), MEDIA_MANIFEST);
-        assert!(t(None, Some("text/plain")).is_err());
-        assert!(t(Some(&serde_json::json!("text/plain")), None).is_err());
-    }
 
     #[test]
     fn names_and_tags() {

@@ -67,10 +67,12 @@ impl Drop for UploadLock<'_> {
     }
 }
 
-/// Appends to an upload session, hashing the bytes as they stream.
+/// Appends to an upload session, hashing the bytes as they stream. It
+/// writes straight to the file: the caller hands it batches (a buffer of
+/// its own here cost 1 MiB per concurrent upload).
 pub struct UploadWriter<'l, 'a> {
     lock: &'l UploadLock<'a>,
-    file: io::BufWriter<fs::File>,
+    file: fs::File,
     /// The session's size when this request began.
     start: u64,
     hasher: Option<(Hasher, u64)>,
@@ -103,7 +105,7 @@ impl UploadWriter<'_, '_> {
 
     /// Drops what this request wrote: the session is as it was before.
     pub fn abort(self) -> io::Result<()> {
-        let mut file = self.file.into_parts().0;
+        let mut file = self.file;
         file.set_len(self.start)?;
         file.seek(io::SeekFrom::End(0)).map(|_| ())
     }
@@ -290,7 +292,7 @@ impl UploadLock<'_> {
         };
         Ok(UploadWriter {
             lock: self,
-            file: io::BufWriter::with_capacity(1 << 20, file),
+            file,
             start: have,
             hasher,
         })

@@ -1,5 +1,6 @@
 //! Blob upload endpoints: `POST …/blobs/uploads/` (monolithic or a new
-//! session, or a mount), `PATCH`, `PUT`, `GET` and `DELETE` of a session.
+//! session, or a mount, with or without `from`), `PATCH`, `PUT`, `GET` and
+//! `DELETE` (cancel: the session and its bytes are gone) of a session.
 //!
 //! Every request on a session holds its [`UploadLock`], so chunks never
 //! interleave; a chunk whose `Content-Range` is malformed, out of order or
@@ -102,7 +103,17 @@ fn io(lock: &UploadLock<'_>, source: std::io::Error) -> RegistryError {
     }
 }
 
+/// Most body bytes one upload gathers before writing them (when more
+/// arrive at once than this).
+const WRITE_BATCH: usize = 256 << 10;
+
 /// Streams `body` into `file`; an error says whether the session may go on.
+///
+/// Memory per upload stays bounded: frames are written in batches of at
+/// most [`WRITE_BATCH`], and whatever has arrived is written before the
+/// upload waits for more, so an upload whose client is slow (or whose
+/// turn has not come, among a thousand) holds no body bytes while it
+/// waits.
 async fn pump(
     reg: &Registry,
     have: u64,
@@ -110,9 +121,10 @@ async fn pump(
     body: Body,
     file: &mut UploadWriter<'_, '_>,
 ) -> Result<(), (ApiError, bool)> {
+    use futures_util::FutureExt;
     let mut stream = body.into_data_stream();
     // Frames are small (curl sends 64 KiB); leave the async worker for the
-    // blocking write and hash once per MiB, not once per frame.
+    // blocking write and hash once per batch, not once per frame.
     let mut pending: Vec<bytes::Bytes> = Vec::new();
     let mut pending_len = 0usize;
     let mut got = 0u64;
@@ -120,8 +132,30 @@ async fn pump(
         let e = RegistryError::ContentRangeLength { start, end, got };
         (ApiError::from(e), true)
     };
+    let write = |pending: &mut Vec<bytes::Bytes>, file: &mut UploadWriter<'_, '_>| {
+        let written = tokio::task::block_in_place(|| pending.iter().try_for_each(|c| file.write_all(c)));
+        pending.clear();
+        written.map_err(|source| {
+            let e = RegistryError::Io {
+                path: "uploads".into(),
+                source,
+            };
+            let keep = !e.disk_full();
+            (ApiError::from(e), keep)
+        })
+    };
     loop {
-        let next = stream.next().await;
+        let next = match stream.next().now_or_never() {
+            Some(next) => next,
+            None => {
+                // Nothing more has arrived: write what has before waiting.
+                if pending_len > 0 {
+                    write(&mut pending, file)?;
+                    pending_len = 0;
+                }
+                stream.next().await
+            }
+        };
         let done = next.is_none();
         if let Some(chunk) = next {
             let chunk = chunk.map_err(|e| {
@@ -142,17 +176,8 @@ async fn pump(
                 return Err((RegistryError::BlobTooLarge { max: reg.max_blob() }.into(), false));
             }
         }
-        if pending_len >= 1 << 20 || (done && pending_len > 0) {
-            let written = tokio::task::block_in_place(|| pending.iter().try_for_each(|c| file.write_all(c)));
-            if let Err(source) = written {
-                let e = RegistryError::Io {
-                    path: "uploads".into(),
-                    source,
-                };
-                let keep = !e.disk_full();
-                return Err((e.into(), keep));
-            }
-            pending.clear();
+        if pending_len >= WRITE_BATCH || (done && pending_len > 0) {
+            write(&mut pending, file)?;
             pending_len = 0;
         }
         if done {
@@ -185,9 +210,16 @@ fn blob_created(name: &str, d: &Digest) -> Response {
 /// `POST /v2/NAME/blobs/uploads/`: a mount, a monolithic upload
 /// (`?digest=`) or a new session. A refused request creates no session.
 pub(super) async fn start(reg: &Registry, name: &str, q: &HashMap<String, String>, req: Request) -> Reply {
-    if let (Some(mount), Some(_from)) = (q.get("mount"), q.get("from")) {
+    if let Some(mount) = q.get("mount") {
+        // From `from` when it holds the blob, else (no `from`) from any
+        // repository that does: whoever may push here may read them all.
+        // Otherwise a new session, as the spec asks.
         let d = parse_digest(mount)?;
-        if reg.store().has(&d) {
+        let found = tokio::task::block_in_place(|| match q.get("from") {
+            Some(from) => reg.repo_has_blob(from, &d),
+            None => reg.repo_holding_blob(&d).is_some(),
+        });
+        if found {
             reg.link_blob(name, &d)?;
             return Ok(blob_created(name, &d));
         }

@@ -1,0 +1,314 @@
+//! Manifests of a repository: pushing them (what they may name, within
+//! the [`ManifestPolicy`]), serving them with the media type this
+//! repository recorded, and the referrers of a subject. A manifest is
+//! stored only when every blob it names is in the repository, except what
+//! the policy lets through: foreign (non-distributable) layers with
+//! `urls`, and manifests an index names, when sparse indexes are allowed.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use super::state::{MAX_MANIFEST, Registry, RegistryError, Result, valid_tag};
+use crate::digest::Digest;
+use crate::oci::{Index, Manifest};
+use crate::store::StoreError;
+
+/// What a manifest push may leave out.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ManifestPolicy {
+    /// Refuse layers that are non-distributable (`…layer.nondistributable.…`,
+    /// Docker's foreign layers) unless their blob was pushed like any
+    /// other; by default they are accepted when they carry `urls`.
+    pub refuse_foreign_layers: bool,
+    /// Accept an index that names manifests this repository does not have
+    /// (refused by default).
+    pub allow_sparse_index: bool,
+}
+
+/// Whether a layer of this media type is one clients fetch from its
+/// `urls` instead of the registry.
+pub fn is_foreign_layer(media_type: &str) -> bool {
+    media_type.starts_with("application/vnd.oci.image.layer.nondistributable.")
+        || media_type.starts_with("application/vnd.docker.image.rootfs.foreign.diff.tar")
+}
+
+/// The digests of a manifest's foreign layers that say where to fetch
+/// them (a non-empty `urls`).
+fn foreign_layers(manifest: &serde_json::Value) -> Vec<Digest> {
+    let Some(layers) = manifest.get("layers").and_then(|l| l.as_array()) else {
+        return Vec::new();
+    };
+    layers
+        .iter()
+        .filter(|l| l["mediaType"].as_str().is_some_and(is_foreign_layer))
+        .filter(|l| l["urls"].as_array().is_some_and(|u| !u.is_empty()))
+        .filter_map(|l| l["digest"].as_str()?.parse().ok())
+        .collect()
+}
+
+/// What a manifest push stored.
+pub struct PutManifest {
+    pub digest: Digest,
+    /// The manifest's `subject`, echoed as `OCI-Subject`.
+    pub subject: Option<Digest>,
+}
+
+/// Manifest media types this registry stores and serves.
+const MANIFEST_TYPES: [&str; 4] = [
+    crate::oci::MEDIA_MANIFEST,
+    crate::oci::MEDIA_INDEX,
+    crate::oci::MEDIA_DOCKER_MANIFEST,
+    crate::oci::MEDIA_DOCKER_LIST,
+];
+
+/// The media type of a pushed manifest: its own `mediaType` when it has
+/// one (a `Content-Type` that says otherwise is refused), else the
+/// `Content-Type` it was pushed with, else an OCI image manifest. Only
+/// manifest types are accepted.
+pub fn manifest_media_type(body: Option<&serde_json::Value>, content_type: Option<&str>) -> Result<String> {
+    let media = match (body, content_type) {
+        (Some(v), ct) => {
+            let Some(m) = v.as_str() else {
+                return Err(RegistryError::ManifestInvalid(
+                    "`mediaType` is not a string".into(),
+                ));
+            };
+            if let Some(ct) = ct
+                && ct != m
+            {
+                return Err(RegistryError::ManifestInvalid(format!(
+                    "Content-Type `{ct}` contradicts the manifest's mediaType `{m}`"
+                )));
+            }
+            m
+        }
+        (None, Some(ct)) => ct,
+        (None, None) => crate::oci::MEDIA_MANIFEST,
+    };
+    if !MANIFEST_TYPES.contains(&media) {
+        return Err(RegistryError::ManifestInvalid(format!(
+            "`{media}` is not a manifest media type ({})",
+            MANIFEST_TYPES.join(", ")
+        )));
+    }
+    Ok(media.to_string())
+}
+
+impl Registry {
+    fn manifest_marker(repo: &Path, d: &Digest) -> PathBuf {
+        repo.join("_manifests").join(d.algorithm().name()).join(d.hex())
+    }
+
+    /// The manifest bytes and the media type this repository serves them
+    /// with.
+    pub fn manifest(&self, name: &str, reference: &str) -> Result<(Digest, Vec<u8>, String)> {
+        let d = self.resolve(name, reference)?;
+        let bytes = self.store().read_blob(&d)?;
+        let recorded = fs::read_to_string(Self::manifest_marker(&self.repo(name)?, &d)).unwrap_or_default();
+        let media = if !recorded.trim().is_empty() {
+            recorded.trim().to_string()
+        } else {
+            // Pushed before media types were kept per repository: the
+            // body's own type, then the old store-wide record.
+            serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("mediaType")?.as_str().map(str::to_string))
+                .or_else(|| {
+                    self.store()
+                        .read_meta("media-type", d.hex())
+                        .map(|m| String::from_utf8_lossy(&m).into_owned())
+                })
+                .unwrap_or_else(|| crate::oci::MEDIA_MANIFEST.to_string())
+        };
+        Ok((d, bytes, media))
+    }
+
+    /// Whether `d` is a manifest of the repository at `repo`.
+    fn has_manifest(&self, repo: &Path, d: &Digest) -> bool {
+        Self::manifest_marker(repo, d).is_file() && self.store().has(d)
+    }
+
+    /// Stores a manifest after checking that everything it names exists
+    /// (within the [`ManifestPolicy`]), and points `tags` at it as well as
+    /// `reference` when that is a tag. Nothing is stored when a tag is
+    /// invalid.
+    pub fn put_manifest(
+        &self,
+        name: &str,
+        reference: &str,
+        bytes: &[u8],
+        content_type: Option<&str>,
+        tags: &[String],
+    ) -> Result<PutManifest> {
+        let repo = self.repo(name)?;
+        if let Some(bad) = tags.iter().find(|t| !valid_tag(t)) {
+            return Err(RegistryError::TagInvalid(bad.clone()));
+        }
+        if bytes.len() > MAX_MANIFEST {
+            return Err(RegistryError::ManifestTooLarge);
+        }
+        let expected = if reference.contains(':') {
+            Some(
+                reference
+                    .parse::<Digest>()
+                    .map_err(|_| RegistryError::DigestInvalid(reference.to_string()))?,
+            )
+        } else if valid_tag(reference) {
+            None
+        } else {
+            return Err(RegistryError::TagInvalid(reference.to_string()));
+        };
+        let value: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| RegistryError::ManifestInvalid(e.to_string()))?;
+        let media = manifest_media_type(value.get("mediaType"), content_type)?;
+        // A manifest with a `subject` is a referrer of that subject.
+        let subject: Option<Digest> = value
+            .get("subject")
+            .and_then(|s| s.get("digest"))
+            .and_then(|d| d.as_str())
+            .and_then(|d| d.parse().ok());
+        let artifact_type = value
+            .get("artifactType")
+            .and_then(|a| a.as_str())
+            .or_else(|| {
+                value
+                    .get("config")
+                    .and_then(|c| c.get("mediaType"))
+                    .and_then(|m| m.as_str())
+            })
+            .map(str::to_string);
+        let annotations = value.get("annotations").cloned();
+        let is_index = media == crate::oci::MEDIA_INDEX || media == crate::oci::MEDIA_DOCKER_LIST;
+        if is_index {
+            let index: Index =
+                serde_json::from_value(value).map_err(|e| RegistryError::ManifestInvalid(e.to_string()))?;
+            for m in &index.manifests {
+                if !self.has_manifest(&repo, &m.digest) && !self.manifest_policy.allow_sparse_index {
+                    return Err(RegistryError::ManifestBlobUnknown(m.digest.clone()));
+                }
+            }
+        } else {
+            let foreign = foreign_layers(&value);
+            let m: Manifest =
+                serde_json::from_value(value).map_err(|e| RegistryError::ManifestInvalid(e.to_string()))?;
+            for d in std::iter::once(&m.config).chain(&m.layers) {
+                if self.has_blob(&repo, &d.digest) {
+                    continue;
+                }
+                if !foreign.contains(&d.digest) {
+                    return Err(RegistryError::ManifestBlobUnknown(d.digest.clone()));
+                }
+                if self.manifest_policy.refuse_foreign_layers {
+                    return Err(RegistryError::ForeignLayerRefused(d.digest.clone()));
+                }
+            }
+        }
+        let (d, _) = self.store().put(bytes, expected.as_ref()).map_err(|e| match e {
+            StoreError::DigestMismatch { expected, actual, .. } => {
+                RegistryError::DigestMismatch { expected, actual }
+            }
+            other => other.into(),
+        })?;
+        // The media type is the repository's record of the manifest: a push
+        // elsewhere never changes it.
+        Self::write_small(&Self::manifest_marker(&repo, &d), media.as_bytes())?;
+        let named = expected.is_none().then_some(reference);
+        for tag in named.into_iter().chain(tags.iter().map(String::as_str)) {
+            Self::write_small(&repo.join("_tags").join(tag), d.to_string().as_bytes())?;
+        }
+        if let Some(sub) = &subject {
+            let mut desc =
+                serde_json::json!({ "mediaType": media, "digest": d.to_string(), "size": bytes.len() });
+            if let Some(a) = &artifact_type {
+                desc["artifactType"] = serde_json::Value::String(a.clone());
+            }
+            if let Some(a) = annotations {
+                desc["annotations"] = a;
+            }
+            let path = Self::referrers_dir(&repo, sub).join(d.hex());
+            Self::write_small(&path, desc.to_string().as_bytes())?;
+        }
+        Ok(PutManifest { digest: d, subject })
+    }
+
+    fn referrers_dir(repo: &Path, subject: &Digest) -> PathBuf {
+        repo.join("_referrers")
+            .join(subject.algorithm().name())
+            .join(subject.hex())
+    }
+
+    /// Descriptors of the manifests whose `subject` is `subject`, filtered
+    /// by artifact type when given. An unknown subject has no referrers.
+    pub fn referrers(
+        &self,
+        name: &str,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<serde_json::Value>> {
+        let repo = self.repo(name)?;
+        let mut out: Vec<serde_json::Value> = fs::read_dir(Self::referrers_dir(&repo, subject))
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| fs::read(e.path()).ok())
+                    .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                    .filter(|d| {
+                        // Only referrers whose manifest is still in the repository.
+                        d["digest"]
+                            .as_str()
+                            .and_then(|x| x.parse::<Digest>().ok())
+                            .is_some_and(|x| {
+                                repo.join("_manifests")
+                                    .join(x.algorithm().name())
+                                    .join(x.hex())
+                                    .is_file()
+                            })
+                    })
+                    .filter(|d| artifact_type.is_none_or(|a| d["artifactType"].as_str() == Some(a)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort_by(|a, b| a["digest"].as_str().cmp(&b["digest"].as_str()));
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_manifests_own_media_type_wins_and_must_agree() {
+        use crate::oci::{MEDIA_DOCKER_MANIFEST, MEDIA_MANIFEST};
+        let own = serde_json::json!(MEDIA_MANIFEST);
+        let t = |body, ct| manifest_media_type(body, ct).map_err(|e| e.to_string());
+        assert_eq!(t(Some(&own), None).unwrap(), MEDIA_MANIFEST);
+        assert_eq!(t(Some(&own), Some(MEDIA_MANIFEST)).unwrap(), MEDIA_MANIFEST);
+        let e = t(Some(&own), Some("text/plain")).unwrap_err();
+        assert!(
+            e.contains("`text/plain` contradicts") && e.contains(MEDIA_MANIFEST),
+            "{e}"
+        );
+        assert_eq!(
+            t(None, Some(MEDIA_DOCKER_MANIFEST)).unwrap(),
+            MEDIA_DOCKER_MANIFEST
+        );
+        assert_eq!(t(None, None).unwrap(), MEDIA_MANIFEST);
+        assert!(t(None, Some("text/plain")).is_err());
+        assert!(t(Some(&serde_json::json!("text/plain")), None).is_err());
+    }
+
+    #[test]
+    fn foreign_layers_are_the_non_distributable_ones_with_urls() {
+        let d = Digest::sha256_of(b"x");
+        let m = serde_json::json!({ "layers": [
+            { "mediaType": "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip", "digest": d.to_string(), "urls": ["https://x/y"] },
+            { "mediaType": "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip", "digest": Digest::sha256_of(b"y").to_string(), "urls": [] },
+            { "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": Digest::sha256_of(b"z").to_string(), "urls": ["https://x/z"] },
+        ]});
+        assert_eq!(foreign_layers(&m), vec![d]);
+        assert!(is_foreign_layer(
+            "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+        ));
+        assert!(!is_foreign_layer("application/vnd.oci.image.layer.v1.tar+zstd"));
+    }
+}
