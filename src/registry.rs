@@ -10,7 +10,7 @@
 pub mod auth;
 pub mod config;
 pub mod gc;
-mod http;
+pub(crate) mod http;
 pub mod manifests;
 mod state;
 pub mod uploads;
@@ -19,8 +19,15 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use manifests::ManifestPolicy;
+pub use manifests::{ManifestPolicy, manifest_media_type};
 pub use state::{Registry, RegistryError, valid_name, valid_tag};
+
+/// The parsers a request's path and headers go through, on raw values,
+/// for the fuzz targets in `fuzz/` (the router calls the same code).
+pub mod parse {
+    pub use super::http::uploads::content_range_value;
+    pub use super::http::{range_value, route_parts};
+}
 pub use uploads::{DEFAULT_UPLOAD_TTL, PurgeReport, UploadLock};
 
 /// Who may do what.

@@ -426,6 +426,12 @@ fn add_tar(tree: &mut Tree, stage: &mut Stage, m: &Mapper, archive: &Path, r: im
     Ok(())
 }
 
+/// Adds every file of a Debian package as it is (no filters), checked
+/// like any archive. For fuzzing and tests; builds go through [`add`].
+pub fn add_deb_reader(tree: &mut Tree, stage: &mut Stage, archive: &Path, r: impl Read) -> Result<()> {
+    add_deb(tree, stage, &Mapper::identity(), archive, r)
+}
+
 /// Adds the `data.tar.*` member of a Debian package (an `ar` archive).
 fn add_deb(tree: &mut Tree, stage: &mut Stage, m: &Mapper, path: &Path, mut r: impl Read) -> Result<()> {
     let mut magic = [0u8; 8];

@@ -82,6 +82,9 @@ pub enum TreeError {
 #[derive(Debug, Default, Clone)]
 pub struct Tree {
     nodes: BTreeMap<ImagePath, Node>,
+    /// Hard links ever inserted: with none, replacing a file has no links
+    /// to keep valid.
+    hardlinks: usize,
 }
 
 impl Tree {
@@ -153,25 +156,36 @@ impl Tree {
                 }
             }
         }
+        let mut kind = kind;
         match &kind {
             NodeKind::Symlink(target) => check_symlink(&path, target)?,
             NodeKind::Hardlink(target) => {
-                let ok = matches!(
-                    self.nodes.get(target).map(|n| &n.kind),
-                    Some(NodeKind::File { .. } | NodeKind::Hardlink(_))
-                );
-                if !ok {
-                    return Err(TreeError::BadHardlink {
-                        path: path.to_string(),
-                        target: target.to_string(),
-                    });
+                // Links always name the file that holds the bytes (never
+                // another link, never themselves).
+                let holder = match self.nodes.get(target).map(|n| &n.kind) {
+                    Some(NodeKind::File { .. }) => Some(target.clone()),
+                    Some(NodeKind::Hardlink(t)) => Some(t.clone()),
+                    _ => None,
+                };
+                match holder {
+                    Some(h) if h != path => {
+                        self.hardlinks += 1;
+                        kind = NodeKind::Hardlink(h);
+                    }
+                    _ => {
+                        return Err(TreeError::BadHardlink {
+                            path: path.to_string(),
+                            target: target.to_string(),
+                        });
+                    }
                 }
             }
             _ => {}
         }
-        let was_dir = matches!(self.nodes.get(&path).map(|n| &n.kind), Some(NodeKind::Dir));
-        if was_dir && !matches!(kind, NodeKind::Dir) {
-            self.remove_below(&path);
+        match self.nodes.get(&path).map(|n| &n.kind) {
+            Some(NodeKind::Dir) if !matches!(kind, NodeKind::Dir) => self.remove_below(&path),
+            Some(NodeKind::File { .. }) => self.detach_links(&path),
+            _ => {}
         }
         self.nodes.insert(
             path,
@@ -193,8 +207,48 @@ impl Tree {
             .filter(|p| p.as_str().starts_with(&prefix))
             .cloned()
             .collect();
+        let mut files = Vec::new();
         for p in below {
-            self.nodes.remove(&p);
+            if let Some(n) = self.nodes.remove(&p)
+                && matches!(n.kind, NodeKind::File { .. })
+            {
+                files.push((p, n));
+            }
+        }
+        for (p, n) in files {
+            self.keep_for_links(&p, n);
+        }
+    }
+
+    /// The file at `path` is about to be replaced or removed: hard links
+    /// to it keep its bytes, as they would when a tar is unpacked (the
+    /// first link, in path order, becomes the file; the others link to it).
+    fn detach_links(&mut self, path: &ImagePath) {
+        if let Some(n) = self.nodes.get(path).cloned() {
+            self.keep_for_links(path, n);
+        }
+    }
+
+    fn keep_for_links(&mut self, path: &ImagePath, file: Node) {
+        if self.hardlinks == 0 {
+            return;
+        }
+        let links: Vec<ImagePath> = self
+            .nodes
+            .iter()
+            .filter(|(p, n)| *p != path && matches!(&n.kind, NodeKind::Hardlink(t) if t == path))
+            .map(|(p, _)| p.clone())
+            .collect();
+        let Some((first, rest)) = links.split_first() else {
+            return;
+        };
+        if let Some(n) = self.nodes.get_mut(first) {
+            n.kind = file.kind;
+        }
+        for l in rest {
+            if let Some(n) = self.nodes.get_mut(l) {
+                n.kind = NodeKind::Hardlink(first.clone());
+            }
         }
     }
 
@@ -319,6 +373,35 @@ mod tests {
         t.insert(p("d"), file(), Meta::FILE).unwrap();
         let paths: Vec<_> = t.iter().map(|(p, _)| p.as_str().to_string()).collect();
         assert_eq!(paths, ["d", "d.txt"]);
+    }
+
+    /// Found by the `tar_entries` fuzz target: a file replaced after a
+    /// hard link to it (by a directory, a symlink or another file) left
+    /// the link naming the new node: a link to a directory, or a second
+    /// name for a symlink whose target was checked from another directory.
+    #[test]
+    fn links_keep_a_replaced_files_bytes() {
+        for new in [NodeKind::Dir, NodeKind::Symlink("../../etc".into()), file()] {
+            let mut t = Tree::new();
+            t.insert(p("a/b/f"), file(), Meta::FILE).unwrap();
+            t.insert(p("h"), NodeKind::Hardlink(p("a/b/f")), Meta::FILE)
+                .unwrap();
+            t.insert(p("i"), NodeKind::Hardlink(p("h")), Meta::FILE).unwrap();
+            t.insert(p("a/b/f"), new, Meta::FILE).unwrap();
+            assert!(matches!(t.get(&p("h")).unwrap().kind, NodeKind::File { .. }));
+            assert!(matches!(&t.get(&p("i")).unwrap().kind, NodeKind::Hardlink(x) if x == &p("h")));
+        }
+        // Removing the directory that holds the file keeps it for the links.
+        let mut t = Tree::new();
+        t.insert(p("d/f"), file(), Meta::FILE).unwrap();
+        t.insert(p("h"), NodeKind::Hardlink(p("d/f")), Meta::FILE)
+            .unwrap();
+        t.insert(p("d"), NodeKind::Symlink("/".into()), Meta::FILE)
+            .unwrap();
+        assert!(matches!(t.get(&p("h")).unwrap().kind, NodeKind::File { .. }));
+        // A link to itself is refused.
+        let e = t.insert(p("h"), NodeKind::Hardlink(p("h")), Meta::FILE);
+        assert!(matches!(e, Err(TreeError::BadHardlink { .. })));
     }
 
     #[test]

@@ -192,18 +192,45 @@ pub async fn read_msg<T: for<'de> Deserialize<'de>>(r: &mut quinn::RecvStream) -
     r.read_exact(&mut len)
         .await
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, e))?;
-    let len = u32::from_be_bytes(len) as usize;
+    let len = header_len(len)?;
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)
+        .await
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, e))?;
+    decode_header(&body)
+}
+
+/// The length of the JSON header a 4-byte prefix announces, refused over
+/// [`MAX_HEADER`] (before anything is allocated for it).
+pub fn header_len(prefix: [u8; 4]) -> std::io::Result<usize> {
+    let len = u32::from_be_bytes(prefix) as usize;
     if len > MAX_HEADER {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!("message of {len} bytes is over the limit"),
         ));
     }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body)
-        .await
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, e))?;
-    serde_json::from_slice(&body).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    Ok(len)
+}
+
+/// Decodes a JSON header (the bytes after the length prefix).
+pub fn decode_header<T: for<'de> Deserialize<'de>>(body: &[u8]) -> std::io::Result<T> {
+    serde_json::from_slice(body).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// Decodes one whole frame from bytes as [`read_msg`] reads it from a
+/// stream: the prefix, then the header; returns the message and the bytes
+/// that follow it (a piece's). For fuzzing and tests: the node reads
+/// frames from QUIC streams with [`read_msg`], which shares these steps.
+pub fn decode_frame<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> std::io::Result<(T, &[u8])> {
+    let short = || std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "frame cut short");
+    let (prefix, rest) = bytes.split_first_chunk::<4>().ok_or_else(short)?;
+    let len = header_len(*prefix)?;
+    if rest.len() < len {
+        return Err(short());
+    }
+    let (body, after) = rest.split_at(len);
+    Ok((decode_header(body)?, after))
 }
 
 #[cfg(test)]

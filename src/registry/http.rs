@@ -1,6 +1,6 @@
 //! The distribution-spec HTTP surface: routing, headers and error bodies.
 
-mod uploads;
+pub(super) mod uploads;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -320,6 +320,29 @@ fn route(rest: &str) -> Option<Route<'_>> {
         return Some(Route::Manifest(&rest[..i], &rest[i + 11..]));
     }
     None
+}
+
+/// For fuzzing: the endpoint `/v2/{rest}` names, through the router's own
+/// [`route`], as (endpoint, repository, reference: digest, tag or upload
+/// id; empty when the endpoint has none). None: no endpoint.
+pub fn route_parts(rest: &str) -> Option<(&'static str, &str, &str)> {
+    Some(match route(rest)? {
+        Route::Blob(n, d) => ("blob", n, d),
+        Route::Uploads(n) => ("uploads", n, ""),
+        Route::Upload(n, id) => ("upload", n, id),
+        Route::Manifest(n, r) => ("manifest", n, r),
+        Route::Tags(n) => ("tags", n, ""),
+        Route::Referrers(n, d) => ("referrers", n, d),
+    })
+}
+
+/// For fuzzing: a `Range` header's raw value against a blob of `size`
+/// bytes, through [`parse_range`]. None: no usable header (not a valid
+/// header value, or not a range the registry serves partially).
+pub fn range_value(value: &[u8], size: u64) -> Option<Result<(u64, u64), ()>> {
+    let mut h = HeaderMap::new();
+    h.insert(header::RANGE, HeaderValue::from_bytes(value).ok()?);
+    parse_range(&h, size)
 }
 
 /// Serves one `/v2/...` request and records its latency by operation.

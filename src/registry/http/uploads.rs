@@ -12,7 +12,7 @@ use std::io::Write;
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 
@@ -48,6 +48,15 @@ fn content_range(h: &HeaderMap) -> Result<Option<(u64, u64)>, RegistryError> {
         return Err(bad());
     }
     Ok(Some((start, end)))
+}
+
+/// For fuzzing: a `Content-Range` header's raw value through
+/// [`content_range`]. None: not a valid header value (hyper refuses it
+/// before the registry sees it).
+pub fn content_range_value(value: &[u8]) -> Option<Result<(u64, u64), RegistryError>> {
+    let mut h = HeaderMap::new();
+    h.insert(header::CONTENT_RANGE, HeaderValue::from_bytes(value).ok()?);
+    content_range(&h).transpose()
 }
 
 /// The request's `Content-Length`, when it sent one.
