@@ -10,7 +10,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::serve::Serve;
+use common::serve::{Serve, error_of, push_blob};
 use common::*;
 use reqwest::blocking::{Client, Response};
 use serde_json::{Value, json};
@@ -22,28 +22,6 @@ const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 const NONDIST: &str = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip";
 const FOREIGN: &str = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
 const CONFIG: &[u8] = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
-
-fn error_of(resp: Response) -> (u16, String, String) {
-    let status = resp.status().as_u16();
-    let body: Value = serde_json::from_slice(&resp.bytes().unwrap_or_default()).unwrap_or(Value::Null);
-    let e = &body["errors"][0];
-    (
-        status,
-        e["code"].as_str().unwrap_or("").to_string(),
-        e["message"].as_str().unwrap_or("").to_string(),
-    )
-}
-
-fn push_blob(s: &Serve, c: &Client, repo: &str, body: &[u8]) -> Digest {
-    let dg = Digest::sha256_of(body);
-    let r = c
-        .post(s.url(&format!("/v2/{repo}/blobs/uploads/?digest={dg}")))
-        .body(body.to_vec())
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 201, "{repo}");
-    dg
-}
 
 fn put(s: &Serve, c: &Client, repo: &str, reference: &str, ct: &str, body: &str) -> Response {
     c.put(s.url(&format!("/v2/{repo}/manifests/{reference}")))

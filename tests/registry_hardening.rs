@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::serve::Serve;
+use common::serve::{Serve, error_of, push_blob};
 use common::*;
 use reqwest::blocking::Client;
 use serde_json::Value;
@@ -20,29 +20,6 @@ use strata::digest::Digest;
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-
-fn error_of(resp: reqwest::blocking::Response) -> (u16, String, String) {
-    let status = resp.status().as_u16();
-    let body: Value = serde_json::from_slice(&resp.bytes().unwrap_or_default()).unwrap_or(Value::Null);
-    let e = &body["errors"][0];
-    (
-        status,
-        e["code"].as_str().unwrap_or("").to_string(),
-        e["message"].as_str().unwrap_or("").to_string(),
-    )
-}
-
-/// Pushes `body` as a blob of `repo` in one request.
-fn push_blob(s: &Serve, c: &Client, repo: &str, body: &[u8]) -> Digest {
-    let dg = Digest::sha256_of(body);
-    let r = c
-        .post(s.url(&format!("/v2/{repo}/blobs/uploads/?digest={dg}")))
-        .body(body.to_vec())
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 201, "{repo}");
-    dg
-}
 
 /// A small image: a real config (so skopeo can inspect it) and one layer.
 fn image(s: &Serve, c: &Client, repo: &str, media_type: Option<&str>) -> String {

@@ -267,27 +267,8 @@ impl Host {
     /// `ip`: the address moves in a few milliseconds, the processes inside
     /// keep running (they listen on every address).
     pub async fn move_to_fixed_ip(&self, id: &str, net: &str, ip: Ipv4Addr, hostname: &str) -> Result<()> {
-        let what = format!("move {} to {ip}", short(id));
-        self.docker
-            .disconnect_network(
-                net,
-                NetworkDisconnectRequest {
-                    container: id.to_string(),
-                    force: Some(true),
-                },
-            )
-            .await
-            .map_err(self.err(what.clone()))?;
-        self.docker
-            .connect_network(
-                net,
-                NetworkConnectRequest {
-                    container: id.to_string(),
-                    endpoint_config: Some(fixed_endpoint(ip, hostname)),
-                },
-            )
-            .await
-            .map_err(self.err(what))
+        self.detach(id, net).await?;
+        self.attach_fixed(id, net, ip, hostname).await
     }
 
     /// Takes a container off `net` (it keeps running, unreachable).

@@ -83,3 +83,28 @@ impl Drop for Serve {
         self.kill();
     }
 }
+
+/// A registry error answer as (status, its first error's code, message).
+pub fn error_of(resp: reqwest::blocking::Response) -> (u16, String, String) {
+    let status = resp.status().as_u16();
+    let body: serde_json::Value =
+        serde_json::from_slice(&resp.bytes().unwrap_or_default()).unwrap_or(serde_json::Value::Null);
+    let e = &body["errors"][0];
+    (
+        status,
+        e["code"].as_str().unwrap_or("").to_string(),
+        e["message"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+/// Pushes `body` as a blob of `repo` in one request.
+pub fn push_blob(s: &Serve, c: &Client, repo: &str, body: &[u8]) -> strata::digest::Digest {
+    let dg = strata::digest::Digest::sha256_of(body);
+    let r = c
+        .post(s.url(&format!("/v2/{repo}/blobs/uploads/?digest={dg}")))
+        .body(body.to_vec())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201, "{repo}");
+    dg
+}
