@@ -529,10 +529,13 @@ fn remove_scale_to_zero_pool_checks_and_an_honest_history() {
 }
 
 /// Clients opening a new connection every 10 ms during a warm redeploy
-/// (the default detach swap): the IP moves in two engine calls, so no
-/// request is refused or reset; a SYN sent while the IP is between
-/// containers is retransmitted and answered. (With `swap = "drain"`, the
-/// old order, Tomcat's shutdown refuses a few dozen of them.)
+/// (the default detach swap): the IP moves in two engine calls and the
+/// old container never closes its listener on the address, so no connect
+/// is refused. (With `swap = "drain"`, the old order, Tomcat's shutdown
+/// refuses a few dozen of them.) A connect whose SYN falls in the
+/// handover window waits for its retransmit, and a request in flight on
+/// the old container is cut; how long and how many, is what
+/// benches/deploy.sh measures.
 #[test]
 fn a_warm_redeploy_refuses_no_new_connection() {
     let Some(_) = stack() else { return };
@@ -551,18 +554,8 @@ fn a_warm_redeploy_refuses_no_new_connection() {
                 while !stop.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < end {
                     let results = results.clone();
                     threads.push(std::thread::spawn(move || {
-                        let ok = (|| {
-                            use std::io::{Read, Write};
-                            let mut s =
-                                std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)).ok()?;
-                            s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-                            s.write_all(b"GET /health.txt HTTP/1.0\r\n\r\n").ok()?;
-                            let mut head = [0u8; 12];
-                            s.read_exact(&mut head).ok()?;
-                            Some(head.ends_with(b"200"))
-                        })()
-                        .unwrap_or(false);
-                        results.lock().unwrap().push(ok);
+                        let outcome = one_request(addr);
+                        results.lock().unwrap().push(outcome);
                     }));
                     std::thread::sleep(Duration::from_millis(10));
                 }
@@ -578,12 +571,41 @@ fn a_warm_redeploy_refuses_no_new_connection() {
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         client.join().unwrap();
         let results = results.lock().unwrap();
-        let failed = results.iter().filter(|ok| !**ok).count();
-        assert!(results.len() > 50, "round {round}: {} requests", results.len());
+        let refused: Vec<&String> = results
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .filter(|e| e.starts_with("refused"))
+            .collect();
+        let ok = results.iter().filter(|r| r.is_ok()).count();
+        assert!(ok > 50, "round {round}: {ok} requests answered");
         assert!(
-            failed <= 1,
-            "round {round}: {failed} of {} requests failed during the redeploy",
+            refused.is_empty(),
+            "round {round}: {} of {} connections refused during the redeploy",
+            refused.len(),
             results.len()
         );
+    }
+}
+
+/// One GET on a new connection: Ok, or what went wrong (`refused …` when
+/// the connect itself was refused: nothing listened on the address).
+fn one_request(addr: std::net::SocketAddr) -> Result<(), String> {
+    use std::io::{ErrorKind, Read, Write};
+    let kind = |e: std::io::Error| e.to_string();
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(|e| {
+        if e.kind() == ErrorKind::ConnectionRefused {
+            format!("refused: {e}")
+        } else {
+            e.to_string()
+        }
+    })?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).map_err(kind)?;
+    s.write_all(b"GET /health.txt HTTP/1.0\r\n\r\n").map_err(kind)?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).map_err(kind)?;
+    if head.ends_with(b"200") {
+        Ok(())
+    } else {
+        Err(format!("answered {}", String::from_utf8_lossy(&head)))
     }
 }
