@@ -6,7 +6,9 @@
 # for the three ways to hand the IP over: the warm swap that detaches the
 # old container first (`swap = "detach"`, the default), the warm swap that
 # drains it first (`swap = "drain"`: the order strata used before), and the
-# cold path (no dynamic range: stop, then start on the IP).
+# cold path (no dynamic range: stop, then start on the IP); and the
+# default once more without the bridge anchor (src/deploy/anchor.rs),
+# which is what clients on the host saw before it.
 #
 #   benches/deploy.sh            # RUNS=5 by default
 #
@@ -99,28 +101,31 @@ PY
 
 echo
 echo "== redeploy gap as clients see it (a new connection every 10 ms; one keep-alive connection)"
-for a in "${apps[@]}"; do
+# ROW:APP:ANCHOR — `warm-no-anchor` is the default swap with the bridge
+# anchor turned off (STRATA_BRIDGE_ANCHOR=off): the figure before it.
+for row in warm:warm:on warm-no-anchor:warm:off drain:drain:on cold:cold:on; do
+    IFS=: read -r label a anchor <<< "$row"
     ip=$(s status "bench-$a" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["instances"][0]["ip"])')
-    : > "$work/gaps-$a"
+    : > "$work/gaps-$label"
     for i in $(seq 1 "$runs"); do
         img=$([ $((i % 2)) = 1 ] && echo v1 || echo v2)
         rm -f "$work/stop"
-        python3 "$here/benches/redeploy-gap.py" "$ip" 8080 /health.txt "$work/stop" >> "$work/gaps-$a" &
+        python3 "$here/benches/redeploy-gap.py" "$ip" 8080 /health.txt "$work/stop" >> "$work/gaps-$label" &
         poller=$!
         sleep 0.5
-        s deploy "bench-$a" --image "$img" --redeploy >/dev/null 2>&1
+        STRATA_BRIDGE_ANCHOR=$anchor s deploy "bench-$a" --image "$img" --redeploy >/dev/null 2>&1
         sleep 1.5
         touch "$work/stop"
         wait "$poller"
     done
-    python3 - "$a" "$work/gaps-$a" <<'PY'
+    python3 - "$label" "$work/gaps-$label" <<'PY'
 import json, sys
 runs = [json.loads(l) for l in open(sys.argv[2]) if l.strip()]
 for c in ("new", "keep"):
     gaps = sorted(r[c]["longest_without_200_s"] for r in runs)
     failed = [r[c]["failed"] for r in runs]
     slow = max(r[c]["slowest_ok_s"] for r in runs)
-    print(f"{sys.argv[1]:<6} {c:<5} longest without a 200: median {gaps[len(gaps)//2]*1000:5.0f} ms, "
+    print(f"{sys.argv[1]:<14} {c:<5} longest without a 200: median {gaps[len(gaps)//2]*1000:5.0f} ms, "
           f"max {gaps[-1]*1000:5.0f} ms; failed requests per redeploy: {failed}; slowest ok request {slow*1000:.0f} ms")
 PY
 done

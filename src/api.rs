@@ -220,6 +220,7 @@ pub fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
 pub fn router(cfg: ApiConfig) -> Router {
     let api = Api::new(cfg);
     apps::recover_unfinished(api.clone());
+    apps::sweep_fenced_hosts(api.clone());
     Router::new()
         .route("/strata/api/openapi.yaml", get(openapi))
         .merge(prewarm::routes())

@@ -6,6 +6,7 @@ mod bench;
 mod build;
 mod deploy;
 mod diff;
+mod drain;
 mod gc;
 mod images;
 mod inspect;
@@ -59,6 +60,7 @@ pub enum Command {
     Hotfix(deploy::HotfixArgs),
     Rollback(deploy::RollbackArgs),
     Remove(deploy::RemoveArgs),
+    Drain(drain::Args),
     Status(deploy::StatusArgs),
     History(deploy::HistoryArgs),
     Logs(deploy::LogsArgs),
@@ -139,6 +141,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Hotfix(a) => deploy::hotfix(a),
         Command::Rollback(a) => deploy::rollback(a),
         Command::Remove(a) => deploy::remove(a),
+        Command::Drain(a) => drain::run(a),
         Command::Status(a) => deploy::status(a),
         Command::History(a) => deploy::history(a),
         Command::Logs(a) => deploy::logs(a),

@@ -11,7 +11,9 @@
 //! container it did not create, and never leaves a half-applied hotfix:
 //! on any failure the backup goes back.
 
+mod anchor;
 pub mod desired;
+pub mod drain;
 pub mod health;
 pub mod host;
 mod hotfix;
@@ -126,6 +128,17 @@ pub enum DeployError {
         "cannot roll back to version {version}: its image {image} is no longer in this store (push it again, or pick another version)"
     )]
     ImageGone { version: u64, image: String },
+    #[error(
+        "{instance} runs on {host}, which does not answer ({reason}); nothing was changed. Its container may still serve {ip}: if the host is down for good, `strata drain {host} --force` moves its instances (the host's containers are removed when it answers again)"
+    )]
+    HostDown {
+        instance: String,
+        host: String,
+        ip: std::net::Ipv4Addr,
+        reason: String,
+    },
+    #[error("every host of app `{0}` is drained: `strata drain HOST --undo` one, or add a host to its spec")]
+    AllDrained(String),
 }
 
 pub type Result<T, E = DeployError> = std::result::Result<T, E>;
@@ -209,11 +222,16 @@ pub struct Orchestrator<'a> {
     pub dir: AppDir,
     rt: tokio::runtime::Runtime,
     hosts: std::sync::Mutex<HashMap<String, Arc<Host>>>,
+    /// Engines that did not answer in this process: asked once, so a
+    /// dead host costs one timeout per command, not one per instance.
+    unreachable: std::sync::Mutex<HashMap<String, String>>,
     progress: &'a (dyn Fn(&str) + Sync),
     trees: std::sync::Mutex<HashMap<Digest, Arc<BTreeMap<String, Entry>>>>,
     /// Who the history names for this orchestrator's deploys (default:
     /// the user and host running it).
     actor: Option<String>,
+    /// Hosts that take no instances (`strata drain`).
+    drain: drain::DrainList,
 }
 
 impl<'a> Orchestrator<'a> {
@@ -233,6 +251,7 @@ impl<'a> Orchestrator<'a> {
                 source,
             })?;
         let dir = AppDir::new(data, &app.name);
+        let drain = drain::DrainList::load(data)?;
         Ok(Orchestrator {
             app,
             store,
@@ -240,9 +259,11 @@ impl<'a> Orchestrator<'a> {
             dir,
             rt,
             hosts: Default::default(),
+            unreachable: Default::default(),
             progress,
             trees: Default::default(),
             actor: None,
+            drain,
         })
     }
 
@@ -268,7 +289,25 @@ impl<'a> Orchestrator<'a> {
         if let Some(h) = self.hosts.lock().expect("not poisoned").get(&key) {
             return Ok(h.clone());
         }
-        let h = Arc::new(self.block(Host::connect(endpoint))?);
+        if let Some(reason) = self.unreachable.lock().expect("not poisoned").get(&key) {
+            return Err(DeployError::Engine {
+                host: key,
+                what: "connect".into(),
+                reason: reason.clone(),
+            });
+        }
+        let h = match self.block(Host::connect(endpoint)) {
+            Ok(h) => Arc::new(h),
+            Err(e) => {
+                if let DeployError::Engine { reason, .. } = &e {
+                    self.unreachable
+                        .lock()
+                        .expect("not poisoned")
+                        .insert(key, reason.clone());
+                }
+                return Err(e);
+            }
+        };
         self.hosts.lock().expect("not poisoned").insert(key, h.clone());
         Ok(h)
     }
@@ -276,7 +315,7 @@ impl<'a> Orchestrator<'a> {
     /// Where instance `index` runs or is to run (see [`App::host_of`]).
     fn placed(&self, st: &AppState, index: u32) -> spec::Endpoint {
         let now: BTreeMap<u32, String> = st.instances.iter().map(|(i, x)| (*i, x.host.clone())).collect();
-        self.app.host_of(index, &now).clone()
+        self.app.host_of(index, &now, &|h| self.drain.drained(h)).clone()
     }
 
     fn host_of_instance(&self, i: &Instance) -> Result<Arc<Host>> {

@@ -536,6 +536,12 @@ fn remove_scale_to_zero_pool_checks_and_an_honest_history() {
 /// handover window waits for its retransmit, and a request in flight on
 /// the old container is cut; how long and how many, is what
 /// benches/deploy.sh measures.
+///
+/// The app is alone on its network, so without the bridge anchor the
+/// bridge would lose its last port during the handover and the kernel
+/// would flush the host's ARP cache: every client on the host then waits
+/// a second for the next ARP try (the entry sits INCOMPLETE). The host's
+/// ARP entry for the IP is watched throughout and must never be.
 #[test]
 fn a_warm_redeploy_refuses_no_new_connection() {
     let Some(_) = stack() else { return };
@@ -564,12 +570,42 @@ fn a_warm_redeploy_refuses_no_new_connection() {
                 }
             })
         };
+        let arp = {
+            let (stop, ip) = (stop.clone(), ip.clone());
+            std::thread::spawn(move || {
+                let mut lost = Vec::new();
+                let start = Instant::now();
+                while !stop.load(std::sync::atomic::Ordering::SeqCst)
+                    && start.elapsed() < Duration::from_secs(120)
+                {
+                    let o = Command::new("ip").args(["neigh", "show", &ip]).output().unwrap();
+                    let line = stdout(&o);
+                    if line.contains("INCOMPLETE") || line.contains("FAILED") {
+                        lost.push(format!("{:.2}s {}", start.elapsed().as_secs_f64(), line.trim()));
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                lost
+            })
+        };
         std::thread::sleep(Duration::from_millis(300));
         let r = app.json(&["deploy", "--redeploy", "--image", image]);
         assert_eq!(r["instances"][0]["ip"], ip.as_str(), "{r}");
         std::thread::sleep(Duration::from_millis(500));
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         client.join().unwrap();
+        let lost = arp.join().unwrap();
+        assert!(
+            lost.is_empty(),
+            "round {round}: the host lost the IP's ARP entry during the handover ({} samples): {:?}",
+            lost.len(),
+            &lost[..lost.len().min(3)]
+        );
+        assert_eq!(
+            containers(&app).len(),
+            1,
+            "round {round}: the bridge anchor is gone"
+        );
         let results = results.lock().unwrap();
         let refused: Vec<&String> = results
             .iter()

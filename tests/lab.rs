@@ -181,6 +181,35 @@ paths = ["/var/lib/tomcat10/webapps/**"]
             .unwrap()
     }
 
+    /// `strata drain ARGS…` on the LAN, its JSON report (one app).
+    fn drain(&self, lab: &Lab, args: &[&str]) -> Value {
+        let s = stack().expect("stack built");
+        let o = Command::new(lab_sh())
+            .args(["exec", "--dir"])
+            .arg(&lab.dir)
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_strata"))
+            .arg("drain")
+            .args(args)
+            .arg("--apps")
+            .arg(self.dir.path().join("apps"))
+            .arg("--data")
+            .arg(self.dir.path().join("data"))
+            .arg("--layout")
+            .arg(&s.layout)
+            .env("STRATA_STORE", &s.store)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "strata drain {args:?}: {}\n{}",
+            stderr(&o),
+            stdout(&o)
+        );
+        eprintln!("{}", stderr(&o));
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(&o)))
+    }
+
     fn json(&self, lab: &Lab, args: &[&str]) -> Value {
         let mut a = args.to_vec();
         a.push("--json");
@@ -383,13 +412,48 @@ fn a_release_across_four_lab_hosts_over_tls_on_macvlan_then_a_drain() {
         );
     }
 
-    // Drain h4: taken out of `hosts`, only its instances (4 and 8) move,
-    // to the least loaded hosts (h1, h2), keeping their IPs and MACs.
-    let h4 = format!("\"{}\"", lab.endpoint(4, &lab.client_tls()));
-    std::fs::write(app.spec(), spec.replace(&format!(", {h4}"), "")).unwrap();
+    // `strata drain` of h4 (named by its address): only its instances (4
+    // and 8) move, to the least loaded hosts (h1, h2), keeping their IPs
+    // and MACs, handed over warm.
+    // A client on the LAN opens a new connection to each moving IP every
+    // 10 ms throughout (benches/redeploy-gap.py).
+    let stop = app.dir.path().join("gap-stop");
+    let probes: Vec<_> = after
+        .iter()
+        .filter(|i| i.1 == 4)
+        .map(|(name, _, ip, _)| {
+            let probe = Command::new(lab_sh())
+                .args(["exec", "--dir"])
+                .arg(&lab.dir)
+                .args(["--", "python3"])
+                .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/redeploy-gap.py"))
+                .args([ip.as_str(), "8080", "/health.txt"])
+                .arg(&stop)
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            (name.clone(), probe)
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(500));
     let t = Instant::now();
-    let r = app.json(&lab, &["deploy", "--image", "v2"]);
+    let r = app.drain(&lab, &["10.77.0.14", "--json"]);
     eprintln!("drain of h4 in {:.1}s", t.elapsed().as_secs_f64());
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    std::fs::write(&stop, "").unwrap();
+    for (name, probe) in probes {
+        let o = probe.wait_with_output().unwrap();
+        let gap: Value = serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("{name}: redeploy-gap.py: {e}: {}", stdout(&o)));
+        eprintln!("{name} moved h4 → another host; a LAN client saw {gap}");
+        // A moved instance announces its address (gratuitous ARP): without
+        // it the switch kept sending to h4 until the entry expired (~50 s).
+        let longest = gap["new"]["longest_without_200_s"].as_f64().unwrap();
+        assert!(
+            longest < 10.0,
+            "{name}: a LAN client got no answer for {longest:.1}s while it moved: {gap}"
+        );
+    }
     let drained = instances(&lab, &app);
     for ((b, a), m) in after.iter().zip(&drained).zip(&macs) {
         let want = match b.0.as_str() {
@@ -414,13 +478,87 @@ fn a_release_across_four_lab_hosts_over_tls_on_macvlan_then_a_drain() {
     }
     for i in r["instances"].as_array().unwrap() {
         if let Some(g) = i["gap_seconds"].as_f64() {
-            eprintln!(
-                "{} moved: gap {g:.1}s (the switch sends its MAC to h4's port until it speaks)",
-                i["instance"]
-            );
+            eprintln!("{} moved: strata's gap {g:.2}s", i["instance"]);
         }
     }
     assert_eq!(lab.docker(4, &["ps", "-aq"]), "", "nothing left on h4");
+    let h = app.json(&lab, &["history"]);
+    assert_eq!(
+        h.as_array().unwrap().last().unwrap()["action"],
+        format!("drain {}", lab.endpoint(4, &lab.client_tls())),
+        "{h}"
+    );
+
+    // Host failure: h3 cut off the LAN (its engine and containers keep
+    // running, unreachable). `status` names it within seconds…
+    let h3 = lab.endpoint(3, &lab.client_tls());
+    let on_h3: Vec<_> = drained.iter().filter(|i| i.1 == 3).cloned().collect();
+    assert_eq!(on_h3.len(), 2, "{drained:?}");
+    let o = lab.sh(&["link", "h3", "down"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let t = Instant::now();
+    let o = app.run(&lab, &["status"]);
+    let took = t.elapsed().as_secs_f64();
+    let text = format!("{}{}", stdout(&o), stderr(&o));
+    eprintln!("status with h3 cut off, in {took:.1}s:\n{text}");
+    assert!(
+        text.contains(&format!("engine unreachable: docker engine {h3}")),
+        "status names h3: {text}"
+    );
+    assert!(took < 30.0, "status took {took:.1}s");
+    // …a deploy refuses, naming the host and the way out, and changes
+    // nothing (h3's containers may still serve their IPs)…
+    let o = app.run(&lab, &["deploy", "--redeploy", "--image", "v1"]);
+    let e = stderr(&o);
+    assert!(!o.status.success(), "{e}");
+    assert!(
+        e.contains(&format!("runs on {h3}, which does not answer")) && e.contains("--force"),
+        "{e}"
+    );
+    // …and a forced drain starts its instances on h1 and h2 with their
+    // IPs, which a client on the LAN reaches.
+    let t = Instant::now();
+    app.drain(&lab, &["10.77.0.13", "--force", "--json"]);
+    eprintln!("forced drain of h3 in {:.1}s", t.elapsed().as_secs_f64());
+    let fenced = instances(&lab, &app);
+    for (name, h, ip, _) in &on_h3 {
+        let now = fenced.iter().find(|i| &i.0 == name).unwrap();
+        assert_eq!(&now.2, ip, "{name} keeps its IP");
+        assert!(
+            now.1 == 1 || now.1 == 2,
+            "{name} moved to h1 or h2: {now:?} (was h{h})"
+        );
+        assert_eq!(
+            lab.get(ip, "/version.txt").as_deref(),
+            Some("v2\n"),
+            "{name} at {ip}"
+        );
+    }
+    // h3 comes back still running the two old containers on those IPs:
+    // the next command removes them before anything else.
+    let o = lab.sh(&["link", "h3", "up"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stale = lab.docker(3, &["ps", "-q", "--filter", "label=org.strata.app=shop"]);
+    assert_eq!(
+        stale.lines().count(),
+        2,
+        "h3 still runs its old containers: {stale}"
+    );
+    let o = app.run(&lab, &["status"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    eprintln!("status once h3 answers again:\n{}", stderr(&o));
+    assert_eq!(
+        lab.docker(3, &["ps", "-aq", "--filter", "label=org.strata.app=shop"]),
+        "",
+        "h3's stale containers are gone"
+    );
+    for (name, _, ip, _) in &on_h3 {
+        assert_eq!(
+            lab.get(ip, "/version.txt").as_deref(),
+            Some("v2\n"),
+            "{name} at {ip}"
+        );
+    }
 
     // Down leaves nothing: no namespace, no directory.
     let (dir, prefix) = (lab.dir.clone(), lab.prefix.clone());

@@ -9,6 +9,7 @@
 #   deploy/lab/lab.sh exec [--dir DIR] [--ns client|hN] -- CMD…   # CMD on the LAN
 #   deploy/lab/lab.sh docker [--dir DIR] hN ARGS…                # docker CLI, over TLS
 #   deploy/lab/lab.sh hosts [--dir DIR]                           # the spec's `hosts = […]`
+#   deploy/lab/lab.sh link [--dir DIR] hN down|up                 # cut a host off the LAN, or back
 #
 # The LAN is 10.77.0.0/24, a bridge in a namespace of its own (P-sw); every
 # link to it is a veth shaped with tc tbf at B Mbit/s (default 1000) in both
@@ -373,5 +374,15 @@ case "$cmd" in
         shift
         tls_docker "${h#h}" "$@"
         ;;
-    *) die "unknown command $cmd: up, status, down, exec, docker or hosts" ;;
+    link)
+        # A host cut off (its switch port down): its engine and containers
+        # keep running, unreachable, as after a cable or switch failure.
+        [ "$(id -u)" = 0 ] || die "needs root"
+        read_state || die "no lab in $dir"
+        h="${1:-}"; [[ "$h" =~ ^h[0-9]+$ ]] && [ "${h#h}" -le "$hosts" ] || die "link: which host (h1…h$hosts)?"
+        case "${2:-}" in up|down) ;; *) die "link $h: up or down?" ;; esac
+        ip -n "$prefix-sw" link set "p${h#h}" "$2"
+        say "$h's link is $2"
+        ;;
+    *) die "unknown command $cmd: up, status, down, exec, docker, hosts or link" ;;
 esac

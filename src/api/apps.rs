@@ -103,10 +103,12 @@ fn status_of(e: &DeployError) -> StatusCode {
         | DeployError::NotHotfixable { .. }
         | DeployError::PoolShort { .. }
         | DeployError::ImageGone { .. }
-        | DeployError::NothingToRemove(_) => StatusCode::CONFLICT,
+        | DeployError::NothingToRemove(_)
+        | DeployError::AllDrained(_) => StatusCode::CONFLICT,
         DeployError::Hostile { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         DeployError::Instance { .. } => StatusCode::NOT_FOUND,
         DeployError::Engine { .. }
+        | DeployError::HostDown { .. }
         | DeployError::NetworkMismatch { .. }
         | DeployError::RolledBack { .. }
         | DeployError::Unhealthy { .. }
@@ -155,6 +157,40 @@ pub fn recover_unfinished(api: Api) {
             match run() {
                 Ok(()) => tracing::info!("{app}: the run an earlier process left unfinished is settled"),
                 Err(e) => tracing::error!("{app}: finishing the run an earlier process left failed: {e}"),
+            }
+        }
+    });
+}
+
+/// Every few seconds, while some host is fenced (`strata drain --force`):
+/// the apps' containers on fenced hosts that answer again are removed, so
+/// a dead host that comes back does not serve, for long, an IP that moved.
+pub fn sweep_fenced_hosts(api: Api) {
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(5));
+            let fenced = crate::deploy::drain::DrainList::load(&api.cfg.data)
+                .is_ok_and(|l| l.hosts.values().any(|d| d.forced));
+            if !fenced {
+                continue;
+            }
+            for app in spec::list(&api.cfg.apps)
+                .into_iter()
+                .filter(|n| spec::valid_app_name(n))
+            {
+                let run = || -> crate::deploy::Result<usize> {
+                    let spec = spec::find(&api.cfg.apps, &app)?;
+                    let leases = crate::lease::open(&api.cfg.leases, &api.cfg.data)?;
+                    let name = app.clone();
+                    let progress = move |s: &str| tracing::warn!("{name}: {s}");
+                    let registry = api.cfg.registry.clone();
+                    let orch =
+                        Orchestrator::new(spec, &api.cfg.data, registry.store(), leases.as_ref(), &progress)?;
+                    orch.sweep_fenced()
+                };
+                if let Err(e) = run() {
+                    tracing::debug!("{app}: sweeping fenced hosts: {e}");
+                }
             }
         }
     });

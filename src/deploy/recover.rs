@@ -111,6 +111,9 @@ impl Orchestrator<'_> {
                 let Some(i) = st.instances.get(&index).cloned() else {
                     return Ok(());
                 };
+                if self.drain.fenced(&i.host) {
+                    return Ok(()); // out of reach: the run moves it
+                }
                 let host = self.host_of_instance(&i)?;
                 if self.block(host.inspect(container))?.is_none_or(|c| !c.running) {
                     // Nothing to restore into: the run redeploys it.
@@ -126,21 +129,26 @@ impl Orchestrator<'_> {
                     }
                     return Ok(());
                 };
-                let host = self.host_of_instance(&i)?;
                 if let Some(n) = new
                     && *n != i.container
                 {
                     let new_host = self.host(&self.placed(st, index))?;
                     self.block(new_host.remove(n))?;
                 }
+                if self.drain.fenced(&i.host) {
+                    return Ok(()); // out of reach: the run moves it
+                }
+                let host = self.host_of_instance(&i)?;
                 if old.as_deref() == Some(i.container.as_str()) {
                     self.serve_again(&host, &i)?;
                 }
             }
             Operation::Remove { container, .. } => {
                 if let Some(i) = st.instances.get(&index).cloned() {
-                    let host = self.host_of_instance(&i)?;
-                    self.block(host.remove(container))?;
+                    if !self.drain.fenced(&i.host) {
+                        let host = self.host_of_instance(&i)?;
+                        self.block(host.remove(container))?;
+                    }
                     self.leases.release(&self.app.network.pool, &i.name)?;
                     st.instances.remove(&index);
                 }
@@ -176,36 +184,23 @@ impl Orchestrator<'_> {
 
     /// Removes containers labelled as this app's that no instance owns: a
     /// process killed between creating a container and journaling it
-    /// leaves one. Only with nothing journaled (the journal names every
+    /// leaves one, a fenced host that comes back still runs the ones that
+    /// moved away. Only with nothing journaled (the journal names every
     /// container a run still needs). An engine that cannot be reached is
     /// skipped, with a word.
     fn sweep_strays(&self, st: &AppState) {
         if st.operation.is_some() {
             return;
         }
-        let owned: std::collections::BTreeSet<&str> =
-            st.instances.values().map(|i| i.container.as_str()).collect();
+        // Every host of the spec, drained ones included: a host fenced by
+        // a forced drain loses the containers it still runs as soon as it
+        // answers again.
         let mut endpoints: Vec<String> = st.instances.values().map(|i| i.host.clone()).collect();
-        endpoints.extend((1..=self.app.instances).map(|i| self.placed(st, i).to_string()));
+        endpoints.extend(self.app.hosts.iter().map(|h| h.to_string()));
         endpoints.sort();
         endpoints.dedup();
         for e in endpoints {
-            let swept = (|| -> Result<usize> {
-                let ep = super::spec::Endpoint::parse(&e).map_err(|why| DeployError::Instance {
-                    instance: self.app.name.clone(),
-                    why,
-                })?;
-                let host = self.host(&ep)?;
-                let mut n = 0;
-                for id in self.block(host.containers_of(&self.app.name))? {
-                    if !owned.contains(id.as_str()) {
-                        self.block(host.remove(&id))?;
-                        n += 1;
-                    }
-                }
-                Ok(n)
-            })();
-            match swept {
+            match self.sweep_host(st, &e) {
                 Ok(0) => {}
                 Ok(n) => self.say(&format!(
                     "removed {n} container(s) of {} that no instance owns on {e}",
@@ -214,6 +209,62 @@ impl Orchestrator<'_> {
                 Err(err) => self.say(&format!("could not look for stray containers on {e}: {err}")),
             }
         }
+    }
+
+    /// The containers of this app on `endpoint` that no instance owns,
+    /// removed; how many.
+    fn sweep_host(&self, st: &AppState, endpoint: &str) -> Result<usize> {
+        let owned: std::collections::BTreeSet<&str> =
+            st.instances.values().map(|i| i.container.as_str()).collect();
+        let ep = super::spec::Endpoint::parse(endpoint).map_err(|why| DeployError::Instance {
+            instance: self.app.name.clone(),
+            why,
+        })?;
+        let host = self.host(&ep)?;
+        let mut n = 0;
+        for id in self.block(host.containers_of(&self.app.name))? {
+            if !owned.contains(id.as_str()) {
+                self.block(host.remove(&id))?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// On the fenced hosts of this app that answer again: the containers
+    /// that moved away, removed (`strata serve` calls this every few
+    /// seconds, so a dead host that comes back serves a moved IP for
+    /// seconds at most). Skipped while a run holds the lock or is
+    /// unfinished; returns how many went.
+    pub fn sweep_fenced(&self) -> Result<usize> {
+        let fenced: Vec<String> = self
+            .app
+            .hosts
+            .iter()
+            .map(|h| h.to_string())
+            .filter(|h| self.drain.fenced(h))
+            .collect();
+        if fenced.is_empty() {
+            return Ok(0);
+        }
+        let _lock = self.lock()?;
+        let st = self.state()?;
+        if st.operation.is_some() || st.run.is_some() {
+            return Ok(0);
+        }
+        let mut n = 0;
+        for e in fenced {
+            if let Ok(k) = self.sweep_host(&st, &e) {
+                if k > 0 {
+                    self.say(&format!(
+                        "{e} answers again: removed {k} container(s) of {} that moved away",
+                        self.app.name
+                    ));
+                }
+                n += k;
+            }
+        }
+        Ok(n)
     }
 
     /// Removes hotfix staging and restore directories from every running

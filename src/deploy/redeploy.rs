@@ -27,9 +27,12 @@ impl Orchestrator<'_> {
         self.block(host.ensure_network(&self.app.network, self.app.dynamic_range_of(endpoint)))?;
         let image = self.ensure_image(&host, target)?;
         let prev = st.instances.get(&index).cloned();
+        // On a fenced host (a forced drain) the old container is out of
+        // reach: the new one starts cold; the sweep removes the old one
+        // when the host answers again.
         let prev_host = match &prev {
-            Some(p) => Some(self.host_of_instance(p)?),
-            None => None,
+            Some(p) if !self.drain.fenced(&p.host) => Some(self.host_of_instance(p)?),
+            _ => None,
         };
         let generation = prev.as_ref().map(|p| p.generation + 1).unwrap_or(1);
         let cname = format!("{name}-g{generation}");
@@ -75,15 +78,15 @@ impl Orchestrator<'_> {
         // still serves; then the old one stops and the fixed IP moves over,
         // so the gap is a graceful stop plus a network reattach instead of
         // a whole application start. Needs `dynamic_range` (so the warm-up
-        // address never is a leased one) and the old container on the
-        // same host; otherwise: stop, then start on the fixed IP.
+        // address never is a leased one; on macvlan, this host's slice of
+        // it) and the old container running, on this host or another (an
+        // instance moving to another host is handed over the same way);
+        // otherwise: stop, then start on the fixed IP.
         let old_running = match (&prev, &prev_host) {
             (Some(p), Some(h)) => self.block(h.inspect(&p.container))?.is_some_and(|c| c.running),
             _ => false,
         };
-        let warm = self.app.network.dynamic_range.is_some()
-            && old_running
-            && prev.as_ref().is_some_and(|p| p.host == endpoint.to_string());
+        let warm = self.app.dynamic_range_of(endpoint).is_some() && old_running;
         let new_id = self.block(host.create(&spec, &self.app.network, warm))?;
         let journal = |st: &mut AppState, phase: &str| {
             st.operation = Some(Operation::Redeploy {
@@ -139,6 +142,13 @@ impl Orchestrator<'_> {
         // (and the cold path): the old container stops first.
         let detach = warm && self.app.swap == Swap::Detach;
         let net = self.app.network.name.as_str();
+        // Keeps the bridge up while no container holds a port on it (see
+        // anchor.rs): else the host's ARP cache is flushed and clients wait
+        // a second for the kernel's next ARP try.
+        let anchor = match &prev {
+            Some(p) if warm => self.start_anchor(&host, &spec.image, &cname, &p.container, &new_id),
+            _ => None,
+        };
         if detach {
             self.block(host.detach(&new_id, net))?;
             journal(st, "swapping")?;
@@ -151,7 +161,8 @@ impl Orchestrator<'_> {
                 short(&p.container),
                 short(&new_id)
             ));
-            self.block(host.detach(&p.container, net))?;
+            let h = prev_host.as_ref().expect("warm implies a previous instance");
+            self.block(h.detach(&p.container, net))?;
             crash_point("redeploy-old-detached");
             self.block(host.attach_fixed(&new_id, net, ip, &name))
         } else {
@@ -171,6 +182,7 @@ impl Orchestrator<'_> {
                 self.block(host.start(&new_id))
             }
         };
+        self.drop_anchor(&host, anchor);
         crash_point("redeploy-on-ip");
         let healthy = match on_ip {
             Ok(()) => self.block(health::wait_healthy(&host, &new_id, ip, &self.app.health)),

@@ -211,6 +211,27 @@ impl Orchestrator<'_> {
     /// Reaches every engine, checks the pool and decides for every
     /// instance, touching nothing.
     fn plan(&self, st: &AppState, target: &Target, mode: Mode) -> Result<Vec<(u32, Decision)>> {
+        if self.app.hosts.iter().all(|h| self.drain.drained(&h.to_string())) {
+            return Err(DeployError::AllDrained(self.app.name.clone()));
+        }
+        // Where instances run now must answer (a moving one is handed
+        // over from there), unless a forced drain fenced the host.
+        for i in st.instances.values() {
+            if self.drain.fenced(&i.host) {
+                continue;
+            }
+            if let Err(e) = self.host_of_instance(i) {
+                return Err(match e {
+                    DeployError::Engine { host, reason, .. } => DeployError::HostDown {
+                        instance: i.name.clone(),
+                        host,
+                        ip: i.ip,
+                        reason,
+                    },
+                    e => e,
+                });
+            }
+        }
         for index in 1..=self.app.instances {
             self.host(&self.placed(st, index))?;
         }
@@ -438,9 +459,12 @@ impl Orchestrator<'_> {
             phase: "stopping".into(),
         });
         self.dir.save(st)?;
-        let host = self.host_of_instance(&i)?;
-        self.block(host.stop(&i.container, self.app.stop_grace))?;
-        self.block(host.remove(&i.container))?;
+        // A fenced host's containers go when it answers again (sweep).
+        if !self.drain.fenced(&i.host) {
+            let host = self.host_of_instance(&i)?;
+            self.block(host.stop(&i.container, self.app.stop_grace))?;
+            self.block(host.remove(&i.container))?;
+        }
         self.leases.release(&self.app.network.pool, &i.name)?;
         st.instances.remove(&index);
         st.operation = None;

@@ -235,11 +235,23 @@ impl App {
     /// host left `hosts` (a drain), goes to the listed host with the
     /// fewest instances, the first listed on a tie. From nothing this is
     /// round-robin: instance i on host ((i − 1) mod K) + 1. Adding a host
-    /// moves nothing; only new instances go there.
-    pub fn host_of(&self, index: u32, current: &BTreeMap<u32, String>) -> &Endpoint {
+    /// moves nothing; only new instances go there. A `drained` host is as
+    /// if it were not listed (unless every host is).
+    pub fn host_of(
+        &self,
+        index: u32,
+        current: &BTreeMap<u32, String>,
+        drained: &dyn Fn(&str) -> bool,
+    ) -> &Endpoint {
+        let open: Vec<bool> = self.hosts.iter().map(|h| !drained(&h.to_string())).collect();
+        let every_drained = !open.contains(&true);
+        let usable = |p: usize| open[p] || every_drained;
         let listed = |i: u32| {
             let h = current.get(&i)?;
-            self.hosts.iter().position(|e| e.to_string() == *h)
+            self.hosts
+                .iter()
+                .position(|e| e.to_string() == *h)
+                .filter(|&p| usable(p))
         };
         let mut load = vec![0usize; self.hosts.len()];
         for i in 1..=self.instances {
@@ -255,6 +267,7 @@ impl App {
                 continue;
             }
             let p = (0..load.len())
+                .filter(|&p| usable(p))
                 .min_by_key(|&p| (load[p], p))
                 .expect("at least one host");
             if i == index {
