@@ -1,0 +1,184 @@
+//! Engines and clients pulling through an agent's mirror (issue 18): a
+//! zstd image reaches Debian's Docker 20.10, which cannot read zstd, as
+//! the gzip variant the agent makes (the digests `strata push --gzip`
+//! gives) while the swarm carries zstd; containerd (`ctr`, behind this
+//! machine's Docker) with the shipped `deploy/containerd/` hosts file.
+//! Every test makes images with content unique to its run, and removes
+//! exactly what it made.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::swarm::*;
+use common::*;
+use strata::digest::Digest;
+
+/// What Debian 12's Docker engine sends as its User-Agent.
+const DOCKER_20_10: &str = "docker/20.10.24+dfsg1 go/go1.19.8 git-commit/5d6db84 os/linux arch/amd64";
+
+/// A manifest from a registry: digest, bytes.
+fn get_manifest(base: &str, repo: &str, reference: &str, user_agent: Option<&str>) -> (String, Vec<u8>) {
+    let mut r = reqwest::blocking::Client::new()
+        .get(format!("{base}/v2/{repo}/manifests/{reference}"))
+        .header("Accept", strata::oci::MANIFEST_ACCEPT);
+    if let Some(ua) = user_agent {
+        r = r.header("User-Agent", ua);
+    }
+    let r = r.send().unwrap();
+    assert_eq!(r.status(), 200, "{repo}:{reference}");
+    let digest = r.headers()["docker-content-digest"].to_str().unwrap().to_string();
+    let bytes = r.bytes().unwrap().to_vec();
+    assert_eq!(digest, Digest::sha256_of(&bytes).to_string());
+    (digest, bytes)
+}
+
+fn layers_of(manifest: &[u8]) -> Vec<(String, Digest)> {
+    let m: strata::oci::Manifest = serde_json::from_slice(manifest).unwrap();
+    m.layers.into_iter().map(|l| (l.media_type, l.digest)).collect()
+}
+
+#[test]
+fn an_old_engine_pulls_a_zstd_image_through_an_agent_as_gzip_push_would_have_pushed_it() {
+    if !have_docker() {
+        return;
+    }
+    let Some(_) = debs() else { return };
+    let version = Command::new("docker")
+        .args(["version", "--format", "{{.Server.APIVersion}}"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        stdout(&version).trim(),
+        "1.41",
+        "this test needs an engine that cannot read zstd (Docker 20.10)"
+    );
+    let d = tempfile::tempdir().unwrap();
+    let s = Swarm::start(d.path(), 1, 1, 0.0);
+    let repo_name = unique("zstd").replace("strata-test-", "p2p/");
+    let id = s.push_tools_tier(&format!("{repo_name}:1"), false);
+    let origin = format!("http://127.0.0.1:{}", s.registry);
+    let (zstd_digest, zstd_manifest) = get_manifest(&origin, &repo_name, "1", Some(DOCKER_20_10));
+    let zstd_layers = layers_of(&zstd_manifest);
+    assert!(
+        zstd_layers.iter().all(|(t, _)| t.ends_with("+zstd")),
+        "pushed as built: {zstd_layers:?}"
+    );
+    let agent = s.agent_with(0, 0.0, &["--registry", &origin, "--mirror-listen", "127.0.0.1:0"]);
+    let mirror = agent
+        .line("mirror listening on", Duration::from_secs(20))
+        .expect("mirror");
+    let port = mirror.rsplit(':').next().unwrap().to_string();
+    let mirror = format!("http://127.0.0.1:{port}");
+    let image = format!("127.0.0.1:{port}/{repo_name}:1");
+    let mut cleanup = DockerCleanup {
+        containers: vec![],
+        images: vec![image.clone()],
+    };
+
+    // The engine pulls by tag and runs the image: its unique file is there.
+    let o = Command::new("docker").args(["pull", &image]).output().unwrap();
+    let engine_id = Command::new("docker")
+        .args(["image", "inspect", "--format", "{{.Id}}", &image])
+        .output()
+        .unwrap();
+    if engine_id.status.success() {
+        cleanup.images.push(stdout(&engine_id).trim().to_string());
+    }
+    assert!(o.status.success(), "docker pull of a zstd image: {}", stderr(&o));
+    let o = Command::new("docker")
+        .args([
+            "run",
+            "--rm",
+            "--entrypoint",
+            "/bin/cat",
+            &image,
+            "/etc/strata-test-id",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&o), format!("{id}\n"), "{}", stderr(&o));
+
+    // What the engine got is the gzip variant, layer by layer; other
+    // clients still get the image as pushed.
+    let (gzip_digest, gzip_manifest) = get_manifest(&mirror, &repo_name, "1", Some(DOCKER_20_10));
+    let gzip_layers = layers_of(&gzip_manifest);
+    assert_ne!(gzip_digest, zstd_digest);
+    assert_eq!(gzip_layers.len(), zstd_layers.len());
+    assert!(
+        gzip_layers.iter().all(|(t, _)| t.ends_with("+gzip")),
+        "{gzip_layers:?}"
+    );
+    let repo_digests = Command::new("docker")
+        .args(["image", "inspect", "--format", "{{json .RepoDigests}}", &image])
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&repo_digests).contains(&format!("/{repo_name}@{gzip_digest}")),
+        "the engine recorded {}, not {gzip_digest}",
+        stdout(&repo_digests)
+    );
+    assert_eq!(get_manifest(&mirror, &repo_name, "1", None).0, zstd_digest);
+    assert_eq!(
+        get_manifest(&mirror, &repo_name, "1", Some("containerd/1.6.20~ds1")).0,
+        zstd_digest
+    );
+
+    // P2P carried the zstd blobs; the gzip ones were made on the agent and
+    // never were on the origin.
+    let agent_store = s.dir.join("agent-0/store/blobs/sha256");
+    let origin_store = s.dir.join("origin/store/blobs/sha256");
+    for ((_, z), (_, g)) in zstd_layers.iter().zip(&gzip_layers) {
+        assert!(agent_store.join(z.hex()).is_file(), "the agent lacks zstd {z}");
+        assert!(agent_store.join(g.hex()).is_file(), "the agent lacks gzip {g}");
+        assert!(!origin_store.join(g.hex()).exists(), "gzip {g} on the origin");
+    }
+    let zstd_bytes: u64 = zstd_layers
+        .iter()
+        .map(|(_, z)| std::fs::metadata(agent_store.join(z.hex())).unwrap().len())
+        .sum();
+    let metrics = common::scrape(&mirror);
+    let from_origin = common::metric(&metrics, "strata_p2p_bytes_received_total{source=\"origin\"}").unwrap();
+    assert!(
+        from_origin >= zstd_bytes as f64,
+        "P2P brought {from_origin} bytes, the zstd layers are {zstd_bytes}"
+    );
+    let made = || common::metric(&common::scrape(&mirror), "strata_mirror_gzip_layers_made_total");
+    assert_eq!(made(), Some(zstd_layers.len() as f64), "{metrics}");
+
+    // A second pull transcodes nothing.
+    let o = Command::new("docker").args(["pull", &image]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(made(), Some(zstd_layers.len() as f64));
+
+    // By digest: the zstd manifest is refused to this engine, naming the
+    // variant; the variant is served by its own digest.
+    let by_zstd = format!("127.0.0.1:{port}/{repo_name}@{zstd_digest}");
+    let o = Command::new("docker").args(["pull", &by_zstd]).output().unwrap();
+    assert!(!o.status.success(), "a zstd manifest by digest was served");
+    assert!(
+        stderr(&o).contains("zstd layers") && stderr(&o).contains(&gzip_digest),
+        "{}",
+        stderr(&o)
+    );
+    let by_gzip = format!("127.0.0.1:{port}/{repo_name}@{gzip_digest}");
+    cleanup.images.push(by_gzip.clone());
+    let o = Command::new("docker").args(["pull", &by_gzip]).output().unwrap();
+    assert!(o.status.success(), "pull by the variant's digest: {}", stderr(&o));
+
+    // A gzip layer evicted from the agent's cache is made again when asked.
+    let (_, evicted) = &gzip_layers[0];
+    std::fs::remove_file(agent_store.join(evicted.hex())).unwrap();
+    let r = reqwest::blocking::get(format!("{mirror}/v2/{repo_name}/blobs/{evicted}")).unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(Digest::sha256_of(&r.bytes().unwrap()), *evicted);
+
+    // `strata push --gzip` of the same image gives the same digests.
+    let pushed = format!("{repo_name}-gzip:1");
+    s.push_built(&pushed, true);
+    let (push_digest, push_manifest) = get_manifest(&origin, &format!("{repo_name}-gzip"), "1", None);
+    assert_eq!(layers_of(&push_manifest), gzip_layers);
+    assert_eq!(push_digest, gzip_digest);
+    drop(agent);
+}
