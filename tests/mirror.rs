@@ -182,3 +182,178 @@ fn an_old_engine_pulls_a_zstd_image_through_an_agent_as_gzip_push_would_have_pus
     assert_eq!(push_digest, gzip_digest);
     drop(agent);
 }
+
+/// The containerd socket `ctr` talks to: a system containerd's, else the
+/// one Docker runs (Debian's `docker.io`), which answers.
+fn containerd() -> Option<String> {
+    if !have_tool("ctr") {
+        return None;
+    }
+    let found = [
+        "/run/containerd/containerd.sock",
+        "/var/run/docker/containerd/containerd.sock",
+    ]
+    .into_iter()
+    .find(|a| {
+        std::path::Path::new(a).exists()
+            && Command::new("ctr")
+                .args(["--address", a, "--connect-timeout", "2s", "version"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+    });
+    match found {
+        Some(a) => Some(a.to_string()),
+        None => {
+            skip("a running containerd (its socket)");
+            None
+        }
+    }
+}
+
+/// `ctr` on `address` in `namespace`.
+fn ctr(address: &str, namespace: &str) -> Command {
+    let mut c = Command::new("ctr");
+    c.args([
+        "--address",
+        address,
+        "--namespace",
+        namespace,
+        "--timeout",
+        "120s",
+    ]);
+    c
+}
+
+/// Removes a containerd namespace a test made, with its containers and
+/// images, when dropped (also on panic).
+struct CtrCleanup {
+    address: String,
+    namespace: String,
+    containers: Vec<String>,
+}
+
+impl Drop for CtrCleanup {
+    fn drop(&mut self) {
+        let ctr = || ctr(&self.address, &self.namespace);
+        for c in &self.containers {
+            let _ = ctr().args(["tasks", "kill", "-s", "SIGKILL", c]).output();
+            let _ = ctr().args(["tasks", "delete", "-f", c]).output();
+            let _ = ctr().args(["containers", "delete", c]).output();
+        }
+        // The namespace is this test's own: every image in it is one it pulled.
+        if let Ok(o) = ctr().args(["images", "ls", "-q"]).output() {
+            for image in stdout(&o).lines() {
+                let _ = ctr().args(["images", "rm", "--sync", image]).output();
+            }
+        }
+        let _ = Command::new("ctr")
+            .args(["--address", &self.address, "namespaces", "rm", &self.namespace])
+            .output();
+    }
+}
+
+#[test]
+fn containerd_pulls_zstd_and_gzip_images_through_the_agent_with_the_shipped_hosts_file_and_runs_them() {
+    let Some(address) = containerd() else { return };
+    let Some(_) = debs() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let s = Swarm::start(d.path(), 1, 1, 0.0);
+    let repo_name = unique("ctr").replace("strata-test-", "p2p/");
+    let id = s.push_tools_tier(&format!("{repo_name}:1"), false);
+    s.push_built(&format!("{repo_name}-gzip:1"), true);
+    let origin = format!("http://127.0.0.1:{}", s.registry);
+    let agent = s.agent_with(0, 0.0, &["--registry", &origin, "--mirror-listen", "127.0.0.1:0"]);
+    let mirror = agent
+        .line("mirror listening on", Duration::from_secs(20))
+        .expect("mirror");
+    let mirror = mirror.rsplit("//").next().unwrap().to_string();
+
+    // The shipped hosts file, pointed at this agent's port.
+    let shipped =
+        std::fs::read_to_string(repo().join("deploy/containerd/certs.d/_default/hosts.toml")).unwrap();
+    assert!(shipped.contains("\"http://127.0.0.1:5002\""), "{shipped}");
+    let hosts = d.path().join("certs.d");
+    write(
+        &hosts.join("_default/hosts.toml"),
+        shipped.replace("127.0.0.1:5002", &mirror),
+    );
+
+    let namespace = unique("ctr");
+    let mut cleanup = CtrCleanup {
+        address: address.clone(),
+        namespace: namespace.clone(),
+        containers: vec![],
+    };
+    let agent_store = s.dir.join("agent-0/store/blobs/sha256");
+    for (repo, compression) in [(repo_name.clone(), "zstd"), (format!("{repo_name}-gzip"), "gzip")] {
+        // The image is named by the origin; containerd asks the mirror
+        // first, as the hosts file says.
+        let image = format!("127.0.0.1:{}/{repo}:1", s.registry);
+        let o = ctr(&address, &namespace)
+            .args(["images", "pull", "--hosts-dir"])
+            .arg(&hosts)
+            .arg(&image)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "ctr pull {image}: {}{}",
+            stdout(&o),
+            stderr(&o)
+        );
+
+        // containerd has the image as pushed (its layers are `compression`),
+        // and they came through the agent, which fetched them over P2P.
+        let r = reqwest::blocking::get(format!("{origin}/v2/{repo}/manifests/1")).unwrap();
+        let digest = r.headers()["docker-content-digest"].to_str().unwrap().to_string();
+        let manifest: strata::oci::Manifest = serde_json::from_slice(&r.bytes().unwrap()).unwrap();
+        let o = ctr(&address, &namespace).args(["images", "ls"]).output().unwrap();
+        let listed = stdout(&o);
+        assert!(
+            listed
+                .lines()
+                .any(|l| l.starts_with(&format!("{image} ")) && l.contains(&digest)),
+            "containerd lists {image} with another digest than {digest}:\n{listed}"
+        );
+        for l in &manifest.layers {
+            assert!(l.media_type.ends_with(compression), "{repo}: {}", l.media_type);
+            assert!(
+                agent_store.join(l.digest.hex()).is_file(),
+                "{} did not come through the agent",
+                l.digest
+            );
+        }
+
+        // And runs it: the run's unique file is there.
+        let container = unique("ctr-run");
+        cleanup.containers.push(container.clone());
+        let o = ctr(&address, &namespace)
+            .args([
+                "run",
+                "--rm",
+                &image,
+                &container,
+                "/bin/cat",
+                "/etc/strata-test-id",
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(stdout(&o), format!("{id}\n"), "ctr run {image}: {}", stderr(&o));
+    }
+    // No gzip variant was made for containerd: it reads zstd.
+    let made = common::metric(
+        &common::scrape(&format!("http://{mirror}")),
+        "strata_mirror_gzip_layers_made_total",
+    );
+    assert_eq!(made, Some(0.0));
+    drop(cleanup);
+    let o = Command::new("ctr")
+        .args(["--address", &address, "namespaces", "ls", "-q"])
+        .output()
+        .unwrap();
+    assert!(
+        !stdout(&o).lines().any(|n| n == namespace),
+        "namespace {namespace} left behind"
+    );
+    drop(agent);
+}
