@@ -2,7 +2,8 @@
 //! zstd image reaches Debian's Docker 20.10, which cannot read zstd, as
 //! the gzip variant the agent makes (the digests `strata push --gzip`
 //! gives) while the swarm carries zstd; containerd (`ctr`, behind this
-//! machine's Docker) with the shipped `deploy/containerd/` hosts file.
+//! machine's Docker) with the shipped `deploy/containerd/` hosts file;
+//! podman from the origin and through the agent, both reading zstd.
 //! Every test makes images with content unique to its run, and removes
 //! exactly what it made.
 
@@ -355,5 +356,133 @@ fn containerd_pulls_zstd_and_gzip_images_through_the_agent_with_the_shipped_host
         !stdout(&o).lines().any(|n| n == namespace),
         "namespace {namespace} left behind"
     );
+    drop(agent);
+}
+
+/// `podman` with its own storage under `root` (vfs: no mounts to leave
+/// behind), so a test sees and removes only what it pulled.
+fn podman(root: &std::path::Path) -> Command {
+    let mut c = Command::new("podman");
+    c.arg("--root")
+        .arg(root.join("storage"))
+        .arg("--runroot")
+        .arg(root.join("run"))
+        .args([
+            "--storage-driver",
+            "vfs",
+            "--cgroup-manager",
+            "cgroupfs",
+            "--events-backend",
+            "file",
+        ]);
+    c
+}
+
+/// A podman storage root of a test's own (a short path: podman refuses a
+/// run root over 50 characters). Every container and image in it is
+/// removed when dropped (also on panic), then the root itself.
+struct PodmanRoot(tempfile::TempDir);
+
+impl PodmanRoot {
+    fn new() -> PodmanRoot {
+        PodmanRoot(tempfile::Builder::new().prefix("strata-pm-").tempdir().unwrap())
+    }
+
+    fn podman(&self) -> Command {
+        podman(self.0.path())
+    }
+}
+
+impl Drop for PodmanRoot {
+    fn drop(&mut self) {
+        let _ = self.podman().args(["rm", "-af"]).output();
+        let _ = self.podman().args(["rmi", "-af"]).output();
+    }
+}
+
+#[test]
+fn podman_pulls_zstd_and_gzip_images_from_the_origin_and_through_the_agent() {
+    if !have_tool("podman") {
+        return;
+    }
+    let Some(_) = debs() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let s = Swarm::start(d.path(), 1, 1, 0.0);
+    let repo_name = unique("podman").replace("strata-test-", "p2p/");
+    let id = s.push_tools_tier(&format!("{repo_name}:1"), false);
+    s.push_built(&format!("{repo_name}-gzip:1"), true);
+    let origin = format!("127.0.0.1:{}", s.registry);
+    let agent = s.agent_with(
+        0,
+        0.0,
+        &[
+            "--registry",
+            &format!("http://{origin}"),
+            "--mirror-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let mirror = agent
+        .line("mirror listening on", Duration::from_secs(20))
+        .expect("mirror");
+    let mirror = mirror.rsplit("//").next().unwrap().to_string();
+    let agent_store = s.dir.join("agent-0/store/blobs/sha256");
+
+    for registry in [&origin, &mirror] {
+        for (repo, compression) in [(repo_name.clone(), "zstd"), (format!("{repo_name}-gzip"), "gzip")] {
+            // A storage of its own for each pull: nothing is there yet.
+            let root = PodmanRoot::new();
+            let image = format!("{registry}/{repo}:1");
+            let o = root
+                .podman()
+                .args(["pull", "--tls-verify=false", &image])
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "podman pull {image}: {}", stderr(&o));
+
+            // podman has the image as pushed (its layers `compression`).
+            let r = reqwest::blocking::get(format!("http://{origin}/v2/{repo}/manifests/1")).unwrap();
+            let digest = r.headers()["docker-content-digest"].to_str().unwrap().to_string();
+            let manifest: strata::oci::Manifest = serde_json::from_slice(&r.bytes().unwrap()).unwrap();
+            let o = root
+                .podman()
+                .args(["images", "--digests", "--format", "{{.Digest}}"])
+                .output()
+                .unwrap();
+            assert_eq!(stdout(&o).trim(), digest, "{image}: {}", stderr(&o));
+            for l in &manifest.layers {
+                assert!(l.media_type.ends_with(compression), "{repo}: {}", l.media_type);
+                if *registry == mirror {
+                    assert!(
+                        agent_store.join(l.digest.hex()).is_file(),
+                        "{} did not come through the agent",
+                        l.digest
+                    );
+                }
+            }
+
+            // And runs it. Explicit limits: this machine refuses to raise
+            // them to podman's defaults ("error setting rlimit type 7").
+            let o = root
+                .podman()
+                .args(["run", "--rm", "--network", "none"])
+                .args(["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"])
+                .args([&image, "/bin/cat", "/etc/strata-test-id"])
+                .output()
+                .unwrap();
+            assert_eq!(
+                stdout(&o),
+                format!("{id}\n"),
+                "podman run {image}: {}",
+                stderr(&o)
+            );
+        }
+    }
+    // podman reads zstd: the agent made no gzip variant for it.
+    let made = common::metric(
+        &common::scrape(&format!("http://{mirror}")),
+        "strata_mirror_gzip_layers_made_total",
+    );
+    assert_eq!(made, Some(0.0));
     drop(agent);
 }
