@@ -168,6 +168,60 @@ fn an_old_engine_pulls_a_zstd_image_through_an_agent_as_gzip_push_would_have_pus
     let o = Command::new("docker").args(["pull", &by_gzip]).output().unwrap();
     assert!(o.status.success(), "pull by the variant's digest: {}", stderr(&o));
 
+    // A multi-platform image (an index) by tag: its child for this host
+    // becomes the variant, the other child (a manifest with no layers)
+    // stays as it is.
+    let mut other: strata::oci::Manifest = serde_json::from_slice(&zstd_manifest).unwrap();
+    other.layers.clear();
+    let other = strata::oci::to_json(&other);
+    let other_digest = Digest::sha256_of(&other).to_string();
+    let r = reqwest::blocking::Client::new()
+        .put(format!("{origin}/v2/{repo_name}/manifests/{other_digest}"))
+        .header("Content-Type", strata::oci::MEDIA_MANIFEST)
+        .body(other.clone())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": strata::oci::MEDIA_INDEX,
+        "manifests": [
+            { "mediaType": strata::oci::MEDIA_MANIFEST, "digest": zstd_digest, "size": zstd_manifest.len(),
+              "platform": { "os": "linux", "architecture": "amd64" } },
+            { "mediaType": strata::oci::MEDIA_MANIFEST, "digest": other_digest, "size": other.len(),
+              "platform": { "os": "linux", "architecture": "riscv64" } },
+        ],
+    })
+    .to_string();
+    let r = reqwest::blocking::Client::new()
+        .put(format!("{origin}/v2/{repo_name}/manifests/multi"))
+        .header("Content-Type", strata::oci::MEDIA_INDEX)
+        .body(index)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let multi = format!("127.0.0.1:{port}/{repo_name}:multi");
+    cleanup.images.push(multi.clone());
+    let o = Command::new("docker").args(["pull", &multi]).output().unwrap();
+    assert!(o.status.success(), "docker pull of a zstd index: {}", stderr(&o));
+    let (index_digest, served) = get_manifest(&mirror, &repo_name, "multi", Some(DOCKER_20_10));
+    let served: serde_json::Value = serde_json::from_slice(&served).unwrap();
+    assert_eq!(served["manifests"][0]["digest"], gzip_digest.as_str(), "{served}");
+    assert_eq!(
+        served["manifests"][1]["digest"],
+        other_digest.as_str(),
+        "{served}"
+    );
+    let repo_digests = Command::new("docker")
+        .args(["image", "inspect", "--format", "{{json .RepoDigests}}", &multi])
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&repo_digests).contains(&index_digest),
+        "{}",
+        stdout(&repo_digests)
+    );
+
     // A gzip layer evicted from the agent's cache is made again when asked.
     let (_, evicted) = &gzip_layers[0];
     std::fs::remove_file(agent_store.join(evicted.hex())).unwrap();

@@ -9,6 +9,8 @@
 //! zstd manifest by digest (serving it would fail in the engine after
 //! every layer was downloaded; serving the variant would fail the
 //! engine's digest check). The variant itself is served by its digest.
+//! An index's variant has the variants of its children for this host's
+//! platform.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -202,7 +204,7 @@ async fn manifest(m: &Mirror, name: &str, reference: &str, h: &HeaderMap, head: 
         }
     };
     if gzip {
-        match m.transcoder.image(&got.digest, &got.bytes).await {
+        match variant_of(m, name, &got).await {
             Ok(None) => {}
             Ok(Some(gz)) if by_digest.is_none() => return variant(m, &gz, &got.media, head),
             Ok(Some(gz)) => {
@@ -220,16 +222,41 @@ async fn manifest(m: &Mirror, name: &str, reference: &str, h: &HeaderMap, head: 
                     ),
                 );
             }
-            Err(e) => {
-                return error(
-                    StatusCode::BAD_GATEWAY,
-                    "UNKNOWN",
-                    format!("making the gzip variant of {name}:{reference}: {e}"),
-                );
-            }
+            Err(e) => return e,
         }
     }
     manifest_response(got.bytes, &got.media, &got.digest, head)
+}
+
+/// The gzip variant of a manifest from the origin: of an image with zstd
+/// layers, or of an index whose children for this host's platform are
+/// such images (the others stay as they are: no engine here picks them).
+async fn variant_of(m: &Mirror, name: &str, got: &Fetched) -> Result<Option<Digest>, Response> {
+    let failed = |what: &str, e: transcode::TranscodeError| {
+        error(
+            StatusCode::BAD_GATEWAY,
+            "UNKNOWN",
+            format!("making the gzip variant of {name}@{what}: {e}"),
+        )
+    };
+    let Some(children) = transcode::index_children(&got.bytes, transcode::host_platform()) else {
+        return m
+            .transcoder
+            .image(&got.digest, &got.bytes)
+            .await
+            .map_err(|e| failed(&got.digest.to_string(), e));
+    };
+    let mut variants = std::collections::BTreeMap::new();
+    for child in children {
+        let c = from_origin(m, name, &child.to_string(), MANIFEST_ACCEPT).await?;
+        let made = m.transcoder.image(&c.digest, &c.bytes).await;
+        if let Some(gz) = made.map_err(|e| failed(&child.to_string(), e))? {
+            variants.insert(child, gz);
+        }
+    }
+    m.transcoder
+        .index(&got.digest, &got.bytes, &variants)
+        .map_err(|e| failed(&got.digest.to_string(), e))
 }
 
 /// The gzip variant `gz` of `source`, asked for by digest: served when
@@ -247,7 +274,7 @@ async fn variant_by_digest(
         Ok(got) => got,
         Err(refused) => return refused,
     };
-    match m.transcoder.image(&got.digest, &got.bytes).await {
+    match variant_of(m, name, &got).await {
         Ok(Some(made)) if made == *gz => variant(m, gz, &got.media, head),
         Ok(other) => error(
             StatusCode::NOT_FOUND,
@@ -257,11 +284,7 @@ async fn variant_by_digest(
                 other.map_or("none".to_string(), |d| d.to_string())
             ),
         ),
-        Err(e) => error(
-            StatusCode::BAD_GATEWAY,
-            "UNKNOWN",
-            format!("making the gzip variant of {name}@{source}: {e}"),
-        ),
+        Err(e) => e,
     }
 }
 
@@ -272,9 +295,9 @@ fn variant(m: &Mirror, gz: &Digest, media: &str, head: bool) -> Response {
         Ok(b) => b,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", e),
     };
-    let media = serde_json::from_slice::<crate::oci::Manifest>(&bytes)
+    let media = serde_json::from_slice::<serde_json::Value>(&bytes)
         .ok()
-        .and_then(|v| v.media_type)
+        .and_then(|v| v["mediaType"].as_str().map(str::to_string))
         .unwrap_or_else(|| media.to_string());
     crate::metrics::MIRROR_GZIP_MANIFESTS_SERVED.add(1);
     manifest_response(bytes.into(), &media, gz, head)

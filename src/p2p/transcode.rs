@@ -19,6 +19,7 @@
 //! P2P as pushed (zstd), verified, and the variants stay on this host. It
 //! never serves a variant under the zstd image's digest.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -108,6 +109,54 @@ pub fn needs_variant(m: &Manifest) -> bool {
     kinds.contains(&Some(LayerCompression::Zstd)) && kinds.iter().all(Option::is_some)
 }
 
+/// This host's platform as an index names it (`linux`, `amd64`): the
+/// child an engine here picks from a multi-platform image.
+pub fn host_platform() -> (&'static str, &'static str) {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "powerpc64" => "ppc64le",
+        a => a,
+    };
+    ("linux", arch)
+}
+
+/// The children of the index `bytes` for `platform` (os, architecture);
+/// `None` when `bytes` is no index.
+pub fn index_children(bytes: &[u8], platform: (&str, &str)) -> Option<Vec<Digest>> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let children = v.get("manifests")?.as_array()?;
+    Some(
+        children
+            .iter()
+            .filter(|c| c["platform"]["os"] == platform.0 && c["platform"]["architecture"] == platform.1)
+            .filter_map(|c| c["digest"].as_str()?.parse().ok())
+            .collect(),
+    )
+}
+
+/// The index `bytes` with each child named in `variants` pointing at its
+/// variant instead (digest, size, media type); every other field, and
+/// every other child, as it was. `None` when nothing changed.
+pub fn rewrite_index(bytes: &[u8], variants: &BTreeMap<Digest, Descriptor>) -> Option<Vec<u8>> {
+    let mut v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let mut changed = false;
+    for c in v.get_mut("manifests")?.as_array_mut()? {
+        let Some(variant) = c["digest"]
+            .as_str()
+            .and_then(|d| d.parse::<Digest>().ok())
+            .and_then(|d| variants.get(&d))
+        else {
+            continue;
+        };
+        c["digest"] = variant.digest.to_string().into();
+        c["size"] = variant.size.into();
+        c["mediaType"] = variant.media_type.clone().into();
+        changed = true;
+    }
+    changed.then(|| serde_json::to_vec(&v).unwrap_or_default())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TranscodeError {
     #[error("fetching {blob} over P2P: {source}")]
@@ -134,7 +183,7 @@ pub type Result<T, E = TranscodeError> = std::result::Result<T, E>;
 enum Source {
     /// A gzip layer: the zstd layer and the diff_id its bytes must have.
     Layer { layer: Descriptor, diff_id: Digest },
-    /// A gzip image manifest: the zstd image's manifest.
+    /// A gzip image manifest or index: the zstd image's manifest or index.
     Manifest { manifest: Digest },
 }
 
@@ -202,6 +251,35 @@ impl Transcoder {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// The gzip variant of the index `bytes` (digest `index`): its
+    /// children `variants` (zstd manifest → gzip variant, made with
+    /// [`Transcoder::image`]) replaced. `None` when there are none.
+    pub fn index(
+        &self,
+        index: &Digest,
+        bytes: &[u8],
+        variants: &BTreeMap<Digest, Digest>,
+    ) -> Result<Option<Digest>> {
+        let mut descriptors = BTreeMap::new();
+        for (child, gz) in variants {
+            let manifest: Manifest = self.store.read_json(gz)?;
+            let media = manifest.media_type.unwrap_or_else(|| MEDIA_MANIFEST.to_string());
+            descriptors.insert(
+                child.clone(),
+                Descriptor::new(&media, gz.clone(), self.store.size(gz)?),
+            );
+        }
+        let Some(rewritten) = rewrite_index(bytes, &descriptors) else {
+            return Ok(None);
+        };
+        let (gz, _) = self.store.put(&rewritten, None)?;
+        let source = Source::Manifest {
+            manifest: index.clone(),
+        };
+        self.write_source(&gz, &source)?;
+        Ok(Some(gz))
     }
 
     /// The zstd image a gzip manifest variant made here was made from.
@@ -371,5 +449,43 @@ mod tests {
             1,
         );
         assert!(!needs_variant(&manifest(vec![zstd, foreign])));
+    }
+
+    #[test]
+    fn an_index_variant_swaps_only_the_children_it_has_variants_of() {
+        let d = |n: u8| Digest::sha256_of(&[n]);
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": crate::oci::MEDIA_INDEX,
+            "manifests": [
+                { "mediaType": MEDIA_MANIFEST, "digest": d(1).to_string(), "size": 10,
+                  "platform": { "os": "linux", "architecture": "amd64" } },
+                { "mediaType": MEDIA_MANIFEST, "digest": d(2).to_string(), "size": 20,
+                  "platform": { "os": "linux", "architecture": "arm", "variant": "v7" } },
+            ],
+            "annotations": { "a": "b" },
+        })
+        .to_string();
+        assert_eq!(
+            index_children(index.as_bytes(), ("linux", "amd64")),
+            Some(vec![d(1)])
+        );
+        assert_eq!(index_children(index.as_bytes(), ("linux", "s390x")), Some(vec![]));
+        assert_eq!(
+            index_children(b"{\"schemaVersion\": 2, \"layers\": []}", ("linux", "amd64")),
+            None
+        );
+
+        let variant = Descriptor::new(crate::oci::MEDIA_DOCKER_MANIFEST, d(9), 99);
+        let rewritten = rewrite_index(index.as_bytes(), &BTreeMap::from([(d(1), variant)])).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&rewritten).unwrap();
+        assert_eq!(v["manifests"][0]["digest"], d(9).to_string());
+        assert_eq!(v["manifests"][0]["size"], 99);
+        assert_eq!(v["manifests"][0]["mediaType"], crate::oci::MEDIA_DOCKER_MANIFEST);
+        assert_eq!(v["manifests"][0]["platform"]["architecture"], "amd64");
+        assert_eq!(v["manifests"][1]["digest"], d(2).to_string());
+        assert_eq!(v["manifests"][1]["platform"]["variant"], "v7");
+        assert_eq!(v["annotations"]["a"], "b");
+        assert_eq!(rewrite_index(index.as_bytes(), &BTreeMap::new()), None);
     }
 }
