@@ -236,7 +236,8 @@ impl Transcoder {
             }
             self.fetch(&m.config.digest).await?;
             for l in &m.layers {
-                if !self.has_gzip_of(&l.digest) {
+                let zstd = LayerCompression::from_media_type(&l.media_type) == Some(LayerCompression::Zstd);
+                if zstd && !self.has_gzip_of(&l.digest) {
                     self.fetch(&l.digest).await?;
                 }
             }
