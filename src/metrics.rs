@@ -162,6 +162,12 @@ pub static P2P_BLOBS_COMPLETED: Counter = Counter::new();
 /// Piece tables made by hashing a blob (not read back from the store).
 pub static P2P_PIECE_TABLES_MADE: Counter = Counter::new();
 
+/// zstd layers an agent's mirror transcoded to gzip (each once; later
+/// asks find the variant in its store).
+pub static MIRROR_GZIP_LAYERS_MADE: Counter = Counter::new();
+/// Manifests an agent's mirror answered with a gzip variant.
+pub static MIRROR_GZIP_MANIFESTS_SERVED: Counter = Counter::new();
+
 /// Per-host prewarm durations, by outcome.
 pub static PREWARM_OK: Histogram = Histogram::new();
 pub static PREWARM_FAILED: Histogram = Histogram::new();
@@ -281,6 +287,28 @@ pub fn render() -> String {
         out,
         "strata_p2p_piece_tables_made_total {}",
         P2P_PIECE_TABLES_MADE.get()
+    );
+    help(
+        &mut out,
+        "strata_mirror_gzip_layers_made_total",
+        "counter",
+        "zstd layers the agent's mirror transcoded to gzip for engines that cannot read zstd.",
+    );
+    let _ = writeln!(
+        out,
+        "strata_mirror_gzip_layers_made_total {}",
+        MIRROR_GZIP_LAYERS_MADE.get()
+    );
+    help(
+        &mut out,
+        "strata_mirror_gzip_manifests_served_total",
+        "counter",
+        "Manifests the agent's mirror answered with their gzip variant.",
+    );
+    let _ = writeln!(
+        out,
+        "strata_mirror_gzip_manifests_served_total {}",
+        MIRROR_GZIP_MANIFESTS_SERVED.get()
     );
     help(
         &mut out,

@@ -34,6 +34,7 @@ pub mod sim;
 pub mod tls;
 pub mod tokens;
 pub mod tracker;
+pub mod transcode;
 pub mod wire;
 
 pub use bitfield::Bitfield;

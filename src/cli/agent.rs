@@ -9,6 +9,7 @@ use strata::digest::Digest;
 use strata::p2p::node::{Node, NodeConfig};
 use strata::p2p::register;
 use strata::p2p::tls::Identity;
+use strata::p2p::transcode::EngineGzip;
 use strata::p2p::wire::Request;
 use strata::store::Store;
 
@@ -96,6 +97,15 @@ pub struct Args {
     /// at once. 0: keep trying for ever.
     #[arg(long, default_value = "60s", value_parser = strata::registry::config::parse_duration)]
     pub register_timeout: std::time::Duration,
+    /// Which clients of the pull-through registry get gzip variants of
+    /// zstd images: `auto`, Docker engines before 23.0 (API 1.42), which
+    /// cannot read zstd layers, known by the version in their User-Agent;
+    /// `always`, every client; `never`, none. A variant is made here from
+    /// the zstd blobs the swarm brought, once, with the digests `strata
+    /// push --gzip` gives. A pull by digest of a zstd manifest by such a
+    /// client is refused, naming the variant's digest.
+    #[arg(long, default_value = "auto", value_parser = parse_engine_gzip)]
+    pub engine_gzip: EngineGzip,
     /// Serve Prometheus metrics (`GET /metrics`) on this TCP address too;
     /// the pull-through registry (--registry) always serves them.
     #[arg(long)]
@@ -144,13 +154,13 @@ pub fn run(a: Args) -> Result<()> {
         println!("p2p listening on {}", node.local_addr());
         let node = std::sync::Arc::new(node);
         if let Some(upstream) = &a.registry {
-            let mirror = std::sync::Arc::new(strata::p2p::mirror::Mirror {
-                node: node.clone(),
-                origin: a.origin,
-                upstream: upstream.trim_end_matches('/').to_string(),
-                store: Store::open(a.data.join("store"))?,
-                http: reqwest::Client::new(),
-            });
+            let mirror = std::sync::Arc::new(strata::p2p::mirror::Mirror::new(
+                node.clone(),
+                a.origin,
+                upstream,
+                Store::open(a.data.join("store"))?,
+                a.engine_gzip,
+            ));
             let listener = tokio::net::TcpListener::bind(a.mirror_listen)
                 .await
                 .with_context(|| format!("binding the pull-through registry on {}", a.mirror_listen))?;
@@ -214,6 +224,10 @@ pub fn run(a: Args) -> Result<()> {
         node.close();
         r
     })
+}
+
+fn parse_engine_gzip(s: &str) -> Result<EngineGzip, String> {
+    s.parse()
 }
 
 /// `90s`, `5m`, `2h`, `7d`: a duration as the flags take it.

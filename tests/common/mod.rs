@@ -7,6 +7,7 @@
 pub mod browser;
 pub mod deploy;
 pub mod serve;
+pub mod swarm;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
