@@ -770,6 +770,67 @@ fn the_api_and_the_dashboard_deploy_roll_back_and_audit_with_roles() {
     submit(&mut b, &reader);
     assert_eq!(b.eval("location.pathname + location.search"), logs_path.as_str());
     assert!(b.text().contains("viewer (read)"), "{}", b.text());
+
+    // The log: newest line at the bottom and in view, long lines wrapped,
+    // and a refresh while following keeps the end in view. In a small
+    // window the lines overflow the box (and wrap).
+    let newest = http
+        .get(format!(
+            "{base}/strata/api/apps/{}/logs?instance=1&tail=1",
+            app.name
+        ))
+        .bearer_auth(&reader)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    b.window(720, 520);
+    b.goto(&format!("{base}{logs_path}"));
+    let log_box = |b: &mut common::browser::Browser| {
+        b.eval(
+            "(() => { const box = document.getElementById('log'); const all = box.querySelector('.lines'); \
+             const bx = box.getBoundingClientRect(), p = all.getBoundingClientRect(); \
+             const probe = document.createElement('span'); probe.style.whiteSpace = 'pre'; \
+             probe.textContent = 'x'.repeat(10); all.appendChild(probe); \
+             const ch = probe.getBoundingClientRect().width / 10; probe.remove(); \
+             const lines = [...all.querySelectorAll('.ln')]; const texts = lines.map(l => l.textContent); \
+             const last = lines[lines.length - 1].getBoundingClientRect(); \
+             return { overflows: box.scrollHeight > box.clientHeight + 1, \
+               end_in_view: last.bottom <= bx.bottom + 1 && last.bottom >= bx.bottom - 20 && bx.bottom <= window.innerHeight, \
+               start_hidden: p.top < bx.top - 1, \
+               long_line: Math.max(...texts.map(l => l.length)) * ch > all.clientWidth, \
+               wide: box.scrollWidth > box.clientWidth + 1 || lines.some(l => l.scrollWidth > l.clientWidth + 1), \
+               last: texts[texts.length - 1], \
+               follows: !!document.querySelector('meta[http-equiv=refresh]') }; })()",
+        )
+    };
+    let v = log_box(&mut b);
+    assert_eq!(v["overflows"], true, "{v}");
+    assert_eq!(v["start_hidden"], true, "the oldest lines are above: {v}");
+    assert_eq!(
+        v["end_in_view"], true,
+        "the newest line is at the bottom, in view: {v}"
+    );
+    assert_eq!(v["long_line"], true, "a line longer than the box: {v}");
+    assert_eq!(v["wide"], false, "long lines wrap: {v}");
+    assert_eq!(v["follows"], true, "{v}");
+    assert_eq!(v["last"].as_str().unwrap(), newest.trim_end(), "{v}");
+    b.screenshot(&shots.join("logs-narrow.png"));
+    // Scrolled to the top, the next refresh brings the end back.
+    b.eval("document.getElementById('log').scrollTop = -1e9; true");
+    assert_eq!(log_box(&mut b)["end_in_view"], false);
+    b.wait_reload();
+    let v = log_box(&mut b);
+    assert_eq!(v["end_in_view"], true, "after a refresh: {v}");
+    // Paused: no refresh, still opened at the end.
+    b.click("a", "Pause");
+    let v = log_box(&mut b);
+    assert!(b.text().contains("Paused"), "{}", b.text());
+    assert_eq!(v["follows"], false, "{v}");
+    assert_eq!(v["end_in_view"], true, "{v}");
+    b.full_window();
+    b.click("a", "Follow");
+    assert!(b.text().contains("Following"), "{}", b.text());
     assert!(b.text().contains(&format!("{}-1 | ", app.name)));
     b.screenshot(&shots.join("logs.png"));
 

@@ -229,6 +229,11 @@ button.danger{background:#b42318}form.inline{display:inline}\
 .bar{background:#e3e6eb;border-radius:3px;width:200px;height:10px;display:inline-block;vertical-align:middle}\
 .bar span{display:block;height:10px;border-radius:3px;background:#2557d6}\
 pre{background:#11151c;color:#d6deeb;padding:10px;overflow:auto;font-size:12px}\
+.log{display:flex;flex-direction:column-reverse;overflow-y:auto;max-height:calc(100vh - 170px);\
+background:#11151c;color:#d6deeb;color-scheme:dark}\
+.lines{padding:8px 10px;font:12px/1.45 ui-monospace,monospace}\
+.ln{white-space:pre-wrap;overflow-wrap:anywhere;padding-left:4ch;text-indent:-4ch;min-height:1.45em}\
+.ln .src{color:#7f8ba3}\
 .tier{font:13px ui-monospace,monospace}.box{background:#fff;padding:12px;border:1px solid #e3e6eb}";
 
 fn page(
