@@ -65,6 +65,8 @@ origin=10.203.1.1
 # Uploads are paced just under the link rate (UPLOAD_CAP percent of B), so
 # pieces leave one at a time instead of queueing in tbf.
 cap=$(python3 -c "print($mbit * ${UPLOAD_CAP:-95} / 100)")
+# A read token for the origin's API (its egress counter); pushes are open.
+read_token=$("$strata" token create bench --role read --data "$work/origin" 2>/dev/null)
 ip netns exec "sf$$-0" "$strata" serve --open-push --listen "$origin:5000" --data "$work/origin" \
     --p2p-listen "$origin:5001" --p2p-certs "$work/certs" --p2p-upload-mbit "$cap" ${ORIGIN_ARGS:-} >"$work/origin.out" 2>"$work/origin.err" &
 pids+=($!)
@@ -114,7 +116,7 @@ down_drops=$(drops ip netns exec "$sw")
 echo "tbf drops: $(drops on_origin) on the origin's uplink, $up_drops on the agents' uplinks, $down_drops on downlinks"
 origin_cpu=$(python3 -c "print(($(cpu_of "$origin_pid") - $origin_cpu0) / $(getconf CLK_TCK))")
 echo "origin (seeder and tracker) CPU during the fan-out: $origin_cpu s"
-egress=$(on_origin curl -sf "http://$origin:5000/strata/api/p2p/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["origin_piece_bytes_served"])')
+egress=$(on_origin curl -sf -H "Authorization: Bearer $read_token" "http://$origin:5000/strata/api/p2p/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["origin_piece_bytes_served"])')
 # Stop the agents themselves (not their `ip netns exec` parents) so that
 # `time` reports their CPU.
 pkill -INT -f -- "--certs $work/certs" || true

@@ -9,11 +9,14 @@
 //! and one from Jenkins are the same deploy.
 //!
 //! Auth: a token from the credentials file (`Authorization: Bearer` or
-//! Basic) carries a role (read, deploy, admin). Without a token a caller
-//! reads (unless the server requires credentials for pulls) and, on a
-//! server with open pushes, deploys. Every mutating call is written to the
-//! audit log with who and when; deploys also record who in the app's
-//! history.
+//! Basic; the dashboard's session cookie) carries a role (read, deploy,
+//! admin). Every read of the API, the dashboard and `/metrics` needs at
+//! least the read role, unless the server runs with `--public-read`, where
+//! a caller without a token reads. Nothing here ever lets a caller without
+//! a token change anything: `--open-push` opens the registry's pushes
+//! only. The registry (`/v2/`) keeps its own rule: anonymous pulls unless
+//! `--pull-auth`. Every mutating call is written to the audit log with who
+//! and when; deploys also record who in the app's history.
 
 pub mod apps;
 pub mod audit;
@@ -57,6 +60,8 @@ pub struct ApiConfig {
     /// The credentials file (`strata token create`), where admins'
     /// tokens made through the API are added.
     pub credentials_file: PathBuf,
+    /// The server speaks HTTPS: the dashboard's cookie is `Secure`.
+    pub https: bool,
 }
 
 #[derive(Clone)]
@@ -93,29 +98,17 @@ impl Api {
         }))
     }
 
-    /// The caller a request's `Authorization` header proves; anonymous
-    /// callers read (and deploy on an open-push server).
+    /// The caller a request's `Authorization` header proves; without one,
+    /// the anonymous reader of a `--public-read` server, else a 401 that
+    /// says how to get a token.
     pub fn caller(&self, headers: &HeaderMap) -> Result<Caller, Response> {
         let presented = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         if let Some(p) = presented {
             return self.token_caller(p).ok_or_else(|| {
-                error(
-                    StatusCode::UNAUTHORIZED,
-                    "the token is not valid (strata token create)",
-                )
+                unauthorized("the token is not valid: it is not in the server's credentials file")
             });
         }
-        self.anonymous().ok_or_else(|| {
-            let mut r = error(
-                StatusCode::UNAUTHORIZED,
-                "this server needs a token (strata token create NAME --role read)",
-            );
-            r.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer realm=\"strata\""),
-            );
-            r
-        })
+        self.anonymous().ok_or_else(|| unauthorized(NEEDS_TOKEN))
     }
 
     /// The caller an `Authorization` value proves.
@@ -124,15 +117,13 @@ impl Api {
         Some(Caller { name, role })
     }
 
-    /// The caller without a token, if the server lets one in.
+    /// The caller without a token: a reader on a `--public-read` server,
+    /// nobody otherwise. Never more than a reader, whatever the
+    /// registry's `--open-push` says.
     pub fn anonymous(&self) -> Option<Caller> {
-        let a = &self.cfg.access;
-        if a.pull_auth {
-            return None;
-        }
-        Some(Caller {
-            name: "anonymous".into(),
-            role: if a.open_push { Role::Deploy } else { Role::Read },
+        self.cfg.access.public_read.then(|| Caller {
+            name: ANONYMOUS.into(),
+            role: Role::Read,
         })
     }
 
@@ -192,23 +183,40 @@ where
     }
 }
 
-/// Refuses a caller whose role is below `needed` (403, naming both).
+/// The name of the caller without a token.
+pub const ANONYMOUS: &str = "anonymous";
+
+/// What a reader without a token is told (the 401 of the API, the
+/// dashboard and `/metrics`).
+pub const NEEDS_TOKEN: &str = "reading this server needs a token with the read role: \
+    on the server, `strata token create NAME --role read --data DATA` prints one \
+    (it works at once); send it as `Authorization: Bearer TOKEN`, or log in to the dashboard \
+    at /ui/login with it (a server started with --public-read lets anyone read)";
+
+/// A 401 with `message` and a challenge naming the scheme.
+fn unauthorized(message: &str) -> Response {
+    let mut r = error(StatusCode::UNAUTHORIZED, message);
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer realm=\"strata\""),
+    );
+    r
+}
+
+/// Refuses a caller whose role is below `needed` (403, naming both; 401
+/// for the anonymous reader, who needs a token).
 pub fn check_role(c: &Caller, needed: Role) -> Result<(), Response> {
     if c.role >= needed {
         return Ok(());
     }
-    let status = if c.name == "anonymous" {
-        StatusCode::UNAUTHORIZED
-    } else {
-        StatusCode::FORBIDDEN
-    };
-    Err(error(
-        status,
-        format!(
-            "`{}` has the {} role; this needs {} (strata token create NAME --role {})",
-            c.name, c.role, needed, needed
-        ),
-    ))
+    let message = format!(
+        "`{}` has the {} role; this needs {} (strata token create NAME --role {})",
+        c.name, c.role, needed, needed
+    );
+    if c.name == ANONYMOUS {
+        return Err(unauthorized(&message));
+    }
+    Err(error(StatusCode::FORBIDDEN, message))
 }
 
 /// A JSON error body `{"error": "..."}` with `status`.
@@ -247,8 +255,8 @@ pub fn metrics_router() -> Router {
 
 /// `GET /metrics` on the server: as an agent's, plus deploy durations
 /// and outcomes from the apps' history; it needs the read role, like the
-/// rest of the API (so a `--pull-auth` server wants a token: in
-/// Prometheus, `authorization: {credentials: TOKEN}` in the scrape job).
+/// rest of the API (in Prometheus, `authorization: {credentials: TOKEN}`
+/// in the scrape job), unless the server runs with `--public-read`.
 async fn server_metrics(
     axum::extract::State(api): axum::extract::State<Api>,
     headers: HeaderMap,

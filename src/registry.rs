@@ -38,6 +38,10 @@ pub struct Access {
     pub open_push: bool,
     /// Require a credential for pulls too.
     pub pull_auth: bool,
+    /// Let anonymous callers read the server's API, dashboard and
+    /// `/metrics` (`--public-read`); by default every read there needs a
+    /// token with the read role. The registry (`/v2/`) does not look at it.
+    pub public_read: bool,
     /// Allow DELETE of manifests, tags and blobs (content management).
     pub allow_delete: bool,
     /// Refuse blobs larger than this many MiB (413); no limit by default.

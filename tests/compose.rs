@@ -1,8 +1,8 @@
 //! The compose demo cluster (`deploy/compose/`): an image strata builds of
 //! itself, a server and three agents in containers started by
 //! docker-compose; the agents join with the server's token, a prewarm
-//! reaches all three, and this host's engine pulls the image through an
-//! agent and runs it.
+//! (with an API token made in the server's container) reaches all three,
+//! and this host's engine pulls the image through an agent and runs it.
 
 mod common;
 
@@ -84,11 +84,30 @@ fn the_compose_cluster_joins_prewarms_and_serves_the_host_engine() {
     let o = cluster.compose(&["up", "-d"]);
     assert!(o.status.success(), "docker-compose up: {}", stderr(&o));
     let server = format!("http://127.0.0.1:{port}");
+    // A token, made as the README says, in the server's container while
+    // it runs: the API and the dashboard want one.
+    let o = cluster.compose(&[
+        "exec", "-T", "server", "strata", "token", "create", "tests", "--role", "deploy", "--data", "/data",
+    ]);
+    assert!(o.status.success(), "strata token create: {}", stderr(&o));
+    let token = stdout(&o).trim().to_string();
+    let http = reqwest::blocking::Client::new();
+    assert_eq!(
+        http.get(format!("{server}/strata/api/hosts"))
+            .send()
+            .unwrap()
+            .status(),
+        401,
+        "no anonymous reads"
+    );
 
     // The three agents join and register.
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let hosts: Value = reqwest::blocking::get(format!("{server}/strata/api/hosts"))
+        let hosts: Value = http
+            .get(format!("{server}/strata/api/hosts"))
+            .bearer_auth(&token)
+            .send()
             .ok()
             .and_then(|r| r.json().ok())
             .unwrap_or(Value::Null);
@@ -130,6 +149,7 @@ fn the_compose_cluster_joins_prewarms_and_serves_the_host_engine() {
             "--timeout",
             "120",
         ])
+        .env("STRATA_TOKEN", &token)
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
@@ -148,6 +168,7 @@ fn the_compose_cluster_joins_prewarms_and_serves_the_host_engine() {
         .args([
             "prewarm", "tools:1", "--server", &server, "--hosts", "agent-2", "--load",
         ])
+        .env("STRATA_TOKEN", &token)
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
@@ -156,8 +177,30 @@ fn the_compose_cluster_joins_prewarms_and_serves_the_host_engine() {
         .output()
         .unwrap();
     assert!(o.status.success(), "not loaded: {}", stderr(&o));
-    // The dashboard shows the hosts.
-    let page = reqwest::blocking::get(format!("{server}/ui/hosts"))
+    // The dashboard shows the hosts, after a login with the token.
+    let no_redirects = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = no_redirects
+        .post(format!("{server}/ui/login"))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(form(&[("token", token.as_str()), ("next", "/ui/hosts")]))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/ui/hosts");
+    let cookie = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let page = no_redirects
+        .get(format!("{server}/ui/hosts"))
+        .header("Cookie", cookie)
+        .send()
         .unwrap()
         .text()
         .unwrap();

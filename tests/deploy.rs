@@ -501,11 +501,11 @@ fn release_builds_pushes_and_deploys_then_hotfixes_the_next_war() {
 
     // The registry timed the pushes; a server over the deploy data
     // directory exposes the two releases as deploy metrics.
-    let m = common::scrape(&format!("http://127.0.0.1:{}", serve.port));
+    let m = common::scrape(&serve.url(""), Some(&serve.token));
     let puts = "strata_registry_request_seconds_count{op=\"manifest_put\"}";
     assert!(common::metric(&m, puts).unwrap() >= 2.0, "{m}");
     let over_deploys = common::serve::Serve::start(&app.dir.path().join("data"));
-    let m = common::scrape(&format!("http://127.0.0.1:{}", over_deploys.port));
+    let m = common::scrape(&over_deploys.url(""), Some(&over_deploys.token));
     let series = format!(
         "strata_deploy_seconds_count{{app=\"{}\",action=\"release\",outcome=\"ok\"}}",
         app.name
@@ -580,9 +580,11 @@ fn the_api_and_the_dashboard_deploy_roll_back_and_audit_with_roles() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(app.get("/").unwrap().contains("build two"));
 
-    // The API: anonymous callers read.
+    // The API: a reader reads (without a token: 401, see tests/api.rs).
+    assert_eq!(serve.get("/strata/api/apps", None).status(), 401);
     let list: Value = http
         .get(format!("{base}/strata/api/apps"))
+        .bearer_auth(&reader)
         .send()
         .unwrap()
         .json()
@@ -597,6 +599,7 @@ fn the_api_and_the_dashboard_deploy_roll_back_and_audit_with_roles() {
     assert_eq!(mine["deployed"][0]["ip"], app.ip().as_str());
     let st: Value = http
         .get(format!("{base}/strata/api/apps/{}", app.name))
+        .bearer_auth(&reader)
         .send()
         .unwrap()
         .json()
@@ -604,6 +607,7 @@ fn the_api_and_the_dashboard_deploy_roll_back_and_audit_with_roles() {
     assert_eq!(st["instances"][0]["health"], "healthy", "{st}");
     let logs = http
         .get(format!("{base}/strata/api/apps/{}/logs?tail=20", app.name))
+        .bearer_auth(&reader)
         .send()
         .unwrap();
     assert_eq!(logs.status(), 200);
@@ -611,6 +615,7 @@ fn the_api_and_the_dashboard_deploy_roll_back_and_audit_with_roles() {
     assert!(logs.contains(&format!("{}-1 | ", app.name)), "{logs:?}");
     let tiers: Value = http
         .get(format!("{base}/strata/api/tiers"))
+        .bearer_auth(&reader)
         .send()
         .unwrap()
         .json()
@@ -629,7 +634,11 @@ fn the_api_and_the_dashboard_deploy_roll_back_and_audit_with_roles() {
     );
     assert_eq!(nodes[idx(&format!("{}:b2", app.name)).unwrap()]["parent"], tomcat);
     // Unknown app, bad image, wrong roles: clear errors, audited refusals.
-    let r = http.get(format!("{base}/strata/api/apps/nope")).send().unwrap();
+    let r = http
+        .get(format!("{base}/strata/api/apps/nope"))
+        .bearer_auth(&reader)
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 404);
     assert!(r.text().unwrap().contains("unknown app `nope`"));
     let deploy = |who: Option<&str>, body: Value| {
@@ -732,21 +741,100 @@ fn the_api_and_the_dashboard_deploy_roll_back_and_audit_with_roles() {
         "nothing rolled back"
     );
 
-    // The browser: a reader sees no action, a deployer rolls back.
+    // The browser: a page asked for without a session shows the login
+    // form (401) and comes back to it; a reader sees no action, a
+    // deployer rolls back.
     let Some(mut b) = common::browser::Browser::start() else {
         return;
     };
     let shots =
         std::path::PathBuf::from(std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into()))
             .join("ui-screenshots");
-    let login = |b: &mut common::browser::Browser, t: &str| {
-        b.goto(&format!("{base}/ui/login"));
+    let submit = |b: &mut common::browser::Browser, t: &str| {
         b.navigate_by(&format!(
             "document.querySelector('input[name=token]').value = {}; document.querySelector('form[action=\"/ui/login\"]').submit()",
             serde_json::to_string(t).unwrap()
         ));
     };
-    login(&mut b, &reader);
+    let logs_path = format!("/ui/apps/{}/logs?instance=1", app.name);
+    b.goto(&format!("{base}{logs_path}"));
+    let text = b.text();
+    assert!(
+        text.contains("Reading this server needs a token with the read role")
+            && text.contains("strata token create NAME --role read")
+            && text.contains("not logged in")
+            && !text.contains(&app.ip()),
+        "{text}"
+    );
+    b.screenshot(&shots.join("login.png"));
+    submit(&mut b, &reader);
+    assert_eq!(b.eval("location.pathname + location.search"), logs_path.as_str());
+    assert!(b.text().contains("viewer (read)"), "{}", b.text());
+
+    // The log: newest line at the bottom and in view, long lines wrapped,
+    // and a refresh while following keeps the end in view. In a small
+    // window the lines overflow the box (and wrap).
+    let newest = http
+        .get(format!(
+            "{base}/strata/api/apps/{}/logs?instance=1&tail=1",
+            app.name
+        ))
+        .bearer_auth(&reader)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    b.window(720, 520);
+    b.goto(&format!("{base}{logs_path}"));
+    let log_box = |b: &mut common::browser::Browser| {
+        b.eval(
+            "(() => { const box = document.getElementById('log'); const all = box.querySelector('.lines'); \
+             const bx = box.getBoundingClientRect(), p = all.getBoundingClientRect(); \
+             const probe = document.createElement('span'); probe.style.whiteSpace = 'pre'; \
+             probe.textContent = 'x'.repeat(10); all.appendChild(probe); \
+             const ch = probe.getBoundingClientRect().width / 10; probe.remove(); \
+             const lines = [...all.querySelectorAll('.ln')]; const texts = lines.map(l => l.textContent); \
+             const last = lines[lines.length - 1].getBoundingClientRect(); \
+             return { overflows: box.scrollHeight > box.clientHeight + 1, \
+               end_in_view: last.bottom <= bx.bottom + 1 && last.bottom >= bx.bottom - 20 && bx.bottom <= window.innerHeight, \
+               start_hidden: p.top < bx.top - 1, \
+               long_line: Math.max(...texts.map(l => l.length)) * ch > all.clientWidth, \
+               wide: box.scrollWidth > box.clientWidth + 1 || lines.some(l => l.scrollWidth > l.clientWidth + 1), \
+               last: texts[texts.length - 1], \
+               follows: !!document.querySelector('meta[http-equiv=refresh]') }; })()",
+        )
+    };
+    let v = log_box(&mut b);
+    assert_eq!(v["overflows"], true, "{v}");
+    assert_eq!(v["start_hidden"], true, "the oldest lines are above: {v}");
+    assert_eq!(
+        v["end_in_view"], true,
+        "the newest line is at the bottom, in view: {v}"
+    );
+    assert_eq!(v["long_line"], true, "a line longer than the box: {v}");
+    assert_eq!(v["wide"], false, "long lines wrap: {v}");
+    assert_eq!(v["follows"], true, "{v}");
+    assert_eq!(v["last"].as_str().unwrap(), newest.trim_end(), "{v}");
+    b.screenshot(&shots.join("logs-narrow.png"));
+    // Scrolled to the top, the next refresh brings the end back.
+    b.eval("document.getElementById('log').scrollTop = -1e9; true");
+    assert_eq!(log_box(&mut b)["end_in_view"], false);
+    b.wait_reload();
+    let v = log_box(&mut b);
+    assert_eq!(v["end_in_view"], true, "after a refresh: {v}");
+    // Paused: no refresh, still opened at the end.
+    b.click("a", "Pause");
+    let v = log_box(&mut b);
+    assert!(b.text().contains("Paused"), "{}", b.text());
+    assert_eq!(v["follows"], false, "{v}");
+    assert_eq!(v["end_in_view"], true, "{v}");
+    b.full_window();
+    b.click("a", "Follow");
+    assert!(b.text().contains("Following"), "{}", b.text());
+    assert!(b.text().contains(&format!("{}-1 | ", app.name)));
+    b.screenshot(&shots.join("logs.png"));
+
+    b.goto(&format!("{base}/ui/apps"));
     assert!(b.text().contains(&app.name), "{}", b.text());
     b.screenshot(&shots.join("apps.png"));
     b.goto(&format!("{base}/ui/apps/{}", app.name));
@@ -761,7 +849,9 @@ fn the_api_and_the_dashboard_deploy_roll_back_and_audit_with_roles() {
     );
     b.screenshot(&shots.join("app-read-only.png"));
     b.click("button", "log out");
-    login(&mut b, &serve.token);
+    assert!(b.text().contains("not logged in"), "{}", b.text());
+    b.goto(&format!("{base}/ui/login"));
+    submit(&mut b, &serve.token);
     b.goto(&format!("{base}/ui/apps/{}", app.name));
     assert!(b.text().contains("tests (deploy)"));
     b.screenshot(&shots.join("app.png"));
@@ -783,9 +873,6 @@ fn the_api_and_the_dashboard_deploy_roll_back_and_audit_with_roles() {
     }
     let text = b.text();
     assert!(text.contains("rollback") && text.contains("tests"), "{text}");
-    b.goto(&format!("{base}/ui/apps/{}/logs?instance=1", app.name));
-    assert!(b.text().contains(&format!("{}-1 | ", app.name)));
-    b.screenshot(&shots.join("logs.png"));
     eprintln!("screenshots in {}", shots.display());
 
     // The CLI through the server: a deploy back to b2 (a hotfix), the
@@ -821,7 +908,7 @@ fn the_api_and_the_dashboard_deploy_roll_back_and_audit_with_roles() {
     assert_eq!(h.as_array().unwrap().len(), 4);
 
     // Deploy metrics come from the same history.
-    let m = common::scrape(&base);
+    let m = common::scrape(&base, Some(&reader));
     let rb = format!(
         "strata_deploy_seconds_count{{app=\"{}\",action=\"rollback\",outcome=\"ok\"}}",
         app.name

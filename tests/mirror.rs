@@ -139,13 +139,20 @@ fn an_old_engine_pulls_a_zstd_image_through_an_agent_as_gzip_push_would_have_pus
         .iter()
         .map(|(_, z)| std::fs::metadata(agent_store.join(z.hex())).unwrap().len())
         .sum();
-    let metrics = common::scrape(&mirror);
+    // The agent's pull-through registry serves its /metrics (no token:
+    // agents' listeners are loopback unless placed elsewhere).
+    let metrics = common::scrape(&mirror, None);
     let from_origin = common::metric(&metrics, "strata_p2p_bytes_received_total{source=\"origin\"}").unwrap();
     assert!(
         from_origin >= zstd_bytes as f64,
         "P2P brought {from_origin} bytes, the zstd layers are {zstd_bytes}"
     );
-    let made = || common::metric(&common::scrape(&mirror), "strata_mirror_gzip_layers_made_total");
+    let made = || {
+        common::metric(
+            &common::scrape(&mirror, None),
+            "strata_mirror_gzip_layers_made_total",
+        )
+    };
     assert_eq!(made(), Some(zstd_layers.len() as f64), "{metrics}");
 
     // A second pull transcodes nothing.
@@ -397,7 +404,7 @@ fn containerd_pulls_zstd_and_gzip_images_through_the_agent_with_the_shipped_host
     }
     // No gzip variant was made for containerd: it reads zstd.
     let made = common::metric(
-        &common::scrape(&format!("http://{mirror}")),
+        &common::scrape(&format!("http://{mirror}"), None),
         "strata_mirror_gzip_layers_made_total",
     );
     assert_eq!(made, Some(0.0));
@@ -534,7 +541,7 @@ fn podman_pulls_zstd_and_gzip_images_from_the_origin_and_through_the_agent() {
     }
     // podman reads zstd: the agent made no gzip variant for it.
     let made = common::metric(
-        &common::scrape(&format!("http://{mirror}")),
+        &common::scrape(&format!("http://{mirror}"), None),
         "strata_mirror_gzip_layers_made_total",
     );
     assert_eq!(made, Some(0.0));

@@ -43,7 +43,7 @@ fn every_agent_ends_with_the_blob_and_the_origin_sends_about_one_copy() {
         "origin egress {sent} > 1.2 × {size}"
     );
     // The origin's /metrics agree with its own counters.
-    let m = common::scrape(&format!("http://127.0.0.1:{}", s.registry));
+    let m = common::scrape(&format!("http://127.0.0.1:{}", s.registry), Some(&s.token));
     assert_eq!(
         common::metric(&m, "strata_p2p_bytes_served_total"),
         Some(sent as f64),
@@ -202,7 +202,12 @@ fn a_pushed_blob_has_its_piece_table_before_anyone_asks() {
     // agent asked (one pass; the pass behind a lock for concurrent asks is
     // pinned by the unit test `asking_at_once_makes_one_table`).
     let base = format!("http://127.0.0.1:{}", s.registry);
-    let made = || common::metric(&common::scrape(&base), "strata_p2p_piece_tables_made_total");
+    let made = || {
+        common::metric(
+            &common::scrape(&base, Some(&s.token)),
+            "strata_p2p_piece_tables_made_total",
+        )
+    };
     let deadline = Instant::now() + Duration::from_secs(20);
     while made() != Some(1.0) {
         assert!(
@@ -337,7 +342,8 @@ fn bad_pieces_are_banned(chain: bool) {
     s.assert_holds(0);
     // The agent's /metrics count the bad pieces and where the good ones
     // came from.
-    let m = common::scrape(&metrics);
+    // (An agent's metrics listener takes no token: it is loopback by default.)
+    let m = common::scrape(&metrics, None);
     let failures = common::metric(&m, "strata_p2p_piece_failures_total").unwrap();
     assert!(failures >= 1.0, "{m}");
     let received = common::metric(&m, "strata_p2p_bytes_received_total{source=\"origin\"}").unwrap()
@@ -910,9 +916,7 @@ fn prewarm_puts_an_image_on_the_chosen_hosts_and_a_pull_then_costs_the_origin_no
     // Every agent registers with the server.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let hosts: Value = reqwest::blocking::get(format!("{server}/strata/api/hosts"))
-            .unwrap()
-            .json_value();
+        let hosts = s.api("/strata/api/hosts");
         if hosts.as_array().is_some_and(|h| h.len() == 3) {
             break;
         }
@@ -927,7 +931,7 @@ fn prewarm_puts_an_image_on_the_chosen_hosts_and_a_pull_then_costs_the_origin_no
     // Prewarm rack a only.
     let o = strata()
         .args([
-            "prewarm", &image, "--server", &server, "--label", "rack=a", "--json",
+            "prewarm", &image, "--server", &server, "--label", "rack=a", "--json", "--token", &s.token,
         ])
         .output()
         .unwrap();
@@ -959,7 +963,7 @@ fn prewarm_puts_an_image_on_the_chosen_hosts_and_a_pull_then_costs_the_origin_no
     // --load on the other rack: the engine has the image afterwards.
     let o = strata()
         .args([
-            "prewarm", &image, "--server", &server, "--hosts", "agent-2", "--load",
+            "prewarm", &image, "--server", &server, "--hosts", "agent-2", "--load", "--token", &s.token,
         ])
         .output()
         .unwrap();
@@ -975,9 +979,7 @@ fn prewarm_puts_an_image_on_the_chosen_hosts_and_a_pull_then_costs_the_origin_no
     // (Its last piece announcements travel apart from the prewarm's answer.)
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let hosts: Value = reqwest::blocking::get(format!("{server}/strata/api/hosts"))
-            .unwrap()
-            .json_value();
+        let hosts = s.api("/strata/api/hosts");
         let agent0 = hosts
             .as_array()
             .unwrap()
@@ -996,13 +998,15 @@ fn prewarm_puts_an_image_on_the_chosen_hosts_and_a_pull_then_costs_the_origin_no
     }
 
     // Three hosts prewarmed, each timed.
-    let m = common::scrape(&server);
+    let m = common::scrape(&server, Some(&s.token));
     let ok = "strata_prewarm_host_seconds_count{outcome=\"ok\"}";
     assert_eq!(common::metric(&m, ok), Some(3.0), "{m}");
 
     // An unknown host: refused, saying which hosts exist.
     let o = strata()
-        .args(["prewarm", &image, "--server", &server, "--hosts", "nope"])
+        .args([
+            "prewarm", &image, "--server", &server, "--hosts", "nope", "--token", &s.token,
+        ])
         .output()
         .unwrap();
     assert!(!o.status.success());
@@ -1012,16 +1016,6 @@ fn prewarm_puts_an_image_on_the_chosen_hosts_and_a_pull_then_costs_the_origin_no
         stderr(&o)
     );
     drop(agents);
-}
-
-trait JsonValue {
-    fn json_value(self) -> Value;
-}
-
-impl JsonValue for reqwest::blocking::Response {
-    fn json_value(self) -> Value {
-        serde_json::from_slice(&self.bytes().unwrap()).unwrap_or(Value::Null)
-    }
 }
 
 #[test]

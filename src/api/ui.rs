@@ -4,8 +4,10 @@
 //! tier graph, an instance's log, the audit log. No script, no build step.
 //!
 //! A browser logs in with a token and gets a session cookie (HttpOnly,
-//! SameSite=Strict); a server that lets anonymous callers read gives them
-//! a session without logging in. Every form carries the session's CSRF
+//! SameSite=Strict, Secure over HTTPS). A page asked for without a session
+//! answers 401 with the login form, which brings the browser back to that
+//! page; only a `--public-read` server gives anonymous visitors a
+//! read-only session instead. Every form carries the session's CSRF
 //! token and a POST without it is refused. Users below the deploy role see
 //! no action buttons, and the POST handlers check the role again.
 
@@ -13,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use axum::Form;
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
@@ -44,7 +46,7 @@ impl UiSession {
     fn nobody() -> UiSession {
         UiSession {
             caller: Caller {
-                name: "anonymous".into(),
+                name: String::new(),
                 role: Role::Read,
             },
             csrf: String::new(),
@@ -86,9 +88,15 @@ fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .find_map(|kv| kv.trim().strip_prefix(name)?.strip_prefix('='))
 }
 
-fn set_cookie(r: &mut Response, id: &str, max_age: u64) {
-    let c = format!("{COOKIE}={id}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={max_age}");
-    if let Ok(v) = HeaderValue::from_str(&c) {
+/// The `Set-Cookie` value for session `id` (empty with max age 0: the
+/// cookie's removal); `Secure` when the server speaks HTTPS.
+fn cookie_header(api: &Api, id: &str, max_age: u64) -> String {
+    let secure = if api.cfg.https { "; Secure" } else { "" };
+    format!("{COOKIE}={id}; Path=/ui; HttpOnly; SameSite=Strict{secure}; Max-Age={max_age}")
+}
+
+fn set_cookie(r: &mut Response, cookie: &str) {
+    if let Ok(v) = HeaderValue::from_str(cookie) {
         r.headers_mut().append(header::SET_COOKIE, v);
     }
 }
@@ -133,23 +141,30 @@ impl Api {
     }
 }
 
-/// The page's session, a new anonymous one (with its cookie), or the
-/// login page when the server lets no one in without a token.
-fn session(api: &Api, headers: &HeaderMap) -> Result<(UiSession, Option<String>), Response> {
+/// The page's session, a new anonymous one (with its cookie) on a
+/// `--public-read` server, or else the login form (401) that comes back
+/// to `here` once logged in.
+fn session(api: &Api, headers: &HeaderMap, here: &str) -> Result<(UiSession, Option<String>), Response> {
     if let Some(s) = api.session_of(headers) {
         return Ok((s, None));
     }
     match api.anonymous() {
         Some(c) => {
             let (id, s) = api.new_session(c);
-            Ok((s, Some(id)))
+            Ok((s, Some(cookie_header(api, &id, SESSION_TTL.as_secs()))))
         }
-        None => Err(Redirect::to("/ui/login").into_response()),
+        None => Err(login_form(
+            api,
+            &UiSession::nobody(),
+            StatusCode::UNAUTHORIZED,
+            "",
+            here,
+        )),
     }
 }
 
 /// A page's visitor: their session and, when it was just made, the
-/// cookie to set (see [`session`]); otherwise the login page answers.
+/// cookie to set (see [`session`]); otherwise the login form answers.
 pub(super) struct Visitor(UiSession, Option<String>);
 
 impl axum::extract::FromRequestParts<Api> for Visitor {
@@ -159,8 +174,18 @@ impl axum::extract::FromRequestParts<Api> for Visitor {
         parts: &mut axum::http::request::Parts,
         api: &Api,
     ) -> Result<Visitor, Response> {
-        session(api, &parts.headers).map(|(s, cookie)| Visitor(s, cookie))
+        let here = parts.uri.path_and_query().map_or("/ui/apps", |p| p.as_str());
+        session(api, &parts.headers, here).map(|(s, cookie)| Visitor(s, cookie))
     }
+}
+
+/// Where a login may send the browser: a dashboard page of this server,
+/// nothing else (no other host, no scheme, no header injection).
+fn local_next(next: &str) -> &str {
+    let ok = (next == "/ui" || next.starts_with("/ui/"))
+        && next.len() <= 2048
+        && next.bytes().all(|b| b.is_ascii_graphic() && b != b'\\');
+    if ok { next } else { "/ui/apps" }
 }
 
 /// HTML-escapes text.
@@ -204,6 +229,11 @@ button.danger{background:#b42318}form.inline{display:inline}\
 .bar{background:#e3e6eb;border-radius:3px;width:200px;height:10px;display:inline-block;vertical-align:middle}\
 .bar span{display:block;height:10px;border-radius:3px;background:#2557d6}\
 pre{background:#11151c;color:#d6deeb;padding:10px;overflow:auto;font-size:12px}\
+.log{display:flex;flex-direction:column-reverse;overflow-y:auto;max-height:calc(100vh - 170px);\
+background:#11151c;color:#d6deeb;color-scheme:dark}\
+.lines{padding:8px 10px;font:12px/1.45 ui-monospace,monospace}\
+.ln{white-space:pre-wrap;overflow-wrap:anywhere;padding-left:4ch;text-indent:-4ch;min-height:1.45em}\
+.ln .src{color:#7f8ba3}\
 .tier{font:13px ui-monospace,monospace}.box{background:#fff;padding:12px;border:1px solid #e3e6eb}";
 
 fn page(
@@ -216,7 +246,9 @@ fn page(
     let refresh = refresh
         .map(|n| format!("<meta http-equiv=\"refresh\" content=\"{n}\">"))
         .unwrap_or_default();
-    let who = if s.caller.name == "anonymous" {
+    let who = if s.caller.name.is_empty() {
+        "not logged in".to_string()
+    } else if s.caller.name == super::ANONYMOUS {
         format!("anonymous ({}) · <a href=\"/ui/login\">log in</a>", s.caller.role)
     } else {
         format!(
@@ -244,8 +276,8 @@ fn page(
             "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
         ),
     );
-    if let Some(id) = new_cookie {
-        set_cookie(&mut r, &id, SESSION_TTL.as_secs());
+    if let Some(c) = new_cookie {
+        set_cookie(&mut r, &c);
     }
     r
 }
@@ -260,17 +292,61 @@ fn health_class(h: &str) -> &'static str {
     if h == "healthy" || h == "ok" { "ok" } else { "bad" }
 }
 
-async fn login_page(State(api): State<Api>, headers: HeaderMap) -> Response {
+/// The login form with `status`, an optional problem, and the page to
+/// go to afterwards, for `s` (nobody, or a session logging in anew). It
+/// shows no app's data.
+fn login_form(api: &Api, s: &UiSession, status: StatusCode, problem: &str, next: &str) -> Response {
+    let why = if api.anonymous().is_some() {
+        "Anyone may read this server; a token with the deploy role also deploys and rolls back."
+    } else {
+        "Reading this server needs a token with the read role (or deploy, or admin)."
+    };
+    let problem = if problem.is_empty() {
+        String::new()
+    } else {
+        format!("<p class=\"bad\" id=\"problem\">{}</p>", esc(problem))
+    };
+    let body = format!(
+        "<h1>Log in</h1>{problem}<form method=\"post\" action=\"/ui/login\" class=\"box\">\
+         <p>{why}</p><p>On the server, <code>strata token create NAME --role read --data DATA</code> \
+         prints one (it works at once); <code>--role deploy</code> also deploys and rolls back.</p>\
+         <input type=\"hidden\" name=\"next\" value=\"{}\">\
+         <input type=\"password\" name=\"token\" size=\"60\" autocomplete=\"current-password\" autofocus> \
+         <button>Log in</button></form>",
+        esc(local_next(next))
+    );
+    let mut r = page("Log in", s, None, None, &body);
+    *r.status_mut() = status;
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"strata\""),
+        );
+    }
+    r
+}
+
+#[derive(Deserialize)]
+struct NextQuery {
+    next: Option<String>,
+}
+
+async fn login_page(State(api): State<Api>, headers: HeaderMap, Query(q): Query<NextQuery>) -> Response {
     let s = api.session_of(&headers).unwrap_or_else(UiSession::nobody);
-    let body = "<h1>Log in</h1><form method=\"post\" action=\"/ui/login\" class=\"box\">\
-        <p>A token from <code>strata token create NAME --role read|deploy|admin</code>.</p>\
-        <input type=\"password\" name=\"token\" size=\"60\" autofocus> <button>Log in</button></form>";
-    page("Log in", &s, None, None, body)
+    login_form(
+        &api,
+        &s,
+        StatusCode::OK,
+        "",
+        q.next.as_deref().unwrap_or("/ui/apps"),
+    )
 }
 
 #[derive(Deserialize)]
 struct LoginForm {
     token: String,
+    #[serde(default)]
+    next: String,
 }
 
 async fn login(State(api): State<Api>, Form(f): Form<LoginForm>) -> Response {
@@ -279,15 +355,16 @@ async fn login(State(api): State<Api>, Form(f): Form<LoginForm>) -> Response {
     match api.token_caller(&format!("Bearer {}", f.token.trim())) {
         Some(c) => {
             let (id, _) = api.new_session(c);
-            let mut r = Redirect::to("/ui/apps").into_response();
-            set_cookie(&mut r, &id, SESSION_TTL.as_secs());
+            let mut r = Redirect::to(local_next(&f.next)).into_response();
+            set_cookie(&mut r, &cookie_header(&api, &id, SESSION_TTL.as_secs()));
             r
         }
-        None => message_page(
+        None => login_form(
+            &api,
             &UiSession::nobody(),
-            "Log in failed",
             StatusCode::UNAUTHORIZED,
-            "<p>The token is not valid. <a href=\"/ui/login\">Try again</a>.</p>",
+            "That token is not valid here: it is not in the server's credentials file.",
+            &f.next,
         ),
     }
 }
@@ -318,7 +395,7 @@ async fn logout(State(api): State<Api>, headers: HeaderMap, Form(f): Form<CsrfFo
             .remove(id);
     }
     let mut r = Redirect::to("/ui/apps").into_response();
-    set_cookie(&mut r, "", 0);
+    set_cookie(&mut r, &cookie_header(&api, "", 0));
     r
 }
 
@@ -350,5 +427,24 @@ mod tests {
         assert!(csrf_ok(&s, "tok"));
         assert!(!csrf_ok(&s, "tok2"));
         assert!(!csrf_ok(&s, ""));
+    }
+
+    #[test]
+    fn a_login_returns_to_dashboard_pages_only() {
+        for ok in ["/ui", "/ui/audit", "/ui/apps/shop/logs?instance=1&follow=0"] {
+            assert_eq!(local_next(ok), ok);
+        }
+        for bad in [
+            "",
+            "https://evil.example/ui/",
+            "//evil.example/ui/",
+            "/uix",
+            "/v2/x",
+            "/ui/\\evil",
+            "/ui/a b",
+            "/ui/a\r\nSet-Cookie: x=1",
+        ] {
+            assert_eq!(local_next(bad), "/ui/apps", "{bad:?}");
+        }
     }
 }

@@ -12,12 +12,21 @@ use anyhow::{Context, Result};
 /// containerd. Blobs are verified while they stream and become visible only
 /// after their digest matched; upload sessions survive a restart.
 ///
+/// Beside the registry it serves the deployment center: the API
+/// (/strata/api/...), the dashboard (/ui) and /metrics. Reading any of
+/// them needs a token with the read role (or deploy, or admin), unless
+/// --public-read; changing anything through them always needs a token.
+/// Registry pulls (/v2/...) stay anonymous unless --pull-auth; pushes need
+/// a deploy token unless --open-push.
+///
 /// Examples:
 ///   strata token create jenkins --data /var/lib/strata   # prints a push token once
+///   strata token create me --role read --data /var/lib/strata   # to read the API and the dashboard
 ///   strata serve                                  # 127.0.0.1:5000, data in ./strata-data
 ///   strata serve --listen 0.0.0.0:5000 --data /var/lib/strata
 ///   skopeo copy --dest-creds jenkins:TOKEN --dest-tls-verify=false oci:out/oci:tomcat docker://127.0.0.1:5000/strata/tomcat:1
 ///   docker pull 127.0.0.1:5000/strata/tomcat:1     # loopback needs no TLS
+///   curl -H "Authorization: Bearer TOKEN" http://127.0.0.1:5000/strata/api/apps
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -34,16 +43,30 @@ pub struct Args {
     /// override it. See deploy/examples/serve.toml.
     #[arg(long, short)]
     pub config: Option<PathBuf>,
-    /// Credentials file (`NAME:SHA256` lines from `strata token create`);
-    /// default DATA/credentials. Pushing needs one of its tokens.
+    /// Credentials file (`NAME:SHA256:ROLE` lines from `strata token
+    /// create`); default DATA/credentials. Pushes, and the API and the
+    /// dashboard (reads too, unless --public-read), need one of its
+    /// tokens; the file is read again when it changes, so a new token
+    /// works at once.
     #[arg(long)]
     pub credentials: Option<PathBuf>,
-    /// Accept pushes without a credential (for demos and throwaway setups).
+    /// Accept registry pushes without a credential (for demos and
+    /// throwaway setups). The API's deploys, rollbacks and prewarms still
+    /// need a token.
     #[arg(long)]
     pub open_push: bool,
-    /// Require a credential for pulls too (anonymous pulls by default).
+    /// Require a credential for registry pulls too (anonymous pulls by
+    /// default).
     #[arg(long)]
     pub pull_auth: bool,
+    /// Let anyone read the API, the dashboard and /metrics without a token
+    /// (apps, their IPs, history, logs, hosts, the audit log): for a
+    /// server only trusted people can reach. By default every read there
+    /// needs a token with the read role (`strata token create NAME --role
+    /// read`). Deploys, rollbacks and prewarms still need a token; the
+    /// registry's pulls do not depend on it (see --pull-auth).
+    #[arg(long)]
+    pub public_read: bool,
     /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
     #[arg(long, requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -126,6 +149,7 @@ pub fn run(mut a: Args) -> Result<()> {
     a.credentials = a.credentials.or(cfg.auth.credentials);
     a.open_push |= cfg.auth.open_push;
     a.pull_auth |= cfg.auth.pull_auth;
+    a.public_read |= cfg.auth.public_read;
     a.allow_delete |= cfg.storage.allow_delete;
     a.max_blob_mib = a.max_blob_mib.or(cfg.storage.max_blob_mib);
     a.upload_ttl = a.upload_ttl.or(cfg.storage.upload_ttl);
@@ -141,17 +165,12 @@ pub fn run(mut a: Args) -> Result<()> {
     rt.block_on(async {
         let cred_path = a.credentials.clone().unwrap_or_else(|| data.join("credentials"));
         let credentials = strata::registry::auth::Credentials::load(&cred_path)?;
-        if credentials.is_empty() && !a.open_push {
-            eprintln!(
-                "strata registry: no tokens in {}; pushes are refused until `strata token create NAME --data {}`",
-                cred_path.display(),
-                data.display()
-            );
-        }
+        let no_tokens = credentials.is_empty();
         let access = strata::registry::Access {
             credentials,
             open_push: a.open_push,
             pull_auth: a.pull_auth,
+            public_read: a.public_read,
             allow_delete: a.allow_delete,
             max_blob_mib: a.max_blob_mib,
             upload_ttl: a.upload_ttl,
@@ -160,7 +179,11 @@ pub fn run(mut a: Args) -> Result<()> {
                 allow_sparse_index: a.allow_sparse_index,
             },
         };
-        let tls = a.tls_cert.clone().zip(a.tls_key.clone()).map(|(cert, key)| strata::registry::TlsFiles { cert, key });
+        let tls = a
+            .tls_cert
+            .clone()
+            .zip(a.tls_key.clone())
+            .map(|(cert, key)| strata::registry::TlsFiles { cert, key });
         let scheme = if tls.is_some() { "https" } else { "http" };
         let mut server = strata::registry::Server::bind(listen, data.clone(), access, tls)
             .await
@@ -217,13 +240,64 @@ pub fn run(mut a: Args) -> Result<()> {
             apps: a.apps.clone(),
             leases: a.leases.clone(),
             credentials_file: cred_path.clone(),
+            https: scheme == "https",
         }));
         std::io::stdout().flush()?;
-        eprintln!("strata registry: data in {}; Ctrl-C stops", data.display());
+        for line in access_lines(&a, &data, &cred_path, no_tokens) {
+            eprintln!("strata serve: {line}");
+        }
+        eprintln!("strata serve: data in {}; Ctrl-C stops", data.display());
         server.run(shutdown_signal()).await?;
-        eprintln!("strata registry: stopped");
+        eprintln!("strata serve: stopped");
         Ok(())
     })
+}
+
+/// What the server tells at startup about who may do what.
+fn access_lines(
+    a: &Args,
+    data: &std::path::Path,
+    cred_path: &std::path::Path,
+    no_tokens: bool,
+) -> Vec<String> {
+    let make = |role: &str| {
+        format!(
+            "`strata token create NAME --role {role} --data {}`",
+            data.display()
+        )
+    };
+    let mut out = vec![if a.public_read {
+        "reads of the API, the dashboard and /metrics are open to anyone (--public-read); \
+         deploys, rollbacks and prewarms need a deploy token"
+            .to_string()
+    } else {
+        format!(
+            "reads of the API, the dashboard (/ui) and /metrics need a token with the read role: {} \
+             makes one (it works at once; --public-read would open reads to anyone)",
+            make("read")
+        )
+    }];
+    out.push(format!(
+        "registry pulls: {}; pushes: {}",
+        if a.pull_auth {
+            "need a read token (--pull-auth)"
+        } else {
+            "anonymous"
+        },
+        if a.open_push {
+            "anonymous (--open-push)"
+        } else {
+            "need a deploy token"
+        }
+    ));
+    if no_tokens {
+        out.push(format!(
+            "no tokens in {} yet: {}",
+            cred_path.display(),
+            make("read|deploy|admin")
+        ));
+    }
+    out
 }
 
 /// Waits for Ctrl-C or SIGTERM.

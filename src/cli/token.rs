@@ -19,9 +19,15 @@ pub enum Command {
 /// Create a token and print it once (only its hash is stored).
 ///
 /// Use it as a password with any user name (`--dest-creds NAME:TOKEN`,
-/// `docker login`) or as `Authorization: Bearer TOKEN`. A running server
-/// reads new tokens when it restarts.
+/// `docker login`), as `Authorization: Bearer TOKEN`, or to log in to the
+/// dashboard (/ui). A running server rereads the file when it changes, so
+/// the token works at once.
+///
+/// Examples:
+///   strata token create jenkins --data /var/lib/strata            # pushes, deploys (deploy role)
+///   strata token create viewer --role read --data /var/lib/strata # reads the API, dashboard, /metrics
 #[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
 pub struct Create {
     /// A name for the token, e.g. the CI job using it.
     pub name: String,
@@ -31,9 +37,9 @@ pub struct Create {
     /// Write to this credentials file instead.
     #[arg(long)]
     pub credentials: Option<PathBuf>,
-    /// What the token may do: `read` (pull, read the API and dashboard),
-    /// `deploy` (also push, prewarm, deploy, roll back), `admin` (also
-    /// create tokens through the API).
+    /// What the token may do: `read` (pull, read the API, the dashboard
+    /// and /metrics), `deploy` (also push, prewarm, deploy, roll back),
+    /// `admin` (also create tokens through the API).
     #[arg(long, default_value = "deploy")]
     pub role: strata::registry::auth::Role,
 }

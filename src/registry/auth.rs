@@ -9,6 +9,10 @@
 //! deploys and rolls back, `admin` also creates tokens through the API. A
 //! line without a role is `deploy` (the tokens made before roles existed
 //! were push tokens).
+//!
+//! A running server rereads the file when it changes (its modification
+//! time or length), so a token `strata token create` adds works at once
+//! and a line removed by hand stops working at once.
 
 use std::fs;
 use std::io::Write;
@@ -28,6 +32,8 @@ pub enum AuthError {
     BadRole(String),
     #[error("token name `{0}` must be [A-Za-z0-9._-]+")]
     BadName(String),
+    #[error("token name `anonymous` is reserved for callers without a token")]
+    ReservedName,
 }
 
 /// What a token may do; each role includes the ones before it.
@@ -73,6 +79,19 @@ impl std::fmt::Display for Role {
 #[derive(Debug, Clone, Default)]
 pub struct Credentials {
     hashes: std::sync::Arc<std::sync::RwLock<Vec<Entry>>>,
+    /// The file the tokens come from, when they come from one.
+    source: Option<std::sync::Arc<Source>>,
+}
+
+/// A credentials file and its (modification time, length) when last read.
+#[derive(Debug)]
+struct Source {
+    path: PathBuf,
+    seen: std::sync::Mutex<Option<(std::time::SystemTime, u64)>>,
+}
+
+fn stamp(path: &Path) -> Option<(std::time::SystemTime, u64)> {
+    fs::metadata(path).and_then(|m| Ok((m.modified()?, m.len()))).ok()
 }
 
 /// A token's name, the sha256 of the token, and its role.
@@ -90,44 +109,77 @@ pub(crate) fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-impl Credentials {
-    /// Reads a credentials file; a missing file means no tokens.
-    pub fn load(path: &Path) -> Result<Credentials, AuthError> {
-        let text = match fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Credentials::default()),
-            Err(source) => {
-                return Err(AuthError::Io {
-                    path: path.to_path_buf(),
-                    source,
-                });
-            }
-        };
-        let mut hashes = Vec::new();
-        for (i, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let bad = || AuthError::BadLine {
+/// The entries of a credentials file; a missing file has none.
+fn read_entries(path: &Path) -> Result<Vec<Entry>, AuthError> {
+    let text = match fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(AuthError::Io {
                 path: path.to_path_buf(),
-                line: i + 1,
-            };
-            let (name, rest) = line.split_once(':').ok_or_else(bad)?;
-            let (hexhash, role) = match rest.split_once(':') {
-                Some((h, r)) => (h, r.parse().map_err(|_| bad())?),
-                None => (rest, Role::Deploy),
-            };
-            let mut h = [0u8; 32];
-            hex::decode_to_slice(hexhash, &mut h).map_err(|_| bad())?;
-            hashes.push((name.to_string(), h, role));
+                source,
+            });
         }
+    };
+    let mut hashes = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let bad = || AuthError::BadLine {
+            path: path.to_path_buf(),
+            line: i + 1,
+        };
+        let (name, rest) = line.split_once(':').ok_or_else(bad)?;
+        let (hexhash, role) = match rest.split_once(':') {
+            Some((h, r)) => (h, r.parse().map_err(|_| bad())?),
+            None => (rest, Role::Deploy),
+        };
+        let mut h = [0u8; 32];
+        hex::decode_to_slice(hexhash, &mut h).map_err(|_| bad())?;
+        hashes.push((name.to_string(), h, role));
+    }
+    Ok(hashes)
+}
+
+impl Credentials {
+    /// Reads a credentials file (a missing file means no tokens) and
+    /// rereads it whenever it changes.
+    pub fn load(path: &Path) -> Result<Credentials, AuthError> {
+        let seen = stamp(path);
+        let hashes = read_entries(path)?;
         Ok(Credentials {
             hashes: std::sync::Arc::new(std::sync::RwLock::new(hashes)),
+            source: Some(std::sync::Arc::new(Source {
+                path: path.to_path_buf(),
+                seen: std::sync::Mutex::new(seen),
+            })),
         })
     }
 
+    /// Rereads the file when its modification time or length changed. A
+    /// file that no longer reads or parses keeps the tokens read last
+    /// (and says so in the log); a removed file means no tokens.
+    fn refresh(&self) {
+        let Some(src) = &self.source else { return };
+        let mut seen = src.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let now = stamp(&src.path);
+        if now == *seen {
+            return;
+        }
+        *seen = now;
+        match read_entries(&src.path) {
+            Ok(entries) => {
+                *self.hashes.write().unwrap_or_else(|e| e.into_inner()) = entries;
+                tracing::info!("credentials: reread {}", src.path.display());
+            }
+            Err(e) => tracing::error!("credentials: {e}; keeping the tokens read before"),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
+        self.refresh();
         self.hashes.read().unwrap_or_else(|e| e.into_inner()).is_empty()
     }
 
@@ -160,6 +212,7 @@ impl Credentials {
             return None;
         };
         let presented = sha(&token);
+        self.refresh();
         // Compare against every entry, so the time does not tell which matched.
         let mut found = None;
         for (name, h, role) in self.hashes.read().unwrap_or_else(|e| e.into_inner()).iter() {
@@ -185,6 +238,10 @@ pub fn create_token_with_role(path: &Path, name: &str, role: Role) -> Result<Str
             .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
     {
         return Err(AuthError::BadName(name.to_string()));
+    }
+    if name == "anonymous" {
+        // The API and the audit log call a caller without a token that.
+        return Err(AuthError::ReservedName);
     }
     // Two v4 UUIDs: 244 bits from the operating system's random source.
     let token = format!(
@@ -238,6 +295,10 @@ mod tests {
         assert_eq!(c.check(Some("Bearer nope")), None);
         assert_eq!(c.check(None), None);
         assert!(create_token(&p, "bad name").is_err());
+        assert!(matches!(
+            create_token(&p, "anonymous"),
+            Err(AuthError::ReservedName)
+        ));
     }
 
     #[test]
@@ -260,5 +321,38 @@ mod tests {
         std::fs::write(&p, format!("x:{}:root\n", hex::encode(sha(old)))).unwrap();
         let e = Credentials::load(&p).unwrap_err().to_string();
         assert!(e.contains(":1:"), "{e}");
+    }
+
+    #[test]
+    fn a_changed_file_is_reread_at_once() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("credentials");
+        let c = Credentials::load(&p).unwrap();
+        assert!(c.is_empty());
+        // Added by another process (`strata token create`) after loading.
+        let t = create_token_with_role(&p, "viewer", Role::Read).unwrap();
+        let bearer = format!("Bearer {t}");
+        assert_eq!(
+            c.check_role(Some(&bearer)),
+            Some(("viewer".to_string(), Role::Read))
+        );
+        // A clone (the API's) sees the same tokens.
+        assert_eq!(c.clone().check(Some(&bearer)).as_deref(), Some("viewer"));
+        // A line removed by hand stops working; a broken file keeps the
+        // tokens read before.
+        let u = create_token(&p, "jenkins").unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        let kept: String = text
+            .lines()
+            .filter(|l| !l.starts_with("viewer:"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&p, kept).unwrap();
+        assert_eq!(c.check(Some(&bearer)), None);
+        assert_eq!(c.check(Some(&format!("Bearer {u}"))).as_deref(), Some("jenkins"));
+        std::fs::write(&p, "not a credential line at all\n").unwrap();
+        assert_eq!(c.check(Some(&format!("Bearer {u}"))).as_deref(), Some("jenkins"));
+        std::fs::remove_file(&p).unwrap();
+        assert!(c.is_empty());
     }
 }

@@ -31,6 +31,10 @@ pub struct AuthConfig {
     pub open_push: bool,
     #[serde(default)]
     pub pull_auth: bool,
+    /// Anonymous reads of the API, dashboard and `/metrics` (tokens by
+    /// default).
+    #[serde(default)]
+    pub public_read: bool,
 }
 
 #[derive(Debug, Deserialize)]

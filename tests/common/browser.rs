@@ -184,6 +184,26 @@ impl Browser {
         self.navigate_by(&js);
     }
 
+    /// Makes the viewport `width` × `height` CSS pixels (a narrow or
+    /// short window); [`Browser::full_window`] undoes it.
+    pub fn window(&mut self, width: u32, height: u32) {
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({ "width": width, "height": height, "deviceScaleFactor": 1, "mobile": false }),
+        );
+    }
+
+    /// Back to the window Chromium started with.
+    pub fn full_window(&mut self) {
+        self.call("Emulation.clearDeviceMetricsOverride", json!({}));
+    }
+
+    /// Waits for the page to load again by itself (a refresh): the next
+    /// load event after the one the last navigation waited for.
+    pub fn wait_reload(&mut self) {
+        self.wait_event("Page.loadEventFired");
+    }
+
     /// Saves a PNG of the viewport.
     pub fn screenshot(&mut self, path: &Path) {
         let r = self.call("Page.captureScreenshot", json!({ "format": "png" }));

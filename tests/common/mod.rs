@@ -191,6 +191,26 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// An `application/x-www-form-urlencoded` body of `pairs`.
+pub fn form(pairs: &[(&str, &str)]) -> String {
+    let enc = |s: &str| -> String {
+        s.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect()
+    };
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
 /// The value of one series (`name{labels}` exactly as exposed) in a
 /// Prometheus text exposition.
 pub fn metric(text: &str, series: &str) -> Option<f64> {
@@ -198,9 +218,14 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
-/// `GET URL/metrics` as text.
-pub fn scrape(base: &str) -> String {
-    let r = reqwest::blocking::get(format!("{base}/metrics")).unwrap();
+/// `GET URL/metrics` as text, with `token` (a server's `/metrics` needs
+/// one unless it runs with `--public-read`; an agent's needs none).
+pub fn scrape(base: &str, token: Option<&str>) -> String {
+    let mut rq = reqwest::blocking::Client::new().get(format!("{base}/metrics"));
+    if let Some(t) = token {
+        rq = rq.bearer_auth(t);
+    }
+    let r = rq.send().unwrap();
     assert_eq!(r.status(), 200, "{base}/metrics");
     let ct = r
         .headers()

@@ -12,7 +12,10 @@ use super::{stderr, stdout, strata};
 pub struct Serve {
     pub child: Child,
     pub port: u16,
+    /// A deploy token (it reads, pushes and deploys).
     pub token: String,
+    /// What the server wrote to stderr as it started (who may do what).
+    pub startup: Vec<String>,
 }
 
 impl Serve {
@@ -42,7 +45,7 @@ impl Serve {
             .arg(data)
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let mut line = String::new();
@@ -55,7 +58,37 @@ impl Serve {
             .next()
             .and_then(|p| p.parse().ok())
             .expect("listening line");
-        Serve { child, port, token }
+        // The startup lines end with "Ctrl-C stops"; the rest is drained
+        // so the server never blocks on a full pipe.
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let mut startup = Vec::new();
+        loop {
+            let mut l = String::new();
+            if err.read_line(&mut l).unwrap_or(0) == 0 {
+                break;
+            }
+            let done = l.contains("Ctrl-C stops");
+            startup.push(l.trim_end().to_string());
+            if done {
+                break;
+            }
+        }
+        std::thread::spawn(move || for _ in err.lines() {});
+        Serve {
+            child,
+            port,
+            token,
+            startup,
+        }
+    }
+
+    /// `GET path` with `token` (none: anonymously).
+    pub fn get(&self, path: &str, token: Option<&str>) -> reqwest::blocking::Response {
+        let mut rq = Client::new().get(self.url(path));
+        if let Some(t) = token {
+            rq = rq.bearer_auth(t);
+        }
+        rq.send().unwrap()
     }
 
     /// A client that sends the push token with every request.

@@ -15,7 +15,7 @@ use strata::digest::Digest;
 use strata::p2p::node::{Node, NodeConfig};
 use strata::p2p::tls::Identity;
 
-use super::{noise, repo, stderr, strata, unique};
+use super::{noise, repo, stderr, stdout, strata, unique};
 
 /// A child process whose stdout lines arrive on a channel; killed on drop.
 pub struct Proc {
@@ -71,6 +71,9 @@ pub struct Swarm {
     pub p2p: SocketAddr,
     pub blob: Vec<u8>,
     pub digest: Digest,
+    /// A deploy token of the origin: its API reads (hosts, /metrics)
+    /// and prewarms need one. (Pushes to it are open: `--open-push`.)
+    pub token: String,
 }
 
 pub fn certs(dir: &Path, ca: &str, names: &[&str]) -> PathBuf {
@@ -107,6 +110,13 @@ impl Swarm {
         names.extend((0..agents).map(|i| format!("agent-{i}")));
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         let certs = certs(dir, "ca", &refs);
+        let o = strata()
+            .args(["token", "create", "tests", "--data"])
+            .arg(dir.join("origin"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        let token = stdout(&o).trim().to_string();
         let origin = Proc::spawn(
             strata()
                 .args(["serve", "--open-push", "--listen", "127.0.0.1:0", "--data"])
@@ -142,6 +152,7 @@ impl Swarm {
             p2p,
             blob,
             digest,
+            token,
         }
     }
 
@@ -303,12 +314,22 @@ impl Swarm {
         self.node(rt, name)
     }
 
+    /// `GET path` on the origin with the swarm's token, as JSON (null
+    /// when the answer is not JSON).
+    pub fn api(&self, path: &str) -> Value {
+        let body = reqwest::blocking::Client::new()
+            .get(format!("http://127.0.0.1:{}{path}", self.registry))
+            .bearer_auth(&self.token)
+            .send()
+            .unwrap()
+            .bytes()
+            .unwrap();
+        serde_json::from_slice(&body).unwrap_or(Value::Null)
+    }
+
     /// The hosts the origin knows, by name (`/strata/api/hosts`).
     pub fn hosts(&self) -> std::collections::BTreeMap<String, Value> {
-        let v: Value = reqwest::blocking::get(format!("http://127.0.0.1:{}/strata/api/hosts", self.registry))
-            .unwrap()
-            .json()
-            .unwrap();
+        let v = self.api("/strata/api/hosts");
         v.as_array()
             .unwrap_or_else(|| panic!("no hosts in {v}"))
             .iter()

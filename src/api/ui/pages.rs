@@ -397,29 +397,78 @@ pub(super) async fn rollback(
 #[derive(Deserialize)]
 pub(super) struct LogQuery {
     instance: Option<u32>,
+    /// `0` pauses the page (no refresh), so a reader can scroll back.
+    follow: Option<u8>,
 }
 
+/// Lines the logs page shows.
+const LOG_LINES: usize = 300;
+
+/// An instance's (or every instance's) last lines, oldest first. The box
+/// they are in is a scroll container laid out bottom up (CSS
+/// `column-reverse`), so it opens scrolled to its end: the newest line
+/// at the bottom, in view, on every refresh, with no script (the CSP
+/// allows none). Following refreshes every 5 s; paused, it stays put.
+/// Long lines wrap, their next rows indented.
 pub(super) async fn logs_page(
     State(api): State<Api>,
     Visitor(s, cookie): Visitor,
     Path(app): Path<String>,
     Query(q): Query<LogQuery>,
 ) -> Response {
-    let lines = crate::api::apps::recent_logs(&api, &app, q.instance, 300).await;
+    let lines = crate::api::apps::recent_logs(&api, &app, q.instance, LOG_LINES).await;
     let title = match q.instance {
         Some(i) => format!("{app}-{i} log"),
         None => format!("{app} logs"),
     };
+    let follow = q.follow != Some(0);
+    let here = match q.instance {
+        Some(i) => format!("/ui/apps/{}/logs?instance={i}", seg(&app)),
+        None => format!("/ui/apps/{}/logs?", seg(&app)),
+    };
+    let sep = if here.ends_with('?') { "" } else { "&amp;" };
+    let mode = if follow {
+        format!(
+            "<strong class=\"ok\" id=\"mode\">Following</strong> the last {LOG_LINES} lines, newest at the bottom, \
+             refreshed every 5 s · <a href=\"{here}{sep}follow=0\">Pause</a>"
+        )
+    } else {
+        format!(
+            "<strong id=\"mode\">Paused</strong> on the last {LOG_LINES} lines, newest at the bottom · \
+             <a href=\"{here}\">Follow</a>"
+        )
+    };
     let body = match lines {
+        Ok(l) if l.is_empty() => format!(
+            "<h1>{}</h1><p class=\"muted\">{mode} · <a href=\"/ui/apps/{}\">Back</a></p>\
+             <p class=\"muted\">No lines yet.</p>",
+            esc(&title),
+            seg(&app)
+        ),
         Ok(l) => format!(
-            "<h1>{}</h1><p class=\"muted\">The last 300 lines, refreshed every 5 s. <a href=\"/ui/apps/{}\">Back</a></p><pre>{}</pre>",
+            "<h1>{}</h1><p class=\"muted\">{mode} · <a href=\"/ui/apps/{}\">Back</a></p>\
+             <div class=\"log\" id=\"log\"><div class=\"lines\">{}</div></div>",
             esc(&title),
             seg(&app),
-            esc(&l)
+            log_lines(&l)
         ),
         Err(e) => format!("<h1>{}</h1><p class=\"bad\">{}</p>", esc(&title), esc(&e)),
     };
-    page(&title, &s, cookie, Some(5), &body)
+    page(&title, &s, cookie, follow.then_some(5), &body)
+}
+
+/// `NAME | line` lines as one element each (so a wrapped line hangs
+/// under its first row), the instance's name muted.
+fn log_lines(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + text.len() / 4);
+    for line in text.lines() {
+        let (src, rest) = match line.split_once(" | ") {
+            Some((src, rest)) => (format!("<span class=\"src\">{} | </span>", esc(src)), rest),
+            None => (String::new(), line),
+        };
+        let _ = write!(out, "<div class=\"ln\">{src}{}</div>", esc(rest));
+    }
+    out
 }
 
 pub(super) async fn prewarm_page(State(api): State<Api>, Visitor(s, cookie): Visitor) -> Response {
