@@ -68,7 +68,7 @@ pub enum Command {
 }
 
 /// Options shared by commands that read images.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct StoreArgs {
     /// The content store (blobs, cache records, downloads). Shared by every
     /// build on this machine; safe to delete, it is only a cache.

@@ -15,11 +15,27 @@ use strata::store::Store;
 
 use super::{StoreArgs, images};
 
-/// Where apps are declared and where their state lives.
+/// One app: its name, and where apps are declared and their state lives.
 #[derive(Debug, clap::Args)]
 pub struct AppArgs {
     /// The app's name: its spec is APPS/NAME.toml.
     pub app: String,
+    #[command(flatten)]
+    pub site: SiteArgs,
+}
+
+/// `AppArgs` reads as the site options it carries (`a.apps`, `a.data`…).
+impl std::ops::Deref for AppArgs {
+    type Target = SiteArgs;
+    fn deref(&self) -> &SiteArgs {
+        &self.site
+    }
+}
+
+/// Where apps are declared and where their state lives: what every
+/// command about apps shares (`deploy`, `status`, `drain` …).
+#[derive(Debug, Clone, clap::Args)]
+pub struct SiteArgs {
     /// Folder of app specs.
     #[arg(long, env = "STRATA_APPS", default_value = "deploy/apps")]
     pub apps: PathBuf,

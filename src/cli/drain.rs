@@ -1,14 +1,11 @@
 //! `strata drain HOST`: a Docker host takes no more instances, and every
 //! app's instances on it move to the app's other hosts with their IPs.
 
-use std::path::PathBuf;
-
 use anyhow::{Result, bail};
 use strata::deploy::drain::DrainList;
 use strata::deploy::spec;
 
-use super::StoreArgs;
-use super::deploy::{AppArgs, orchestrator, print_report};
+use super::deploy::{AppArgs, SiteArgs, orchestrator, print_report};
 
 /// Take a Docker host out of service: its instances move to other hosts,
 /// keeping their IPs, and no new instance goes there.
@@ -45,23 +42,8 @@ pub struct Args {
     /// Put the host back into service (nothing moves).
     #[arg(long)]
     pub undo: bool,
-    /// Folder of app specs.
-    #[arg(long, env = "STRATA_APPS", default_value = "deploy/apps")]
-    pub apps: PathBuf,
-    /// Data directory: deploy state, history, drained hosts, leases.
-    #[arg(long, env = "STRATA_DATA", default_value = "strata-data")]
-    pub data: PathBuf,
-    /// IP leases and deploy locks: `file` or `etcd://HOST:PORT[,…]`.
-    #[arg(long, env = "STRATA_LEASES", default_value = "file")]
-    pub leases: String,
-    /// Print JSON instead of text.
-    #[arg(long)]
-    pub json: bool,
-    /// Who the history names for this run (default: $USER@HOST).
-    #[arg(long, env = "STRATA_ACTOR")]
-    pub actor: Option<String>,
     #[command(flatten)]
-    pub store: StoreArgs,
+    pub site: SiteArgs,
 }
 
 /// Whether `endpoint` (as a spec writes it) is what `arg` names: the
@@ -82,8 +64,8 @@ pub fn run(a: Args) -> Result<()> {
     // Every app that lists the host.
     let mut apps = Vec::new();
     let mut endpoints = std::collections::BTreeSet::new();
-    for name in spec::list(&a.apps) {
-        let app = spec::find(&a.apps, &name)?;
+    for name in spec::list(&a.site.apps) {
+        let app = spec::find(&a.site.apps, &name)?;
         let hit: Vec<String> = app
             .hosts
             .iter()
@@ -98,7 +80,7 @@ pub fn run(a: Args) -> Result<()> {
     let endpoint = match endpoints.len() {
         0 => bail!(
             "no app in {} lists a host `{}` (see the `hosts` of its specs)",
-            a.apps.display(),
+            a.site.apps.display(),
             a.host
         ),
         1 => endpoints.into_iter().next().expect("one"),
@@ -108,7 +90,7 @@ pub fn run(a: Args) -> Result<()> {
             endpoints.into_iter().collect::<Vec<_>>().join(", ")
         ),
     };
-    let mut list = DrainList::load(&a.data)?;
+    let mut list = DrainList::load(&a.site.data)?;
     if a.undo {
         if list.remove(&endpoint) {
             list.save()?;
@@ -119,6 +101,7 @@ pub fn run(a: Args) -> Result<()> {
         return Ok(());
     }
     let by = a
+        .site
         .actor
         .clone()
         .filter(|s| !s.trim().is_empty())
@@ -134,15 +117,7 @@ pub fn run(a: Args) -> Result<()> {
     for name in &apps {
         let args = AppArgs {
             app: name.clone(),
-            apps: a.apps.clone(),
-            data: a.data.clone(),
-            leases: a.leases.clone(),
-            json: a.json,
-            actor: a.actor.clone(),
-            store: StoreArgs {
-                store: a.store.store.clone(),
-                layout: a.store.layout.clone(),
-            },
+            site: a.site.clone(),
         };
         let o = args.open()?;
         let orch = orchestrator(&args, &o)?;
