@@ -2,6 +2,10 @@
 //! peers with the [`picker`](super::picker), and — on the origin — keeps
 //! the [`tracker`](super::tracker) and seeds from the registry's store.
 
+mod cache;
+mod prewarm;
+mod uplink;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,6 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
+
+use cache::InUse;
 
 use super::Bitfield;
 use super::picker::{PeerView, pick, unseeded};
@@ -108,8 +114,6 @@ const STREAM_IDLE: Duration = Duration::from_secs(10);
 
 /// Requests in flight to one peer, and in all.
 const PER_PEER: u32 = 1;
-/// Piece times of work an uplink queues before it answers "busy".
-const UPLINK_QUEUE_PIECES: f64 = 1.0;
 /// A holder that answered "busy" is not asked again for the time it named,
 /// within these bounds.
 const MIN_COOLDOWN: Duration = Duration::from_millis(5);
@@ -740,14 +744,6 @@ impl Inner {
         }
     }
 
-    /// Waits for the slot of a piece of `len` bytes on the capped uplink's
-    /// timeline: pieces leave one after another at the capped rate instead
-    /// of sharing the link, so each one arrives (and becomes useful to the
-    /// swarm) as early as possible.
-    async fn upload_slot(&self, len: usize) {
-        slot(&self.upload_free_at, len, self.upload_rate).await;
-    }
-
     /// Sends a piece's bytes; a piece still arriving goes as it comes and
     /// is cut short (the stream reset with `CUT_SHORT`) when it fails here
     /// and no verified copy that agrees with what went comes within
@@ -1360,75 +1356,6 @@ impl Inner {
         Ok(written)
     }
 
-    /// Waits for this piece's slot under the download cap, if any.
-    async fn download_slot(&self) {
-        slot(&self.download_free_at, DEFAULT_PIECE as usize, self.download_rate).await;
-    }
-
-    /// Whether the uplink already has about a piece's worth of work
-    /// queued on its timeline, and if so how long until it has less.
-    fn uplink_full(&self) -> Option<Duration> {
-        let rate = self.upload_rate?;
-        let free = *self.upload_free_at.lock().unwrap_or_else(|e| e.into_inner());
-        let queued = free.saturating_duration_since(Instant::now());
-        let limit = Duration::from_secs_f64(UPLINK_QUEUE_PIECES * DEFAULT_PIECE as f64 / rate);
-        (queued > limit).then(|| queued - limit)
-    }
-
-    /// Evicts least recently used complete blobs while the cache is over
-    /// its high watermark, down to the low one; never a blob in use.
-    fn evict(&self) -> Vec<Digest> {
-        let Some((high, low)) = self.cache else {
-            return Vec::new();
-        };
-        let mut blobs = Vec::new();
-        for alg in ["sha256", "sha512"] {
-            let Ok(rd) = std::fs::read_dir(self.store.root().join("blobs").join(alg)) else {
-                continue;
-            };
-            for e in rd.flatten() {
-                let (Ok(md), Ok(d)) = (
-                    e.metadata(),
-                    format!("{alg}:{}", e.file_name().to_string_lossy()).parse::<Digest>(),
-                ) else {
-                    continue;
-                };
-                let used = md.modified().unwrap_or(std::time::SystemTime::UNIX_EPOCH);
-                blobs.push((used, md.len(), d));
-            }
-        }
-        let mut total: u64 = blobs.iter().map(|b| b.1).sum();
-        if total <= high {
-            return Vec::new();
-        }
-        blobs.sort();
-        let mut evicted = Vec::new();
-        for (_, size, d) in blobs {
-            if total <= low {
-                break;
-            }
-            let busy = self
-                .in_use
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains_key(&d)
-                || self
-                    .partials
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .contains_key(&d);
-            if busy {
-                continue;
-            }
-            if std::fs::remove_file(self.store.blob_path(&d)).is_ok() {
-                total -= size;
-                tracing::info!("p2p: evicted {d} ({size} bytes)");
-                evicted.push(d);
-            }
-        }
-        evicted
-    }
-
     /// Asks the tracker for peers and what they hold. The tracker knows
     /// every piece a peer announced or reported (held, or arriving and
     /// forwarded as it comes), so its answer is not ahead of the peer
@@ -1485,97 +1412,6 @@ impl Inner {
             out.haves.push((name, addr, b));
         }
         out
-    }
-
-    /// An agent's side of a prewarm: resolve the image at the origin
-    /// registry, fetch every blob through the swarm, report progress on
-    /// `send`, and pull the image into the local engine when asked.
-    async fn prewarm_here(
-        self: &Arc<Self>,
-        image: &str,
-        load: bool,
-        send: &mut quinn::SendStream,
-    ) -> Result<()> {
-        let side = self
-            .agent
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .ok_or_else(|| NodeError::Prewarm("this agent runs without --registry".into()))?;
-        let (repo, reference) = match image.split_once('@') {
-            Some((r, d)) => (r, d),
-            None => match image.rsplit_once(':') {
-                Some((r, t)) if !t.contains('/') => (r, t),
-                _ => (image, "latest"),
-            },
-        };
-        let http = reqwest::Client::new();
-        let manifest = fetch_manifest(&http, &side.upstream, repo, reference).await?;
-        let _ = self.store.put(&manifest, None);
-        let m: crate::oci::Manifest = serde_json::from_slice(&manifest)
-            .map_err(|e| NodeError::Prewarm(format!("{image}: not an image manifest: {e}")))?;
-        // Distinct blobs only: two fetches of one blob would share a partial.
-        let blobs: Vec<(Digest, u64)> = crate::client::image_blobs(&m)
-            .into_iter()
-            .map(|(_, d)| (d.digest, d.size))
-            .collect();
-        let total: u64 = blobs.iter().map(|b| b.1).sum();
-        let held = |node: &Inner| -> u64 {
-            blobs
-                .iter()
-                .map(|(d, size)| {
-                    if node.store.has(d) {
-                        *size
-                    } else {
-                        let partial = node
-                            .partials
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .get(d)
-                            .cloned();
-                        partial.map_or(0, |p| {
-                            let n = p.lock().unwrap_or_else(|e| e.into_inner()).have().count() as u64;
-                            (n * DEFAULT_PIECE).min(*size)
-                        })
-                    }
-                })
-                .sum()
-        };
-        let frame = |done: u64, message: String| Response::Progress { done, total, message };
-        write_msg(send, &frame(held(self), format!("{} blobs", blobs.len()))).await?;
-        let mut fetches = JoinSet::new();
-        for (d, _) in blobs.iter().filter(|(d, _)| !self.store.has(d)) {
-            let (node, d) = (self.clone(), d.clone());
-            fetches.spawn(async move { node.fetch(side.origin, &d).await });
-        }
-        let mut tick = tokio::time::interval(Duration::from_millis(300));
-        while !fetches.is_empty() {
-            tokio::select! {
-                joined = fetches.join_next() => {
-                    if let Some(r) = joined {
-                        r.map_err(|e| NodeError::Prewarm(e.to_string()))??;
-                    }
-                }
-                _ = tick.tick() => {
-                    write_msg(send, &frame(held(self), "fetching".into())).await?;
-                }
-            }
-        }
-        write_msg(send, &frame(total, "all blobs held".into())).await?;
-        if load {
-            let mirror = side.mirror.ok_or_else(|| {
-                NodeError::Prewarm("loading needs the agent's pull-through registry".into())
-            })?;
-            let name = format!("{mirror}/{image}");
-            write_msg(send, &frame(total, format!("loading {name} into the engine"))).await?;
-            let docker = crate::engine::connect()
-                .await
-                .map_err(|e| NodeError::Prewarm(e.to_string()))?;
-            crate::engine::pull(&docker, &name)
-                .await
-                .map_err(|e| NodeError::Prewarm(format!("docker pull {name}: {e}")))?;
-        }
-        Ok(())
     }
 
     async fn connection(&self, addr: SocketAddr) -> Result<quinn::Connection> {
@@ -2166,96 +2002,6 @@ impl Inner {
         report.from_peers += chain.from_peers.load(Ordering::Relaxed);
         report.from_origin += chain.from_origin.load(Ordering::Relaxed);
         Ok(())
-    }
-}
-
-/// A manifest from the origin registry (an index resolves to linux/amd64).
-async fn fetch_manifest(
-    http: &reqwest::Client,
-    upstream: &str,
-    repo: &str,
-    reference: &str,
-) -> Result<Vec<u8>> {
-    let mut reference = reference.to_string();
-    for _ in 0..2 {
-        let url = format!("{upstream}/v2/{repo}/manifests/{reference}");
-        let r = http
-            .get(&url)
-            .header(reqwest::header::ACCEPT, crate::oci::MANIFEST_ACCEPT)
-            .send()
-            .await
-            .map_err(|e| NodeError::Prewarm(format!("{url}: {e}")))?;
-        if !r.status().is_success() {
-            return Err(NodeError::Prewarm(format!(
-                "{url}: the registry answered {}",
-                r.status()
-            )));
-        }
-        let bytes = r
-            .bytes()
-            .await
-            .map_err(|e| NodeError::Prewarm(format!("{url}: {e}")))?
-            .to_vec();
-        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-        let Some(list) = v["manifests"].as_array() else {
-            return Ok(bytes);
-        };
-        let pick = list
-            .iter()
-            .find(|m| m["platform"]["os"] == "linux" && m["platform"]["architecture"] == "amd64");
-        reference = pick
-            .and_then(|m| m["digest"].as_str())
-            .ok_or_else(|| NodeError::Prewarm(format!("{url}: no linux/amd64 image in the index")))?
-            .to_string();
-    }
-    Err(NodeError::Prewarm(format!(
-        "{repo}:{reference}: an index inside an index"
-    )))
-}
-
-/// Waits for the slot of `len` bytes on a link capped at `rate` bytes a
-/// second (None: no cap), whose timeline is free again at `free`.
-async fn slot(free: &Mutex<Instant>, len: usize, rate: Option<f64>) {
-    let Some(rate) = rate else { return };
-    let start = {
-        let mut free = free.lock().unwrap_or_else(|e| e.into_inner());
-        let start = (*free).max(Instant::now());
-        *free = start + Duration::from_secs_f64(len as f64 / rate);
-        start
-    };
-    tokio::time::sleep_until(start.into()).await;
-}
-
-/// Marks a blob in use for as long as it lives.
-struct InUse<'a> {
-    node: &'a Inner,
-    blob: Digest,
-}
-
-impl<'a> InUse<'a> {
-    fn new(node: &'a Inner, blob: &Digest) -> InUse<'a> {
-        *node
-            .in_use
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(blob.clone())
-            .or_insert(0) += 1;
-        InUse {
-            node,
-            blob: blob.clone(),
-        }
-    }
-}
-
-impl Drop for InUse<'_> {
-    fn drop(&mut self) {
-        let mut map = self.node.in_use.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = map.get_mut(&self.blob) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.blob);
-            }
-        }
     }
 }
 
