@@ -3,6 +3,7 @@
 //! the [`tracker`](super::tracker) and seeds from the registry's store.
 
 mod cache;
+mod origin;
 mod prewarm;
 mod uplink;
 
@@ -16,15 +17,15 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
 use cache::InUse;
+use origin::Tracker;
 
 use super::Bitfield;
 use super::picker::{PeerView, pick, unseeded};
-use super::pieces::{DEFAULT_PIECE, Partial, PieceTable, Tables};
+use super::pieces::{DEFAULT_PIECE, Partial, Tables};
 use super::relay::{self, Arriving, Flow};
 use super::rng::Rng;
 use super::tls::{CLUSTER_NAME, Identity};
-use super::tracker::Swarm;
-use super::wire::{PeerAddr, Request, Response, read_msg, write_msg};
+use super::wire::{Request, Response, read_msg, write_msg};
 use crate::digest::Digest;
 use crate::store::Store;
 
@@ -97,10 +98,6 @@ pub struct NodeConfig {
 /// outside it waiting.
 pub const CHAIN_MAX: usize = 64;
 
-/// An agent whose last heartbeat (every 3 s) is older than this no longer
-/// counts towards the cluster's size when the tracker decides on chains.
-const LIVE_HOST: Duration = Duration::from_secs(30);
-
 /// A chain that delivered no byte for this long is left for the swarm
 /// (`FIRST_BYTE` for its first: every agent before this one must have
 /// started and connected).
@@ -121,8 +118,6 @@ const MAX_COOLDOWN: Duration = Duration::from_millis(500);
 const IN_FLIGHT: usize = 10;
 /// How long a peer that sent a bad piece is not asked again.
 const BAN: Duration = Duration::from_secs(120);
-/// An origin reservation of a piece for one requester expires after this.
-const ORIGIN_RESERVATION: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const TRACKER_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often a downloading agent sends the tracker all it holds.
@@ -194,57 +189,6 @@ pub struct AgentSide {
     pub upstream: String,
     /// The agent's pull-through registry, for loading into the engine.
     pub mirror: Option<SocketAddr>,
-}
-
-/// The tracker: one swarm per blob.
-#[derive(Default)]
-struct Tracker {
-    blobs: HashMap<Digest, BlobSwarm>,
-}
-
-struct BlobSwarm {
-    swarm: Swarm,
-    ids: HashMap<String, u32>,
-    peers: HashMap<u32, PeerAddr>,
-    origin_reserved: HashMap<usize, Instant>,
-    rng: Rng,
-    /// Agents streaming the blob one from the next, the first from the
-    /// origin.
-    chain: Vec<u32>,
-}
-
-impl BlobSwarm {
-    fn new(pieces: usize) -> BlobSwarm {
-        BlobSwarm {
-            swarm: Swarm::new(pieces),
-            ids: HashMap::new(),
-            peers: HashMap::new(),
-            origin_reserved: HashMap::new(),
-            rng: Rng::new(pieces as u64),
-            chain: Vec::new(),
-        }
-    }
-
-    fn id(&mut self, name: &str) -> u32 {
-        let next = self.ids.len() as u32;
-        *self.ids.entry(name.to_string()).or_insert(next)
-    }
-
-    /// Whether the origin may send `piece` now (no peer holds it, and no
-    /// live reservation for another requester).
-    fn origin_may_send(&mut self, piece: usize) -> bool {
-        if let Some(t) = self.origin_reserved.get(&piece)
-            && t.elapsed() > ORIGIN_RESERVATION
-        {
-            self.origin_reserved.remove(&piece);
-            self.swarm.origin_failed(piece);
-        }
-        let ok = self.swarm.origin_may_send(piece);
-        if ok {
-            self.origin_reserved.insert(piece, Instant::now());
-        }
-        ok
-    }
 }
 
 /// A piece request's outcome: who was asked (None: the origin), which
@@ -481,20 +425,7 @@ impl Node {
     /// What the tracker knows agent `name` holds: each blob it announced
     /// and the percentage of its pieces (the origin only).
     pub fn host_blobs(&self, name: &str) -> Vec<(Digest, f64)> {
-        let Some(t) = &self.inner.tracker else {
-            return vec![];
-        };
-        let t = t.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out: Vec<(Digest, f64)> = t
-            .blobs
-            .iter()
-            .filter_map(|(d, b)| {
-                let id = b.ids.get(name)?;
-                Some((d.clone(), b.swarm.share_of(*id)? * 100.0))
-            })
-            .collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
+        self.inner.host_blobs(name)
     }
 
     pub fn piece_bytes_served(&self) -> u64 {
@@ -862,7 +793,9 @@ impl Inner {
     }
 
     /// Answers `req` from the node whose certificate is `from`'s (names
-    /// in tracker messages were checked against it).
+    /// in tracker messages were checked against it). The origin's
+    /// messages (registrations, renewals, piece tables and the tracker's)
+    /// are answered in `origin`.
     async fn answer(self: &Arc<Self>, req: Request, from: &str) -> (Response, Option<Body>) {
         let err = |m: String| (Response::Error { message: m }, None);
         match req {
@@ -871,36 +804,8 @@ impl Inner {
                 addr,
                 zone,
                 labels,
-            } => {
-                if self.tracker.is_none() {
-                    return err("this node is not the origin".into());
-                }
-                let info = HostInfo {
-                    name: node.clone(),
-                    addr,
-                    zone,
-                    labels,
-                    seen_seconds_ago: 0.0,
-                };
-                self.hosts
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(node, (info, Instant::now()));
-                (Response::Ok, None)
-            }
-            Request::Renew { csr } => {
-                let Some(authority) = self.authority.clone() else {
-                    return err(
-                        "this node does not renew certificates (strata serve --cluster-ca DIR)".into(),
-                    );
-                };
-                let from = from.to_string();
-                match tokio::task::spawn_blocking(move || super::renew::sign(&authority, &from, &csr)).await {
-                    Ok(Ok(cert)) => (Response::Renewed { cert }, None),
-                    Ok(Err(e)) => err(e.to_string()),
-                    Err(e) => err(e.to_string()),
-                }
-            }
+            } => (self.register(node, addr, zone, labels), None),
+            Request::Renew { csr } => (self.renew(csr, from).await, None),
             Request::Prewarm { .. } => err("prewarm is answered on its own stream".into()),
             Request::Stats => (
                 Response::Stats {
@@ -909,17 +814,7 @@ impl Inner {
                 },
                 None,
             ),
-            Request::Pieces { blob } => {
-                if self.tracker.is_none() || !self.store.has(&blob) {
-                    return err(format!("{blob} is not in this node's store"));
-                }
-                let node = self.clone();
-                match tokio::task::spawn_blocking(move || node.piece_table(&blob)).await {
-                    Ok(Ok(table)) => (Response::Pieces { table }, None),
-                    Ok(Err(e)) => err(e.to_string()),
-                    Err(e) => err(e.to_string()),
-                }
-            }
+            Request::Pieces { blob } => (self.pieces(blob).await, None),
             Request::Have { blob } => match self.holding(&blob) {
                 Some(h) => (
                     Response::Have {
@@ -932,22 +827,14 @@ impl Inner {
             },
             Request::Piece { blob, index } => {
                 // The origin sends a piece only while no peer holds it.
-                if let Some(t) = &self.tracker
-                    && self.store.has(&blob)
-                {
-                    let mut t = t.lock().unwrap_or_else(|e| e.into_inner());
-                    if let Some(s) = t.blobs.get_mut(&blob)
-                        && index < s.swarm.pieces()
-                        && !s.origin_may_send(index)
-                    {
-                        return (
-                            Response::Busy {
-                                retry_ms: 0,
-                                message: "peers hold this piece; ask them".into(),
-                            },
-                            None,
-                        );
-                    }
+                if self.leave_to_peers(&blob, index) {
+                    return (
+                        Response::Busy {
+                            retry_ms: 0,
+                            message: "peers hold this piece; ask them".into(),
+                        },
+                        None,
+                    );
                 }
                 if let Some(body) = self.arriving_body(&blob, index) {
                     let len = body.len() as u64;
@@ -980,157 +867,13 @@ impl Inner {
                 addr,
                 zone,
                 have,
-            } => self.track(&blob, |s| {
-                let id = s.id(&node);
-                let pieces = s.swarm.pieces();
-                let Some(b) = Bitfield::from_bytes(pieces, &have) else {
-                    return Response::Error {
-                        message: "the bitfield does not fit the blob".into(),
-                    };
-                };
-                s.swarm.announce(id, zone, &b);
-                s.peers.insert(
-                    id,
-                    PeerAddr {
-                        name: node,
-                        addr,
-                        have: None,
-                    },
-                );
-                Response::Ok
-            }),
-            Request::Got { blob, node, index } => self.track(&blob, |s| {
-                let id = s.id(&node);
-                if index < s.swarm.pieces() {
-                    s.swarm.add_piece(id, index);
-                    s.origin_reserved.remove(&index);
-                }
-                Response::Ok
-            }),
-            Request::Peers { blob, node, want } => self.track(&blob, |s| {
-                let id = s.id(&node);
-                let mut rng = s.rng.clone();
-                let ids = s.swarm.peers_for(id, want.min(64), &mut rng);
-                s.rng = rng;
-                // With what each holds: the asker need not ask them all.
-                let peers = ids
-                    .iter()
-                    .filter_map(|i| {
-                        let mut p = s.peers.get(i)?.clone();
-                        p.have = s.swarm.have_of(*i).map(Bitfield::to_bytes);
-                        Some(p)
-                    })
-                    .collect();
-                Response::Peers {
-                    peers,
-                    seeded: s.swarm.seeded().to_bytes(),
-                }
-            }),
-            Request::Gone { blob, peer } => self.track(&blob, |s| {
-                // Only a member of the swarm can have met `peer` in it.
-                if !s.ids.contains_key(from) {
-                    tracing::warn!("p2p: `{from}` reported `{peer}` gone from {blob}, a swarm it is not in");
-                    return Response::Error {
-                        message: format!(
-                            "`{from}` is not in the swarm of {blob}: it cannot report `{peer}` gone"
-                        ),
-                    };
-                }
-                tracing::info!("p2p: `{from}` reports `{peer}` gone from {blob}");
-                if let Some(&id) = s.ids.get(&peer) {
-                    s.swarm.remove(id);
-                    s.peers.remove(&id);
-                    s.chain.retain(|i| *i != id);
-                }
-                Response::Ok
-            }),
-            Request::Upstream { blob, node, addr } => {
-                let max = self.chain_max;
-                // A chain takes the origin's whole uplink and every member's,
-                // so agents outside it would wait for it to end: chains only
-                // while every live registered agent fits in one.
-                let hosts = self
-                    .hosts
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .values()
-                    .filter(|(_, seen)| seen.elapsed() < LIVE_HOST)
-                    .count();
-                self.track(&blob, |s| {
-                    let id = s.id(&node);
-                    let pos = match s.chain.iter().position(|i| *i == id) {
-                        Some(pos) => pos,
-                        None if s.chain.len() >= max || hosts > max => {
-                            return Response::Error {
-                                message: format!(
-                                    "no chain for {node}: {} agents, {max} may chain; swarm",
-                                    hosts.max(s.chain.len() + 1)
-                                ),
-                            };
-                        }
-                        // At the end: an agent in the middle would give the
-                        // one before it a second stream to carry (a chain
-                        // runs at full rate only while every agent feeds
-                        // one other). Zones count in the swarm, not here.
-                        None => {
-                            s.chain.push(id);
-                            s.chain.len() - 1
-                        }
-                    };
-                    s.peers.entry(id).or_insert(PeerAddr {
-                        name: node,
-                        addr,
-                        have: None,
-                    });
-                    let peer = pos
-                        .checked_sub(1)
-                        .and_then(|p| s.peers.get(&s.chain[p]))
-                        .map(|p| PeerAddr {
-                            have: None,
-                            ..p.clone()
-                        });
-                    Response::Upstream { peer }
-                })
-            }
+            } => (self.announce(&blob, node, addr, zone, have), None),
+            Request::Got { blob, node, index } => (self.got(&blob, node, index), None),
+            Request::Peers { blob, node, want } => (self.peers(&blob, node, want), None),
+            Request::Gone { blob, peer } => (self.gone(&blob, peer, from), None),
+            Request::Upstream { blob, node, addr } => (self.upstream(&blob, node, addr), None),
             Request::Stream { .. } => err("a stream is answered on its own stream".into()),
         }
-    }
-
-    /// Runs `f` on the swarm of `blob` (creating it from the piece table
-    /// on first use). Only the origin tracks.
-    fn track(&self, blob: &Digest, f: impl FnOnce(&mut BlobSwarm) -> Response) -> (Response, Option<Body>) {
-        let Some(t) = &self.tracker else {
-            return (
-                Response::Error {
-                    message: "this node is not a tracker".into(),
-                },
-                None,
-            );
-        };
-        let mut t = t.lock().unwrap_or_else(|e| e.into_inner());
-        let s = match t.blobs.entry(blob.clone()) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            // First message about this blob: its piece count, from its
-            // size (no hashing under the tracker's lock).
-            std::collections::hash_map::Entry::Vacant(e) => match self.store.size(blob) {
-                Ok(size) => e.insert(BlobSwarm::new(size.div_ceil(DEFAULT_PIECE) as usize)),
-                Err(err) => {
-                    return (
-                        Response::Error {
-                            message: err.to_string(),
-                        },
-                        None,
-                    );
-                }
-            },
-        };
-        (f(s), None)
-    }
-
-    /// The piece table of a blob in the store: made once (and kept in the
-    /// store's metadata) however many ask at the same time.
-    fn piece_table(&self, blob: &Digest) -> Result<PieceTable, crate::store::StoreError> {
-        self.tables.get(&self.store, blob, DEFAULT_PIECE)
     }
 
     /// The pieces of `blob` this node holds (or is receiving), if any.
