@@ -3,8 +3,10 @@
 //! the [`tracker`](super::tracker) and seeds from the registry's store.
 
 mod cache;
+mod chain;
 mod origin;
 mod prewarm;
+mod serve;
 mod uplink;
 
 use std::collections::HashMap;
@@ -16,13 +18,13 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 
-use cache::InUse;
+use chain::{ChainEnd, ChainProgress};
 use origin::Tracker;
 
 use super::Bitfield;
 use super::picker::{PeerView, pick, unseeded};
-use super::pieces::{DEFAULT_PIECE, Partial, Tables};
-use super::relay::{self, Arriving, Flow};
+use super::pieces::{Partial, Tables};
+use super::relay::Arriving;
 use super::rng::Rng;
 use super::tls::{CLUSTER_NAME, Identity};
 use super::wire::{Request, Response, read_msg, write_msg};
@@ -97,17 +99,6 @@ pub struct NodeConfig {
 /// size, and a chain busy with the origin's uplink would leave agents
 /// outside it waiting.
 pub const CHAIN_MAX: usize = 64;
-
-/// A chain that delivered no byte for this long is left for the swarm
-/// (`FIRST_BYTE` for its first: every agent before this one must have
-/// started and connected).
-const STALL: Duration = Duration::from_secs(1);
-const FIRST_BYTE: Duration = Duration::from_secs(5);
-/// How long a forward whose source failed waits for a verified copy.
-const CUT_GRACE: Duration = Duration::from_millis(500);
-/// A stream to the next agent of a chain ends after this long without a
-/// new piece to send.
-const STREAM_IDLE: Duration = Duration::from_secs(10);
 
 /// Requests in flight to one peer, and in all.
 const PER_PEER: u32 = 1;
@@ -204,25 +195,6 @@ type PieceResult = (
 /// its sender vanished) at the forwarder, which is not to blame for it.
 const CUT_SHORT: u32 = 1;
 
-/// A piece body to send: read from disk, or still arriving.
-enum Body {
-    Bytes(Vec<u8>),
-    Arriving {
-        piece: Arc<Arriving>,
-        blob: Digest,
-        index: usize,
-    },
-}
-
-impl Body {
-    fn len(&self) -> usize {
-        match self {
-            Body::Bytes(b) => b.len(),
-            Body::Arriving { piece, .. } => piece.len(),
-        }
-    }
-}
-
 /// A piece this node is receiving, listed in `Inner::arriving` while the
 /// value lives: peers asking for it get its bytes as they come in. Ends
 /// the piece as failed if it is dropped before it was verified.
@@ -259,71 +231,6 @@ impl Drop for Receiving {
             map.remove(&self.key);
         }
     }
-}
-
-/// How a chain is going, shared between its task and the download.
-struct ChainProgress {
-    started: Instant,
-    /// When the last byte came (micros since `started`; 0: none yet).
-    last_byte: AtomicU64,
-    from_peers: std::sync::atomic::AtomicUsize,
-    from_origin: std::sync::atomic::AtomicUsize,
-}
-
-impl ChainProgress {
-    fn new(started: Instant) -> ChainProgress {
-        ChainProgress {
-            last_byte: AtomicU64::new(0),
-            started,
-            from_peers: Default::default(),
-            from_origin: Default::default(),
-        }
-    }
-
-    fn seconds(&self) -> f64 {
-        self.started.elapsed().as_secs_f64()
-    }
-
-    fn moved(&self) {
-        let now = self.started.elapsed().as_micros().max(1) as u64;
-        self.last_byte.store(now, Ordering::Relaxed);
-    }
-
-    /// No byte for `STALL`, or none at all for `FIRST_BYTE`.
-    fn stalled(&self) -> bool {
-        match self.last_byte.load(Ordering::Relaxed) {
-            0 => self.started.elapsed() > FIRST_BYTE,
-            last => self.started.elapsed().saturating_sub(Duration::from_micros(last)) > STALL,
-        }
-    }
-}
-
-/// Why a chain ended before the blob was whole.
-#[derive(Debug)]
-enum ChainEnd {
-    /// No place in a chain (chains off or full, or no tracker).
-    None(String),
-    /// The stream broke or ended short; the swarm takes over.
-    Lost(String),
-    /// This peer (or "origin") sent a piece that failed its hash.
-    Bad(String),
-}
-
-impl std::fmt::Display for ChainEnd {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ChainEnd::None(why) => write!(f, "no chain: {why}"),
-            ChainEnd::Lost(why) => write!(f, "the chain broke: {why}"),
-            ChainEnd::Bad(who) => write!(f, "{who} sent a bad piece"),
-        }
-    }
-}
-
-/// Why a piece could not be read for a peer.
-enum Unread {
-    /// Not (or no longer) here: the asker should try another holder.
-    NotHere(String),
-    Failed(String),
 }
 
 /// Why a piece did not come.
@@ -560,23 +467,6 @@ impl Node {
     }
 }
 
-/// `announced` with an unspecified IP replaced by the IP the message came
-/// from (the port stays: it is the one the peer listens on).
-fn reachable(announced: &str, from: SocketAddr) -> String {
-    match announced.parse::<SocketAddr>() {
-        Ok(a) if a.ip().is_unspecified() => {
-            let ip = match from.ip() {
-                std::net::IpAddr::V6(v6) => v6
-                    .to_ipv4_mapped()
-                    .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
-                v4 => v4,
-            };
-            SocketAddr::new(ip, a.port()).to_string()
-        }
-        _ => announced.to_string(),
-    }
-}
-
 fn fetch_err(blob: &Digest, why: impl std::fmt::Display) -> NodeError {
     NodeError::Fetch {
         blob: blob.clone(),
@@ -585,374 +475,6 @@ fn fetch_err(blob: &Digest, why: impl std::fmt::Display) -> NodeError {
 }
 
 impl Inner {
-    async fn serve_conn(self: Arc<Self>, conn: quinn::Connection) {
-        let remote = conn.remote_address();
-        // Every message on this connection speaks for this node only.
-        let who: Arc<str> = match super::identity::peer_name(&conn) {
-            Ok(name) => name.into(),
-            Err(e) => {
-                tracing::warn!("p2p: closing the connection from {remote}: {e}");
-                conn.close(2u32.into(), b"no node name in the certificate");
-                return;
-            }
-        };
-        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-            let (node, who) = (self.clone(), who.clone());
-            tokio::spawn(async move {
-                let mut req: Request = match read_msg(&mut recv).await {
-                    Ok(r) => r,
-                    Err(_) => return,
-                };
-                // An agent listening on 0.0.0.0 or [::] announces that
-                // address; peers reach it at the address it came from.
-                if let Request::Register { addr, .. }
-                | Request::Announce { addr, .. }
-                | Request::Upstream { addr, .. } = &mut req
-                {
-                    *addr = reachable(addr, remote);
-                }
-                let refused = match super::identity::check(&who, &req) {
-                    Err(e) => Some(e.to_string()),
-                    // Revoked while connected: refused from now on.
-                    Ok(()) if node.revoked.as_ref().is_some_and(|r| r.contains(&who)) => Some(format!(
-                        "the certificate of `{who}` is revoked (strata cluster revoke)"
-                    )),
-                    Ok(()) => None,
-                };
-                if let Some(message) = refused {
-                    tracing::warn!("p2p: {remote}: {message}");
-                    let refused = Response::Error { message };
-                    let _ = write_msg(&mut send, &refused).await;
-                    let _ = send.finish();
-                    return;
-                }
-                if let Request::Prewarm { image, load } = req {
-                    let last = match node.prewarm_here(&image, load, &mut send).await {
-                        Ok(()) => Response::Ok,
-                        Err(e) => Response::Error {
-                            message: e.to_string(),
-                        },
-                    };
-                    let _ = write_msg(&mut send, &last).await;
-                    let _ = send.finish();
-                    let _ = send.stopped().await;
-                    return;
-                }
-                if let Request::Stream { blob, pieces, have } = req {
-                    node.stream_pieces(blob, pieces, &have, &mut send).await;
-                    return;
-                }
-                // Backpressure: a piece request that would wait long for
-                // this uplink is refused at once, so the asker goes to
-                // another holder instead of queueing here.
-                if matches!(req, Request::Piece { .. })
-                    && let Some(wait) = node.uplink_full()
-                {
-                    let busy = Response::Busy {
-                        // Rounded up: 0 means "peers hold it" to the asker.
-                        retry_ms: wait.as_micros().div_ceil(1000) as u64,
-                        message: "the uplink is full; ask another peer".into(),
-                    };
-                    let _ = write_msg(&mut send, &busy).await;
-                    let _ = send.finish();
-                    return;
-                }
-                let (resp, body) = node.answer(req, &who).await;
-                if let Some(b) = &body {
-                    node.upload_slot(b.len()).await;
-                }
-                if write_msg(&mut send, &resp).await.is_ok() {
-                    if let Some(b) = body {
-                        tracing::debug!("p2p: sending a piece to {remote}");
-                        if node.send_body(&mut send, b).await.is_err() {
-                            return;
-                        }
-                    }
-                    let _ = send.finish();
-                    let _ = send.stopped().await;
-                }
-            });
-        }
-    }
-
-    /// Sends a piece's bytes; a piece still arriving goes as it comes and
-    /// is cut short (the stream reset with `CUT_SHORT`) when it fails here
-    /// and no verified copy that agrees with what went comes within
-    /// `CUT_GRACE` (the request that brought it may have been dropped as
-    /// a duplicate of one that arrived first, or the chain it came on may
-    /// have stalled while the swarm brings it).
-    async fn send_body(self: &Arc<Self>, send: &mut quinn::SendStream, body: Body) -> Result<(), relay::Cut> {
-        let len = body.len() as u64;
-        match body {
-            Body::Bytes(b) => send.write_all(&b).await.map_err(|_| relay::Cut)?,
-            Body::Arriving { piece, blob, index } => {
-                tracing::debug!("p2p: forwarding a piece still arriving, {:?}", piece.flow());
-                let mut r = piece.reader();
-                loop {
-                    match r.next().await {
-                        Ok(Some(c)) => send.write_all(&c).await.map_err(|_| relay::Cut)?,
-                        Ok(None) => break,
-                        Err(cut) => match self.verified_piece(&blob, index).await {
-                            Some(whole) if piece.starts_like(&whole, r.sent()) => {
-                                send.write_all(&whole[r.sent()..]).await.map_err(|_| relay::Cut)?;
-                                break;
-                            }
-                            _ => {
-                                let _ = send.reset(CUT_SHORT.into());
-                                return Err(cut);
-                            }
-                        },
-                    }
-                }
-            }
-        }
-        self.piece_bytes_served.fetch_add(len, Ordering::Relaxed);
-        self.pieces_served.fetch_add(1, Ordering::Relaxed);
-        crate::metrics::P2P_BYTES_SERVED.add(len);
-        Ok(())
-    }
-
-    /// Piece `index` of `blob`, once it is held here (verified), waiting
-    /// up to `CUT_GRACE` for it.
-    async fn verified_piece(self: &Arc<Self>, blob: &Digest, index: usize) -> Option<Vec<u8>> {
-        let until = Instant::now() + CUT_GRACE;
-        loop {
-            let news = self.news.notified();
-            tokio::pin!(news);
-            news.as_mut().enable();
-            let (node, b) = (self.clone(), blob.clone());
-            if let Ok(Ok(bytes)) = tokio::task::spawn_blocking(move || node.read_piece(&b, index)).await {
-                return Some(bytes);
-            }
-            let left = until.checked_duration_since(Instant::now())?;
-            let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), news).await;
-        }
-    }
-
-    /// Streams to the next agent of a chain every piece of `blob` it lacks
-    /// (not in `have`), as this node gets them: the lowest-numbered piece
-    /// that is here, held or still arriving (cut-through), each on the
-    /// uplink's timeline like any piece. Ends when the asker has them all,
-    /// or after `STREAM_IDLE` without anything new (the asker swarms then).
-    async fn stream_pieces(
-        self: &Arc<Self>,
-        blob: Digest,
-        pieces: usize,
-        have: &[u8],
-        send: &mut quinn::SendStream,
-    ) {
-        let Some(mut sent) = Bitfield::from_bytes(pieces, have) else {
-            let bad = Response::Error {
-                message: format!("the bitfield does not fit {pieces} pieces"),
-            };
-            let _ = write_msg(send, &bad).await;
-            let _ = send.finish();
-            return;
-        };
-        let mut idle_since = Instant::now();
-        while !sent.is_full() && !self.closing.load(Ordering::Relaxed) {
-            let news = self.news.notified();
-            tokio::pin!(news);
-            news.as_mut().enable();
-            let Some((index, body)) = self.next_to_stream(&blob, &sent).await else {
-                if idle_since.elapsed() > STREAM_IDLE {
-                    break;
-                }
-                // Woken by news; the timeout only bounds a missed wake-up.
-                let _ = tokio::time::timeout(Duration::from_millis(50), news).await;
-                continue;
-            };
-            sent.set(index);
-            self.upload_slot(body.len()).await;
-            let head = Response::Next {
-                index,
-                len: body.len() as u64,
-            };
-            if write_msg(send, &head).await.is_err() || self.send_body(send, body).await.is_err() {
-                return;
-            }
-            idle_since = Instant::now();
-        }
-        let _ = send.finish();
-        let _ = send.stopped().await;
-    }
-
-    /// The lowest-numbered piece of `blob` here (held, or arriving and not
-    /// failed) that is not in `sent`.
-    async fn next_to_stream(self: &Arc<Self>, blob: &Digest, sent: &Bitfield) -> Option<(usize, Body)> {
-        let held = self.holding(blob).filter(|h| h.len() == sent.len())?;
-        let index = sent.wanted_from(&held).next()?;
-        if let Some(body) = self.arriving_body(blob, index) {
-            return Some((index, body));
-        }
-        let (node, b) = (self.clone(), blob.clone());
-        match tokio::task::spawn_blocking(move || node.read_piece(&b, index)).await {
-            Ok(Ok(bytes)) => Some((index, Body::Bytes(bytes))),
-            _ => None,
-        }
-    }
-
-    /// Answers `req` from the node whose certificate is `from`'s (names
-    /// in tracker messages were checked against it). The origin's
-    /// messages (registrations, renewals, piece tables and the tracker's)
-    /// are answered in `origin`.
-    async fn answer(self: &Arc<Self>, req: Request, from: &str) -> (Response, Option<Body>) {
-        let err = |m: String| (Response::Error { message: m }, None);
-        match req {
-            Request::Register {
-                node,
-                addr,
-                zone,
-                labels,
-            } => (self.register(node, addr, zone, labels), None),
-            Request::Renew { csr } => (self.renew(csr, from).await, None),
-            Request::Prewarm { .. } => err("prewarm is answered on its own stream".into()),
-            Request::Stats => (
-                Response::Stats {
-                    piece_bytes_served: self.piece_bytes_served.load(Ordering::Relaxed),
-                    pieces_served: self.pieces_served.load(Ordering::Relaxed),
-                },
-                None,
-            ),
-            Request::Pieces { blob } => (self.pieces(blob).await, None),
-            Request::Have { blob } => match self.holding(&blob) {
-                Some(h) => (
-                    Response::Have {
-                        pieces: h.len(),
-                        have: h.to_bytes(),
-                    },
-                    None,
-                ),
-                None => err(format!("{blob} is not held here")),
-            },
-            Request::Piece { blob, index } => {
-                // The origin sends a piece only while no peer holds it.
-                if self.leave_to_peers(&blob, index) {
-                    return (
-                        Response::Busy {
-                            retry_ms: 0,
-                            message: "peers hold this piece; ask them".into(),
-                        },
-                        None,
-                    );
-                }
-                if let Some(body) = self.arriving_body(&blob, index) {
-                    let len = body.len() as u64;
-                    return (Response::Piece { len }, Some(body));
-                }
-                let node = self.clone();
-                match tokio::task::spawn_blocking(move || node.read_piece(&blob, index)).await {
-                    Ok(Ok(bytes)) => (
-                        Response::Piece {
-                            len: bytes.len() as u64,
-                        },
-                        Some(Body::Bytes(bytes)),
-                    ),
-                    // Reported (it was arriving), but its download failed:
-                    // the asker tries another holder.
-                    Ok(Err(Unread::NotHere(why))) => (
-                        Response::Busy {
-                            retry_ms: NOT_HERE.as_millis() as u64,
-                            message: why,
-                        },
-                        None,
-                    ),
-                    Ok(Err(Unread::Failed(e))) => err(e),
-                    Err(e) => err(e.to_string()),
-                }
-            }
-            Request::Announce {
-                blob,
-                node,
-                addr,
-                zone,
-                have,
-            } => (self.announce(&blob, node, addr, zone, have), None),
-            Request::Got { blob, node, index } => (self.got(&blob, node, index), None),
-            Request::Peers { blob, node, want } => (self.peers(&blob, node, want), None),
-            Request::Gone { blob, peer } => (self.gone(&blob, peer, from), None),
-            Request::Upstream { blob, node, addr } => (self.upstream(&blob, node, addr), None),
-            Request::Stream { .. } => err("a stream is answered on its own stream".into()),
-        }
-    }
-
-    /// The pieces of `blob` this node holds (or is receiving), if any.
-    fn holding(&self, blob: &Digest) -> Option<Bitfield> {
-        if let Some(p) = self.partial(blob) {
-            let have = p.lock().unwrap_or_else(|e| e.into_inner()).have().clone();
-            return Some(self.with_arriving(blob, have));
-        }
-        if self.store.has(blob) {
-            let size = self.store.size(blob).ok()?;
-            return Some(Bitfield::full(size.div_ceil(DEFAULT_PIECE) as usize));
-        }
-        None
-    }
-
-    /// Piece `index` of `blob` while it arrives here (and has not failed),
-    /// to forward as it comes.
-    fn arriving_body(&self, blob: &Digest, index: usize) -> Option<Body> {
-        let arriving = self.arriving.lock().unwrap_or_else(|e| e.into_inner());
-        let piece = arriving.get(&(blob.clone(), index))?;
-        (piece.flow() != Flow::Failed).then(|| Body::Arriving {
-            piece: piece.clone(),
-            blob: blob.clone(),
-            index,
-        })
-    }
-
-    /// `have` and the pieces of `blob` arriving now.
-    fn with_arriving(&self, blob: &Digest, mut have: Bitfield) -> Bitfield {
-        let arriving = self.arriving.lock().unwrap_or_else(|e| e.into_inner());
-        for (b, i) in arriving.keys() {
-            if b == blob && *i < have.len() {
-                have.set(*i);
-            }
-        }
-        have
-    }
-
-    /// The download of `blob` in progress here, if any.
-    fn partial(&self, blob: &Digest) -> Option<Arc<Mutex<Partial>>> {
-        self.partials
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(blob)
-            .cloned()
-    }
-
-    fn read_piece(&self, blob: &Digest, index: usize) -> Result<Vec<u8>, Unread> {
-        if let Some(p) = self.partial(blob) {
-            let p = p.lock().unwrap_or_else(|e| e.into_inner());
-            if !p.have().get(index) {
-                return Err(Unread::NotHere(format!(
-                    "piece {index} of {blob} is not held here"
-                )));
-            }
-            return p.read_piece(index).map_err(|e| Unread::Failed(e.to_string()));
-        }
-        if !self.store.has(blob) {
-            return Err(Unread::Failed(format!("{blob} is not held here")));
-        }
-        use std::os::unix::fs::FileExt;
-        let _in_use = InUse::new(self, blob);
-        let failed = |e: std::io::Error| Unread::Failed(e.to_string());
-        let f = self
-            .store
-            .open_blob(blob)
-            .map_err(|e| Unread::Failed(e.to_string()))?;
-        // Recently served blobs are the last to be evicted.
-        let _ = f.set_modified(std::time::SystemTime::now());
-        let size = f.metadata().map_err(failed)?.len();
-        let start = index as u64 * DEFAULT_PIECE;
-        if start >= size {
-            return Err(Unread::Failed(format!("{blob} has no piece {index}")));
-        }
-        let mut buf = vec![0u8; (size - start).min(DEFAULT_PIECE) as usize];
-        f.read_exact_at(&mut buf, start).map_err(failed)?;
-        Ok(buf)
-    }
-
     /// Requests one piece (`len` bytes) from `addr` (`target`: the peer's
     /// name, None for the origin), after its slot under the download cap.
     async fn piece_from(
@@ -1334,100 +856,6 @@ impl Inner {
         result.map(|_| report)
     }
 
-    /// Follows a chain: asks the tracker which agent to stream `blob` from
-    /// (or the origin), then takes every piece it sends, listed as
-    /// arriving while it comes (so the next agent gets it cut-through),
-    /// written once it passed its hash. Ends when the blob is whole, or
-    /// with why the swarm must take over.
-    async fn follow(
-        self: Arc<Self>,
-        origin: SocketAddr,
-        blob: Digest,
-        partial: Arc<Mutex<Partial>>,
-        chain: Arc<ChainProgress>,
-    ) -> Result<(), ChainEnd> {
-        let have = || partial.lock().unwrap_or_else(|e| e.into_inner()).have().clone();
-        let ask = Request::Upstream {
-            blob: blob.clone(),
-            node: self.name.clone(),
-            addr: self.addr.to_string(),
-        };
-        let peer = match tokio::time::timeout(TRACKER_TIMEOUT, self.request(origin, &ask)).await {
-            Ok(Ok((Response::Upstream { peer }, _))) => peer,
-            Ok(Ok((Response::Error { message }, _))) => return Err(ChainEnd::None(message)),
-            Ok(Ok((other, _))) => return Err(ChainEnd::None(format!("unexpected answer {other:?}"))),
-            Ok(Err(e)) => return Err(ChainEnd::None(e.to_string())),
-            Err(_) => return Err(ChainEnd::None("the tracker did not answer".into())),
-        };
-        let (name, addr) = match &peer {
-            Some(p) => match p.addr.parse() {
-                Ok(a) => (p.name.clone(), a),
-                Err(_) => return Err(ChainEnd::None(format!("{} at {:?}", p.name, p.addr))),
-            },
-            None => ("origin".to_string(), origin),
-        };
-        let lost = |why: String| ChainEnd::Lost(format!("{name}: {why}"));
-        let conn = self.connection(addr).await.map_err(|e| lost(e.to_string()))?;
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(e.to_string()))?;
-        let own = have();
-        let n = own.len();
-        let req = Request::Stream {
-            blob: blob.clone(),
-            pieces: n,
-            have: own.to_bytes(),
-        };
-        write_msg(&mut send, &req)
-            .await
-            .map_err(|e| lost(e.to_string()))?;
-        let _ = send.finish();
-        tracing::debug!("p2p: streaming {blob} from {name}");
-        loop {
-            let (index, len) = match read_msg(&mut recv).await {
-                Ok(Response::Next { index, len }) => (index, len as usize),
-                Ok(Response::Error { message }) => return Err(lost(message)),
-                Ok(other) => return Err(lost(format!("unexpected answer {other:?}"))),
-                Err(_) if have().is_full() => return Ok(()),
-                Err(e) => return Err(lost(e.to_string())),
-            };
-            // A piece number past the blob is a lie, not a range to compute.
-            if index >= n {
-                return Err(ChainEnd::Bad(name));
-            }
-            let expected = partial
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .table
-                .range(index)
-                .1;
-            if len as u64 != expected {
-                return Err(ChainEnd::Bad(name));
-            }
-            self.download_slot().await;
-            let (bytes, receiving) = match self
-                .take_piece(origin, &blob, index, len, &mut recv, || chain.moved())
-                .await
-            {
-                Ok(taken) => taken,
-                Err(Some(e)) => return Err(lost(e.to_string())),
-                Err(None) => return Err(lost(format!("piece {index} ended early"))),
-            };
-            // Counted with the write itself: this task may be aborted (a
-            // stall) while the write goes on.
-            let counted = (chain.clone(), peer.is_none());
-            match self
-                .write_taken(&partial, index, bytes, receiving, Some(counted))
-                .await
-            {
-                Ok(true) => {
-                    tracing::debug!("p2p: piece {index} from {name} at {:.3}", chain.seconds());
-                }
-                Ok(false) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => return Err(ChainEnd::Bad(name)),
-                Err(e) => return Err(lost(e.to_string())),
-            }
-        }
-    }
-
     /// Bans `who` (a peer's name, or "origin") for a bad piece of `blob`:
     /// counted, in the report, not asked again for `BAN`, and a peer (with
     /// `peers`, the downloader's known peers) forgotten and reported gone.
@@ -1745,20 +1173,5 @@ impl Inner {
         report.from_peers += chain.from_peers.load(Ordering::Relaxed);
         report.from_origin += chain.from_origin.load(Ordering::Relaxed);
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::reachable;
-
-    #[test]
-    fn unspecified_addresses_become_the_sender_s() {
-        let from: std::net::SocketAddr = "10.97.0.7:41000".parse().unwrap();
-        assert_eq!(reachable("0.0.0.0:5001", from), "10.97.0.7:5001");
-        assert_eq!(reachable("[::]:5001", from), "10.97.0.7:5001");
-        assert_eq!(reachable("10.1.1.1:5001", from), "10.1.1.1:5001");
-        let v6: std::net::SocketAddr = "[::ffff:10.97.0.8]:41000".parse().unwrap();
-        assert_eq!(reachable("0.0.0.0:5001", v6), "10.97.0.8:5001");
     }
 }
