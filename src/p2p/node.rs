@@ -1,13 +1,34 @@
 //! A P2P node over QUIC: serves the pieces it holds, downloads blobs from
 //! peers with the [`picker`](super::picker), and — on the origin — keeps
 //! the [`tracker`](super::tracker) and seeds from the registry's store.
+//!
+//! This file wires the node together: its configuration, the state every
+//! part shares (`Inner`), the public [`Node`], and requests to other
+//! nodes. Each job is an `impl Inner` in a file of its own:
+//! - `serve`: connections and streams, answers, the pieces held here or
+//!   still arriving (forwarded cut-through);
+//! - `chain`: streaming a blob to the next agent of a chain, and
+//!   following one;
+//! - `fetch`: one download per blob, from its piece table to the store,
+//!   and taking and writing the pieces that come;
+//! - `swarm`: the download loop (after the chain) with the picker, the
+//!   tracker's refreshes, busy holders and bans;
+//! - `origin`: the tracker, registrations, renewals, piece tables, and
+//!   the origin sending a piece only while no peer holds it;
+//! - `uplink`: pacing on capped links, and `Busy` when the uplink is full;
+//! - `cache`: eviction between watermarks, never of a blob in use;
+//! - `prewarm`: an agent's side of a prewarm.
 
 mod cache;
 mod chain;
+mod fetch;
 mod origin;
 mod prewarm;
 mod serve;
+mod swarm;
 mod uplink;
+
+pub use fetch::FetchReport;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,16 +37,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::task::JoinSet;
-
-use chain::{ChainEnd, ChainProgress};
 use origin::Tracker;
 
-use super::Bitfield;
-use super::picker::{PeerView, pick, unseeded};
 use super::pieces::{Partial, Tables};
 use super::relay::Arriving;
-use super::rng::Rng;
 use super::tls::{CLUSTER_NAME, Identity};
 use super::wire::{Request, Response, read_msg, write_msg};
 use crate::digest::Digest;
@@ -100,20 +115,18 @@ pub struct NodeConfig {
 /// outside it waiting.
 pub const CHAIN_MAX: usize = 64;
 
-/// Requests in flight to one peer, and in all.
-const PER_PEER: u32 = 1;
-/// A holder that answered "busy" is not asked again for the time it named,
-/// within these bounds.
-const MIN_COOLDOWN: Duration = Duration::from_millis(5);
-const MAX_COOLDOWN: Duration = Duration::from_millis(500);
-const IN_FLIGHT: usize = 10;
-/// How long a peer that sent a bad piece is not asked again.
-const BAN: Duration = Duration::from_secs(120);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const TRACKER_TIMEOUT: Duration = Duration::from_secs(2);
-/// How often a downloading agent sends the tracker all it holds.
-const ANNOUNCE_EVERY: Duration = Duration::from_secs(1);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The stream error code of a forward cut short: the piece failed (or
+/// its sender vanished) at the forwarder, which is not to blame for it.
+const CUT_SHORT: u32 = 1;
+
+/// How long to leave a holder alone that does not hold a piece the
+/// tracker said it does (its own download of it failed), or whose
+/// forward of a piece was cut short.
+const NOT_HERE: Duration = Duration::from_millis(100);
 
 pub struct Node {
     inner: Arc<Inner>,
@@ -180,93 +193,6 @@ pub struct AgentSide {
     pub upstream: String,
     /// The agent's pull-through registry, for loading into the engine.
     pub mirror: Option<SocketAddr>,
-}
-
-/// A piece request's outcome: who was asked (None: the origin), which
-/// piece, its bytes (and their entry among the arriving pieces, until
-/// they are written) or why not.
-type PieceResult = (
-    Option<String>,
-    usize,
-    Result<(Vec<u8>, Option<Receiving>), PieceError>,
-);
-
-/// The stream error code of a forward cut short: the piece failed (or
-/// its sender vanished) at the forwarder, which is not to blame for it.
-const CUT_SHORT: u32 = 1;
-
-/// A piece this node is receiving, listed in `Inner::arriving` while the
-/// value lives: peers asking for it get its bytes as they come in. Ends
-/// the piece as failed if it is dropped before it was verified.
-struct Receiving {
-    node: Arc<Inner>,
-    key: (Digest, usize),
-    piece: Arc<Arriving>,
-}
-
-impl Receiving {
-    /// Lists the piece as arriving, unless it already is (a duplicate).
-    fn start(node: &Arc<Inner>, blob: &Digest, index: usize, len: usize) -> Option<Receiving> {
-        let key = (blob.clone(), index);
-        let piece = Arc::new(Arriving::new(len));
-        let mut map = node.arriving.lock().unwrap_or_else(|e| e.into_inner());
-        if map.contains_key(&key) {
-            return None;
-        }
-        map.insert(key.clone(), piece.clone());
-        node.news.notify_waiters();
-        Some(Receiving {
-            node: node.clone(),
-            key,
-            piece,
-        })
-    }
-}
-
-impl Drop for Receiving {
-    fn drop(&mut self) {
-        self.piece.end(false);
-        let mut map = self.node.arriving.lock().unwrap_or_else(|e| e.into_inner());
-        if map.get(&self.key).is_some_and(|p| Arc::ptr_eq(p, &self.piece)) {
-            map.remove(&self.key);
-        }
-    }
-}
-
-/// Why a piece did not come.
-enum PieceError {
-    /// The holder is busy; ask it again after this long (zero: after the
-    /// next refresh of who holds what).
-    Busy(Duration),
-    /// Unreachable, or not holding what it said.
-    Failed(String),
-}
-
-/// How long to leave a holder alone that does not hold a piece the
-/// tracker said it does (its own download of it failed), or whose
-/// forward of a piece was cut short.
-const NOT_HERE: Duration = Duration::from_millis(100);
-
-/// What a background refresh learnt: the pieces some peer holds (from
-/// the tracker) and each peer's pieces (None: it did not answer).
-struct Refresh {
-    seeded: Option<Bitfield>,
-    haves: Vec<(String, SocketAddr, Option<Bitfield>)>,
-}
-
-/// What a fetch did.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct FetchReport {
-    pub pieces: usize,
-    /// Verified pieces found on disk from an earlier run.
-    pub resumed: usize,
-    pub from_origin: usize,
-    pub from_peers: usize,
-    /// Peers banned for a piece that failed its hash.
-    pub banned: Vec<String>,
-    /// Blobs evicted from the cache afterwards (least recently used).
-    pub evicted: Vec<String>,
-    pub seconds: f64,
 }
 
 impl Node {
@@ -467,218 +393,7 @@ impl Node {
     }
 }
 
-fn fetch_err(blob: &Digest, why: impl std::fmt::Display) -> NodeError {
-    NodeError::Fetch {
-        blob: blob.clone(),
-        why: why.to_string(),
-    }
-}
-
 impl Inner {
-    /// Requests one piece (`len` bytes) from `addr` (`target`: the peer's
-    /// name, None for the origin), after its slot under the download cap.
-    async fn piece_from(
-        self: Arc<Self>,
-        origin: SocketAddr,
-        addr: SocketAddr,
-        target: Option<String>,
-        blob: Digest,
-        piece: usize,
-        len: usize,
-    ) -> PieceResult {
-        self.download_slot().await;
-        let work = self.receive(origin, addr, &blob, piece, len);
-        let r = match tokio::time::timeout(REQUEST_TIMEOUT, work).await {
-            Ok(r) => r,
-            Err(_) => Err(PieceError::Failed(format!("{addr}: no answer in time"))),
-        };
-        (target, piece, r)
-    }
-
-    /// One piece's bytes from `addr`. They are listed among the arriving
-    /// pieces as they come in, so peers may ask for them before they are
-    /// whole, and the tracker hears of the piece at its first byte.
-    async fn receive(
-        self: &Arc<Self>,
-        origin: SocketAddr,
-        addr: SocketAddr,
-        blob: &Digest,
-        piece: usize,
-        len: usize,
-    ) -> Result<(Vec<u8>, Option<Receiving>), PieceError> {
-        let failed = |why: String| PieceError::Failed(format!("{addr}: {why}"));
-        let conn = self
-            .connection(addr)
-            .await
-            .map_err(|e| PieceError::Failed(e.to_string()))?;
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| failed(e.to_string()))?;
-        let req = Request::Piece {
-            blob: blob.clone(),
-            index: piece,
-        };
-        write_msg(&mut send, &req)
-            .await
-            .map_err(|e| failed(e.to_string()))?;
-        let _ = send.finish();
-        match read_msg(&mut recv).await.map_err(|e| failed(e.to_string()))? {
-            Response::Piece { len: l } if l == len as u64 => {}
-            Response::Piece { len: l } => {
-                return Err(failed(format!("piece {piece} of {l} bytes, not {len}")));
-            }
-            Response::Busy { retry_ms, .. } => return Err(PieceError::Busy(Duration::from_millis(retry_ms))),
-            Response::Error { message } => return Err(PieceError::Failed(message)),
-            other => return Err(failed(format!("unexpected answer {other:?}"))),
-        }
-        match self.take_piece(origin, blob, piece, len, &mut recv, || {}).await {
-            Ok(taken) => Ok(taken),
-            // The forwarder's own download of it failed: not its fault.
-            Err(Some(quinn::ReadError::Reset(code))) if code == CUT_SHORT.into() => {
-                Err(PieceError::Busy(NOT_HERE))
-            }
-            Err(Some(e)) => Err(failed(e.to_string())),
-            Err(None) => Err(failed(format!("piece {piece} ended early"))),
-        }
-    }
-
-    /// Takes the `len` bytes of piece `index` of `blob` off `recv`, listed
-    /// among the arriving pieces as they come (unless the piece already
-    /// is: a duplicate), the tracker told at the first byte; `moved` runs
-    /// for every chunk. `Err(None)`: the stream ended early.
-    async fn take_piece(
-        self: &Arc<Self>,
-        origin: SocketAddr,
-        blob: &Digest,
-        index: usize,
-        len: usize,
-        recv: &mut quinn::RecvStream,
-        moved: impl Fn(),
-    ) -> Result<(Vec<u8>, Option<Receiving>), Option<quinn::ReadError>> {
-        let receiving = Receiving::start(self, blob, index, len);
-        if receiving.is_some() {
-            self.tell(
-                origin,
-                Request::Got {
-                    blob: blob.clone(),
-                    node: self.name.clone(),
-                    index,
-                },
-            )
-            .await;
-        }
-        let mut bytes = Vec::with_capacity(len);
-        while bytes.len() < len {
-            let c = recv.read_chunk(len - bytes.len(), true).await?.ok_or(None)?;
-            if let Some(r) = &receiving {
-                r.piece.push(&c.bytes);
-            }
-            bytes.extend_from_slice(&c.bytes);
-            moved();
-        }
-        Ok((bytes, receiving))
-    }
-
-    /// Writes a piece that came (checking its hash) unless it is already
-    /// here (`Ok(false)`: a duplicate); once written, forwards of it may
-    /// send its last byte. Fails with `InvalidData` for a bad piece. With
-    /// `counted` (a chain's progress, and whether the piece came from the
-    /// origin), the piece is counted as it is written.
-    async fn write_taken(
-        &self,
-        partial: &Arc<Mutex<Partial>>,
-        index: usize,
-        bytes: Vec<u8>,
-        receiving: Option<Receiving>,
-        counted: Option<(Arc<ChainProgress>, bool)>,
-    ) -> std::io::Result<bool> {
-        let p = partial.clone();
-        let written = tokio::task::spawn_blocking(move || {
-            let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
-            if p.have().get(index) {
-                return Ok::<bool, std::io::Error>(false);
-            }
-            p.write_piece(index, &bytes)?;
-            if let Some((chain, from_origin)) = counted {
-                let len = bytes.len() as u64;
-                if from_origin {
-                    chain.from_origin.fetch_add(1, Ordering::Relaxed);
-                    crate::metrics::P2P_BYTES_FROM_ORIGIN.add(len);
-                } else {
-                    chain.from_peers.fetch_add(1, Ordering::Relaxed);
-                    crate::metrics::P2P_BYTES_FROM_PEERS.add(len);
-                }
-            }
-            Ok(true)
-        })
-        .await
-        .map_err(std::io::Error::other)??;
-        if written {
-            if let Some(r) = &receiving {
-                r.piece.end(true);
-            }
-            drop(receiving);
-            self.news.notify_waiters();
-        }
-        Ok(written)
-    }
-
-    /// Asks the tracker for peers and what they hold. The tracker knows
-    /// every piece a peer announced or reported (held, or arriving and
-    /// forwarded as it comes), so its answer is not ahead of the peer
-    /// (but for a piece whose download failed there, which the peer
-    /// answers with `Busy` until its next full announce); only a peer handed out without a bitfield
-    /// is asked itself. Known peers the tracker did not hand out this time
-    /// keep what was learnt of them before. When the tracker does not
-    /// answer (the origin is gone), every known peer is asked instead, so
-    /// the swarm finishes without it. A peer that does not answer comes
-    /// back with `None`.
-    async fn refresh(
-        self: Arc<Self>,
-        origin: SocketAddr,
-        blob: Digest,
-        n: usize,
-        known: Vec<(String, SocketAddr)>,
-    ) -> Refresh {
-        let asked = Request::Peers {
-            blob: blob.clone(),
-            node: self.name.clone(),
-            want: 16,
-        };
-        let mut out = Refresh {
-            seeded: None,
-            haves: Vec::new(),
-        };
-        let mut ask = Vec::new();
-        if let Ok(Ok((Response::Peers { peers, seeded }, _))) =
-            tokio::time::timeout(TRACKER_TIMEOUT, self.request(origin, &asked)).await
-        {
-            out.seeded = Bitfield::from_bytes(n, &seeded);
-            for p in peers {
-                let Ok(addr) = p.addr.parse() else { continue };
-                match p.have.and_then(|h| Bitfield::from_bytes(n, &h)) {
-                    Some(have) => out.haves.push((p.name, addr, Some(have))),
-                    None => ask.push((p.name, addr)),
-                }
-            }
-        } else {
-            ask = known;
-        }
-        let mut asks = JoinSet::new();
-        for (name, addr) in ask {
-            let (node, blob) = (self.clone(), blob.clone());
-            asks.spawn(async move { (name, addr, node.request(addr, &Request::Have { blob }).await) });
-        }
-        while let Some(Ok((name, addr, answer))) = asks.join_next().await {
-            let b = match answer {
-                Ok((Response::Have { pieces, have }, _)) if pieces == n => Bitfield::from_bytes(n, &have),
-                // Holds nothing of it (yet): still a peer.
-                Ok(_) => Some(Bitfield::new(n)),
-                Err(_) => None,
-            };
-            out.haves.push((name, addr, b));
-        }
-        out
-    }
-
     async fn connection(&self, addr: SocketAddr) -> Result<quinn::Connection> {
         if let Some(c) = self.conns.lock().await.get(&addr)
             && c.close_reason().is_none()
@@ -742,436 +457,5 @@ impl Inner {
                 tracing::debug!("p2p: tracker: {e}");
             }
         });
-    }
-
-    async fn fetch(self: Arc<Self>, origin: SocketAddr, blob: &Digest) -> Result<FetchReport> {
-        let started = Instant::now();
-        // One download per blob: a second caller (the mirror and a prewarm
-        // at once) waits for the first instead of sharing its partial file.
-        let deadline = Instant::now() + Duration::from_secs(3600);
-        loop {
-            if self.store.has(blob) {
-                return Ok(FetchReport::default());
-            }
-            if self
-                .fetching
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(blob.clone())
-            {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(fetch_err(
-                    blob,
-                    "another download of it did not end within an hour",
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let result = self.clone().fetch_claimed(origin, blob, started).await;
-        self.fetching
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(blob);
-        result
-    }
-
-    async fn fetch_claimed(
-        self: Arc<Self>,
-        origin: SocketAddr,
-        blob: &Digest,
-        started: Instant,
-    ) -> Result<FetchReport> {
-        let table = match self
-            .request(origin, &Request::Pieces { blob: blob.clone() })
-            .await?
-        {
-            (Response::Pieces { table }, _) if table.digest == *blob && table.is_consistent() => table,
-            (Response::Error { message }, _) => {
-                return Err(NodeError::NoTable {
-                    blob: blob.clone(),
-                    why: message,
-                });
-            }
-            (other, _) => {
-                return Err(NodeError::NoTable {
-                    blob: blob.clone(),
-                    why: format!("unexpected answer {other:?}"),
-                });
-            }
-        };
-        let n = table.count();
-        tracing::debug!(
-            "p2p: {blob}: piece table after {:.3} s",
-            started.elapsed().as_secs_f64()
-        );
-        let dir = self.partial_dir.clone();
-        let partial = tokio::task::spawn_blocking(move || Partial::open(&dir, table))
-            .await
-            .map_err(|e| fetch_err(blob, e))??;
-        let mut report = FetchReport {
-            pieces: n,
-            resumed: partial.have().count(),
-            ..Default::default()
-        };
-        let partial = Arc::new(Mutex::new(partial));
-        self.partials
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(blob.clone(), partial.clone());
-        tracing::debug!(
-            "p2p: {blob}: partial open after {:.3} s",
-            started.elapsed().as_secs_f64()
-        );
-        let mut result = self.download(origin, blob, &partial, &mut report).await;
-        tracing::debug!(
-            "p2p: {blob}: downloaded after {:.3} s",
-            started.elapsed().as_secs_f64()
-        );
-        if result.is_ok() {
-            // Into the store while still registered as a partial: peers
-            // asking for pieces never find the blob held nowhere.
-            let (p, store) = (partial.clone(), self.store.clone());
-            result = tokio::task::spawn_blocking(move || {
-                p.lock().unwrap_or_else(|e| e.into_inner()).finish(&store)
-            })
-            .await
-            .map_err(|e| fetch_err(blob, e))
-            .and_then(|r| r.map_err(NodeError::from));
-        }
-        self.partials
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(blob);
-        if result.is_ok() {
-            let node = self.clone();
-            let evicted = tokio::task::spawn_blocking(move || node.evict())
-                .await
-                .map_err(|e| fetch_err(blob, e))?;
-            report.evicted = evicted.iter().map(|d| d.to_string()).collect();
-            crate::metrics::P2P_BLOBS_COMPLETED.add(1);
-        }
-        report.seconds = started.elapsed().as_secs_f64();
-        result.map(|_| report)
-    }
-
-    /// Bans `who` (a peer's name, or "origin") for a bad piece of `blob`:
-    /// counted, in the report, not asked again for `BAN`, and a peer (with
-    /// `peers`, the downloader's known peers) forgotten and reported gone.
-    async fn ban(
-        self: &Arc<Self>,
-        origin: SocketAddr,
-        blob: &Digest,
-        who: String,
-        report: &mut FetchReport,
-        banned: &mut HashMap<String, Instant>,
-        peers: Option<&mut HashMap<String, (SocketAddr, Bitfield, u32)>>,
-    ) {
-        crate::metrics::P2P_PIECE_FAILURES.add(1);
-        if !report.banned.contains(&who) {
-            report.banned.push(who.clone());
-        }
-        banned.insert(who.clone(), Instant::now());
-        if let Some(peers) = peers {
-            peers.remove(&who);
-            let gone = Request::Gone {
-                blob: blob.clone(),
-                peer: who,
-            };
-            self.tell(origin, gone).await;
-        }
-    }
-
-    async fn download(
-        self: &Arc<Self>,
-        origin: SocketAddr,
-        blob: &Digest,
-        partial: &Arc<Mutex<Partial>>,
-        report: &mut FetchReport,
-    ) -> Result<()> {
-        let n = report.pieces;
-        let have = |p: &Arc<Mutex<Partial>>| p.lock().unwrap_or_else(|e| e.into_inner()).have().clone();
-        let piece_len =
-            |i: usize| partial.lock().unwrap_or_else(|e| e.into_inner()).table.range(i).1 as usize;
-        let origin_have = Bitfield::full(n);
-        // Known peers: name → (addr, their pieces, requests in flight).
-        let mut peers: HashMap<String, (SocketAddr, Bitfield, u32)> = HashMap::new();
-        let mut banned: HashMap<String, Instant> = HashMap::new();
-        // Pieces some peer holds (the tracker's word): the origin serves
-        // only the others.
-        let mut seeded = Bitfield::new(n);
-        let mut pending = Bitfield::new(n);
-        let mut origin_load = 0u32;
-        let mut rng = Rng::new(
-            u64::from_le_bytes(blob.hex().as_bytes()[..8].try_into().unwrap_or([0; 8]))
-                ^ self.addr.port() as u64,
-        );
-        let mut tasks: JoinSet<PieceResult> = JoinSet::new();
-        let mut last_refresh: Option<Instant> = None;
-        let mut last_announce: Option<Instant> = None;
-        let mut refreshing: Option<tokio::task::JoinHandle<Refresh>> = None;
-        let started = Instant::now();
-        // Peers that answered "busy", and until when they are left alone.
-        let mut cooldown: HashMap<String, Instant> = HashMap::new();
-        let mut origin_cooldown = Instant::now();
-        let deadline = Instant::now() + Duration::from_secs(3600);
-        // First follow a chain, if the tracker gives this agent a place in
-        // one; the swarm below takes over when it ends short or stalls.
-        let chain = Arc::new(ChainProgress::new(started));
-        let mut following = Some(tokio::spawn(self.clone().follow(
-            origin,
-            blob.clone(),
-            partial.clone(),
-            chain.clone(),
-        )));
-        while !have(partial).is_full() {
-            if Instant::now() > deadline {
-                return Err(fetch_err(blob, "no completion within an hour"));
-            }
-            if let Some(h) = following.take_if(|h| h.is_finished()) {
-                match h.await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(ChainEnd::Bad(who))) => {
-                        tracing::warn!("p2p: {who} streamed a bad piece of {blob}; banned");
-                        let peer = (who != "origin").then_some(&mut peers);
-                        self.ban(origin, blob, who, report, &mut banned, peer).await;
-                    }
-                    Ok(Err(e @ ChainEnd::None(_))) => tracing::debug!("p2p: {blob}: swarming ({e})"),
-                    Ok(Err(e)) => tracing::info!("p2p: {blob}: swarming ({e})"),
-                    Err(e) => tracing::debug!("p2p: {blob}: the chain task: {e}"),
-                }
-            } else if let Some(h) = following.take_if(|_| chain.stalled()) {
-                tracing::info!("p2p: {blob}: the chain stalled; swarming");
-                h.abort();
-            }
-            // On a chain, the tracker is told and asked once a second: it
-            // keeps what this agent holds (for other agents and the hosts
-            // page), and this agent knows peers to swarm with should the
-            // chain break after the origin is gone.
-            let refresh_every = if following.is_some() {
-                ANNOUNCE_EVERY
-            } else {
-                Duration::from_millis(100)
-            };
-            // Refresh in the background: learn peers and what they hold
-            // from the tracker, without stalling the requests in flight.
-            // Announce in full now and then: the tracker learns of each new
-            // piece from `Got`, which is sent without waiting and may be lost.
-            if refreshing.is_none() && last_refresh.is_none_or(|t| t.elapsed() > refresh_every) {
-                last_refresh = Some(Instant::now());
-                if last_announce.is_none_or(|t| t.elapsed() > ANNOUNCE_EVERY) {
-                    last_announce = Some(Instant::now());
-                    self.tell(
-                        origin,
-                        Request::Announce {
-                            blob: blob.clone(),
-                            node: self.name.clone(),
-                            addr: self.addr.to_string(),
-                            zone: self.zone,
-                            have: self.with_arriving(blob, have(partial)).to_bytes(),
-                        },
-                    )
-                    .await;
-                }
-                let known: Vec<(String, SocketAddr)> = peers.iter().map(|(k, v)| (k.clone(), v.0)).collect();
-                let (node, b) = (self.clone(), blob.clone());
-                refreshing = Some(tokio::spawn(
-                    async move { node.refresh(origin, b, n, known).await },
-                ));
-            }
-            if refreshing.as_ref().is_some_and(|h| h.is_finished())
-                && let Some(h) = refreshing.take()
-            {
-                let r = h.await.map_err(|e| fetch_err(blob, e))?;
-                if let Some(b) = r.seeded {
-                    seeded = b;
-                }
-                let mut gone = Vec::new();
-                for (name, addr, answer) in r.haves {
-                    if name == self.name || banned.get(&name).is_some_and(|t| t.elapsed() < BAN) {
-                        continue;
-                    }
-                    match answer {
-                        Some(b) => {
-                            peers.entry(name).or_insert((addr, Bitfield::new(n), 0)).1 = b;
-                        }
-                        None => gone.push(name),
-                    }
-                }
-                for name in gone {
-                    if peers.remove(&name).is_some() {
-                        self.tell(
-                            origin,
-                            Request::Gone {
-                                blob: blob.clone(),
-                                peer: name,
-                            },
-                        )
-                        .await;
-                    }
-                }
-            }
-            if following.is_some() {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            }
-            // Fill the request slots.
-            let own = have(partial);
-            while tasks.len() < IN_FLIGHT {
-                let names: Vec<&String> = peers.keys().collect();
-                let views: Vec<PeerView<'_>> = names
-                    .iter()
-                    .map(|name| {
-                        let (_, b, load) = &peers[*name];
-                        PeerView {
-                            have: b,
-                            free: *load < PER_PEER
-                                && cooldown.get(*name).is_none_or(|t| *t <= Instant::now()),
-                            load: *load,
-                            origin: false,
-                        }
-                    })
-                    .chain(std::iter::once(PeerView {
-                        have: &origin_have,
-                        free: origin_load < PER_PEER && origin_cooldown <= Instant::now(),
-                        load: origin_load,
-                        origin: true,
-                    }))
-                    .collect();
-                let origin_ok = |i: usize| !seeded.get(i);
-                let Some((idx, piece)) = pick(&own, &pending, &views, &origin_ok, &mut rng) else {
-                    break;
-                };
-                let target = if idx == names.len() {
-                    None
-                } else {
-                    Some(names[idx].clone())
-                };
-                drop(views);
-                let addr = match &target {
-                    Some(name) => {
-                        let e = peers.get_mut(name).expect("picked from the map");
-                        e.2 += 1;
-                        e.0
-                    }
-                    None => {
-                        origin_load += 1;
-                        origin
-                    }
-                };
-                pending.set(piece);
-                let len = piece_len(piece);
-                tasks.spawn(
-                    self.clone()
-                        .piece_from(origin, addr, target, blob.clone(), piece, len),
-                );
-            }
-            // Keep the origin busy with pieces no peer holds yet.
-            if origin_load == 0
-                && origin_cooldown <= Instant::now()
-                && tasks.len() < IN_FLIGHT + 1
-                && let Some(piece) = unseeded(&own, &pending, &|i| !seeded.get(i), &mut rng)
-            {
-                origin_load += 1;
-                pending.set(piece);
-                let len = piece_len(piece);
-                tasks.spawn(
-                    self.clone()
-                        .piece_from(origin, origin, None, blob.clone(), piece, len),
-                );
-            }
-            if tasks.is_empty() {
-                // Nothing to ask anyone right now: wait for the swarm.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            }
-            let Ok(Some(joined)) = tokio::time::timeout(Duration::from_millis(20), tasks.join_next()).await
-            else {
-                continue;
-            };
-            let (target, piece, result) = joined.map_err(|e| fetch_err(blob, e))?;
-            match &target {
-                Some(name) => {
-                    if let Some(e) = peers.get_mut(name) {
-                        e.2 = e.2.saturating_sub(1);
-                    }
-                }
-                None => origin_load = origin_load.saturating_sub(1),
-            }
-            pending.unset(piece);
-            match result {
-                Ok((bytes, receiving)) => {
-                    let len = bytes.len() as u64;
-                    // Ok(false): an endgame duplicate.
-                    match self.write_taken(partial, piece, bytes, receiving, None).await {
-                        Ok(true) => {
-                            tracing::debug!(
-                                "p2p: piece {piece} from {} at {:.3}",
-                                target.as_deref().unwrap_or("origin"),
-                                started.elapsed().as_secs_f64()
-                            );
-                            match &target {
-                                Some(name) => {
-                                    report.from_peers += 1;
-                                    crate::metrics::P2P_BYTES_FROM_PEERS.add(len);
-                                    if let Some(e) = peers.get_mut(name) {
-                                        e.1.set(piece);
-                                    }
-                                }
-                                None => {
-                                    report.from_origin += 1;
-                                    crate::metrics::P2P_BYTES_FROM_ORIGIN.add(len);
-                                }
-                            }
-                        }
-                        Ok(false) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                            // A piece that fails its hash: ban whoever sent it.
-                            let who = target.clone().unwrap_or_else(|| "origin".into());
-                            tracing::warn!("p2p: {who} sent a bad piece {piece} of {blob}; banned");
-                            let peer = target.is_some().then_some(&mut peers);
-                            self.ban(origin, blob, who, report, &mut banned, peer).await;
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-                Err(PieceError::Busy(wait)) => {
-                    tracing::debug!("p2p: piece {piece} from {target:?}: busy for {wait:?}");
-                    let until = Instant::now() + wait.clamp(MIN_COOLDOWN, MAX_COOLDOWN);
-                    match &target {
-                        Some(name) => {
-                            cooldown.insert(name.clone(), until);
-                        }
-                        // Peers hold it: learn who.
-                        None if wait.is_zero() => last_refresh = None,
-                        None => origin_cooldown = until,
-                    }
-                }
-                Err(PieceError::Failed(why)) => {
-                    tracing::debug!("p2p: piece {piece} from {target:?}: {why}");
-                    if let Some(name) = target {
-                        // Unreachable or not holding what it said: forget it.
-                        peers.remove(&name);
-                        self.tell(
-                            origin,
-                            Request::Gone {
-                                blob: blob.clone(),
-                                peer: name,
-                            },
-                        )
-                        .await;
-                    }
-                }
-            }
-        }
-        // Drain duplicates still in flight.
-        tasks.abort_all();
-        if let Some(h) = following {
-            h.abort();
-        }
-        report.from_peers += chain.from_peers.load(Ordering::Relaxed);
-        report.from_origin += chain.from_origin.load(Ordering::Relaxed);
-        Ok(())
     }
 }
