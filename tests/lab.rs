@@ -3,6 +3,10 @@
 //! (`tcp://HOST_IP:2376?tls=DIR`), on one shaped LAN. The app runs on a
 //! macvlan network on the hosts' `eth0`; the orchestrator and the client
 //! run in the lab's client namespace, as a machine on that LAN would.
+//! A release, TLS mistakes, `strata drain` of a host (the gap a LAN client
+//! sees while its instances move), and a host cut off the LAN: named by
+//! `status`, refused by `deploy`, drained with `--force`, and its stale
+//! containers removed once it answers again.
 //! Needs root (namespaces), docker.io, openssl, iproute2 and curl; skips
 //! loudly without them, which `.ci/run` turns into a failure.
 
