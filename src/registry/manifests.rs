@@ -46,6 +46,33 @@ fn foreign_layers(manifest: &serde_json::Value) -> Vec<Digest> {
         .collect()
 }
 
+/// What the referrers API lists of a manifest with a `subject`, besides
+/// its media type, digest and size (distribution spec 1.1): its
+/// `artifactType`; when that is missing or empty, an image manifest's
+/// config media type, and nothing for an index; and its annotations.
+fn referrer_fields(
+    manifest: &serde_json::Value,
+    is_index: bool,
+) -> serde_json::Map<String, serde_json::Value> {
+    fn non_empty(v: Option<&serde_json::Value>) -> Option<&str> {
+        v.and_then(|a| a.as_str()).filter(|a| !a.is_empty())
+    }
+    let own = non_empty(manifest.get("artifactType"));
+    let from_config = || non_empty(manifest.get("config").and_then(|c| c.get("mediaType")));
+    let artifact_type = if is_index { own } else { own.or_else(from_config) };
+    let mut fields = serde_json::Map::new();
+    if let Some(a) = artifact_type {
+        fields.insert("artifactType".into(), a.into());
+    }
+    if let Some(a) = manifest
+        .get("annotations")
+        .filter(|a| a.as_object().is_some_and(|m| !m.is_empty()))
+    {
+        fields.insert("annotations".into(), a.clone());
+    }
+    fields
+}
+
 /// What a manifest push stored.
 pub struct PutManifest {
     pub digest: Digest,
@@ -167,18 +194,8 @@ impl Registry {
             .and_then(|s| s.get("digest"))
             .and_then(|d| d.as_str())
             .and_then(|d| d.parse().ok());
-        let artifact_type = value
-            .get("artifactType")
-            .and_then(|a| a.as_str())
-            .or_else(|| {
-                value
-                    .get("config")
-                    .and_then(|c| c.get("mediaType"))
-                    .and_then(|m| m.as_str())
-            })
-            .map(str::to_string);
-        let annotations = value.get("annotations").cloned();
         let is_index = media == crate::oci::MEDIA_INDEX || media == crate::oci::MEDIA_DOCKER_LIST;
+        let referrer = subject.as_ref().map(|_| referrer_fields(&value, is_index));
         if is_index {
             let index: Index =
                 serde_json::from_value(value).map_err(|e| RegistryError::ManifestInvalid(e.to_string()))?;
@@ -216,17 +233,12 @@ impl Registry {
         for tag in named.into_iter().chain(tags.iter().map(String::as_str)) {
             Self::write_small(&repo.join("_tags").join(tag), d.to_string().as_bytes())?;
         }
-        if let Some(sub) = &subject {
-            let mut desc =
-                serde_json::json!({ "mediaType": media, "digest": d.to_string(), "size": bytes.len() });
-            if let Some(a) = &artifact_type {
-                desc["artifactType"] = serde_json::Value::String(a.clone());
-            }
-            if let Some(a) = annotations {
-                desc["annotations"] = a;
-            }
+        if let (Some(sub), Some(mut desc)) = (&subject, referrer) {
+            desc.insert("mediaType".into(), media.as_str().into());
+            desc.insert("digest".into(), d.to_string().into());
+            desc.insert("size".into(), bytes.len().into());
             let path = Self::referrers_dir(&repo, sub).join(d.hex());
-            Self::write_small(&path, desc.to_string().as_bytes())?;
+            Self::write_small(&path, serde_json::Value::Object(desc).to_string().as_bytes())?;
         }
         Ok(PutManifest { digest: d, subject })
     }
@@ -295,6 +307,40 @@ mod tests {
         assert_eq!(t(None, None).unwrap(), MEDIA_MANIFEST);
         assert!(t(None, Some("text/plain")).is_err());
         assert!(t(Some(&serde_json::json!("text/plain")), None).is_err());
+    }
+
+    #[test]
+    fn a_referrer_lists_its_artifact_type_else_its_config_type_and_its_annotations() {
+        use serde_json::json;
+        let config = json!({ "mediaType": "application/vnd.example.config" });
+        let listed =
+            |m: serde_json::Value, is_index| serde_json::Value::Object(referrer_fields(&m, is_index));
+        assert_eq!(
+            listed(
+                json!({ "artifactType": "application/vnd.example.sbom", "config": config }),
+                false
+            ),
+            json!({ "artifactType": "application/vnd.example.sbom" })
+        );
+        // Missing or empty: the config's media type, for an image manifest.
+        for own in [json!({}), json!({ "artifactType": "" })] {
+            let mut m = own.clone();
+            m["config"] = config.clone();
+            m["annotations"] = json!({ "a": "1" });
+            assert_eq!(
+                listed(m, false),
+                json!({ "artifactType": "application/vnd.example.config", "annotations": { "a": "1" } })
+            );
+            // An index has no config: no artifactType at all.
+            assert_eq!(listed(own, true), json!({}));
+        }
+        assert_eq!(
+            listed(json!({ "artifactType": "application/vnd.example.bundle" }), true),
+            json!({ "artifactType": "application/vnd.example.bundle" })
+        );
+        // Null or empty annotations are no annotations.
+        assert_eq!(listed(json!({ "annotations": null }), true), json!({}));
+        assert_eq!(listed(json!({ "annotations": {} }), true), json!({}));
     }
 
     #[test]
