@@ -46,6 +46,31 @@ fn foreign_layers(manifest: &serde_json::Value) -> Vec<Digest> {
         .collect()
 }
 
+/// Checks a pushed manifest or index against the image spec's own
+/// structure with the `oci-spec` crate: every field the spec defines must
+/// have its type, including those strata's types do not model (`subject`,
+/// `artifactType`, `urls`, `data`, a platform's `variant`), and
+/// `schemaVersion` must be 2. strata's types check the rest (digests it
+/// can verify, what a manifest names); the bytes are stored as pushed.
+pub fn check_structure(bytes: &[u8], value: &serde_json::Value, is_index: bool) -> Result<()> {
+    let invalid = |why: String| RegistryError::ManifestInvalid(why);
+    let version = value.get("schemaVersion");
+    if version.and_then(|v| v.as_u64()) != Some(2) {
+        return Err(invalid(format!(
+            "`schemaVersion` is {}, not 2",
+            version.map_or("missing".to_string(), |v| v.to_string())
+        )));
+    }
+    if is_index {
+        serde_json::from_slice::<oci_spec::image::ImageIndex>(bytes)
+            .map_err(|e| invalid(format!("not an image index: {e}")))?;
+    } else {
+        serde_json::from_slice::<oci_spec::image::ImageManifest>(bytes)
+            .map_err(|e| invalid(format!("not an image manifest: {e}")))?;
+    }
+    Ok(())
+}
+
 /// What the referrers API lists of a manifest with a `subject`, besides
 /// its media type, digest and size (distribution spec 1.1): its
 /// `artifactType`; when that is missing or empty, an image manifest's
@@ -195,6 +220,7 @@ impl Registry {
             .and_then(|d| d.as_str())
             .and_then(|d| d.parse().ok());
         let is_index = media == crate::oci::MEDIA_INDEX || media == crate::oci::MEDIA_DOCKER_LIST;
+        check_structure(bytes, &value, is_index)?;
         let referrer = subject.as_ref().map(|_| referrer_fields(&value, is_index));
         if is_index {
             let index: Index =
@@ -307,6 +333,97 @@ mod tests {
         assert_eq!(t(None, None).unwrap(), MEDIA_MANIFEST);
         assert!(t(None, Some("text/plain")).is_err());
         assert!(t(Some(&serde_json::json!("text/plain")), None).is_err());
+    }
+
+    #[test]
+    fn malformed_spec_fields_are_refused_and_docker_shapes_accepted() {
+        let d = Digest::sha256_of(b"{}").to_string();
+        let config =
+            format!(r#"{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{d}","size":2}}"#);
+        let manifest = |extra: &str| {
+            let layers = if extra.starts_with(",\"layers\"") {
+                ""
+            } else {
+                r#","layers":[]"#
+            };
+            format!(r#"{{"schemaVersion":2,"config":{config}{layers}{extra}}}"#)
+        };
+        let check = |body: &str, is_index| {
+            let v: serde_json::Value = serde_json::from_str(body).unwrap();
+            check_structure(body.as_bytes(), &v, is_index).map_err(|e| e.to_string())
+        };
+        for (extra, why) in [
+            (r#","subject":{"digest":5}"#, "expected a string"),
+            (
+                r#","subject":{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:abc","size":3}"#,
+                "digest length",
+            ),
+            (
+                &format!(
+                    r#","subject":{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{d}"}}"#
+                ),
+                "missing field `size`",
+            ),
+            (r#","artifactType":5"#, "expected a string"),
+            (
+                &format!(r#","layers":[{{"mediaType":"x/y","digest":"{d}","size":2,"urls":"https://x"}}]"#),
+                "expected a sequence",
+            ),
+            (
+                &format!(r#","layers":[{{"mediaType":"x/y","digest":"{d}","size":2,"data":7}}]"#),
+                "expected a string",
+            ),
+        ] {
+            let e = check(&manifest(extra), false).unwrap_err();
+            assert!(
+                e.starts_with("manifest is invalid: not an image manifest: ") && e.contains(why),
+                "{extra}: {e}"
+            );
+        }
+        let e = check(
+            &manifest("").replace(r#""schemaVersion":2"#, r#""schemaVersion":3"#),
+            false,
+        )
+        .unwrap_err();
+        assert!(e.contains("`schemaVersion` is 3, not 2"), "{e}");
+        let e = check(r#"{"manifests":[]}"#, true).unwrap_err();
+        assert!(e.contains("`schemaVersion` is missing"), "{e}");
+        let e = check(
+            &format!(
+                r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"x/y","digest":"{d}","size":2,"platform":{{"architecture":"arm","os":"linux","variant":5}}}}]}}"#
+            ),
+            true,
+        )
+        .unwrap_err();
+        assert!(e.contains("not an image index: invalid type: integer `5`"), "{e}");
+
+        // What clients really push: an artifact with the empty config and
+        // embedded data, Docker's schema 2 with a foreign layer, Docker's
+        // list with `os.version`/`os.features` (which oci-spec ignores).
+        let empty = format!(
+            r#"{{"mediaType":"application/vnd.oci.empty.v1+json","digest":"{d}","size":2,"data":"e30="}}"#
+        );
+        check(
+            &format!(
+                r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","artifactType":"application/vnd.example","config":{empty},"layers":[{empty}],"subject":{config},"annotations":{{"a":"b"}}}}"#
+            ),
+            false,
+        )
+        .unwrap();
+        check(
+            &format!(
+                r#"{{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{{"mediaType":"application/vnd.docker.container.image.v1+json","digest":"{d}","size":2}},"layers":[{{"mediaType":"application/vnd.docker.image.rootfs.foreign.diff.tar.gzip","digest":"{d}","size":2,"urls":["https://x/y"]}}]}}"#
+            ),
+            false,
+        )
+        .unwrap();
+        check(
+            &format!(
+                r#"{{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.list.v2+json","manifests":[{{"mediaType":"application/vnd.docker.distribution.manifest.v2+json","digest":"{d}","size":2,"platform":{{"architecture":"amd64","os":"windows","os.version":"10.0.17763.1","os.features":["win32k"]}}}}]}}"#
+            ),
+            true,
+        )
+        .unwrap();
     }
 
     #[test]
