@@ -1,9 +1,11 @@
-//! Manifests of a repository: pushing them (what they may name, within
-//! the [`ManifestPolicy`]), serving them with the media type this
-//! repository recorded, and the referrers of a subject. A manifest is
-//! stored only when every blob it names is in the repository, except what
-//! the policy lets through: foreign (non-distributable) layers with
-//! `urls`, and manifests an index names, when sparse indexes are allowed.
+//! Manifests of a repository: pushing them (their structure as the image
+//! spec has it, what they may name within the [`ManifestPolicy`]),
+//! serving them with the media type this repository recorded, and the
+//! referrers of a subject. A manifest is stored, as pushed, only when
+//! `oci-spec`'s types read it and every blob it names is in the
+//! repository, except what the policy lets through: foreign
+//! (non-distributable) layers with `urls`, and manifests an index names,
+//! when sparse indexes are allowed. Pushed bytes are never re-written.
 
 use std::fs;
 use std::path::{Path, PathBuf};
