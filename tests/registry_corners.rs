@@ -2,8 +2,8 @@
 //! real `strata serve`, and with real clients (skopeo, `oci-client`) where
 //! a client uses them: foreign layers, sparse indexes, suffix and open
 //! byte ranges, mounts with and without `from`, cancelled uploads, tags on
-//! a push by digest, sha512 manifests, the API version header and the
-//! token endpoint.
+//! a push by digest, sha512 manifests, manifests whose spec fields have the
+//! wrong shape, the API version header and the token endpoint.
 
 mod common;
 
@@ -536,6 +536,53 @@ fn a_push_by_digest_tags_and_sha512_stays_sha512() {
             }
         }
     }
+}
+
+#[test]
+fn a_manifest_with_a_malformed_spec_field_is_refused_and_stores_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Serve::start(&d.path().join("data"));
+    let c = s.client();
+    let cfg = push_blob(&s, &c, "app", CONFIG);
+    let base = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": { "mediaType": OCI_CONFIG, "digest": cfg.to_string(), "size": CONFIG.len() },
+        "layers": [],
+    });
+    let subject = Digest::sha256_of(base.to_string().as_bytes()).to_string();
+    // Fields strata itself never reads, each with the wrong shape: a
+    // subject without its size, a numeric artifactType, `urls` as a string.
+    let mut bad_subject = base.clone();
+    bad_subject["subject"] = json!({ "mediaType": OCI_MANIFEST, "digest": subject });
+    let mut bad_type = base.clone();
+    bad_type["artifactType"] = json!(5);
+    let mut bad_urls = base.clone();
+    bad_urls["config"]["urls"] = json!("https://example.com/cfg");
+    let mut bad_version = base.clone();
+    bad_version["schemaVersion"] = json!(3);
+    for (tag, m, why) in [
+        ("s", bad_subject, "missing field `size`"),
+        ("t", bad_type, "expected a string"),
+        ("u", bad_urls, "expected a sequence"),
+        ("v", bad_version, "`schemaVersion` is 3, not 2"),
+    ] {
+        let (status, code, msg) = error_of(put(&s, &c, "app", tag, OCI_MANIFEST, &m.to_string()));
+        assert_eq!((status, code.as_str()), (400, "MANIFEST_INVALID"), "{tag}: {msg}");
+        assert!(msg.contains(why), "{tag}: {msg}");
+        let r = c.get(s.url(&format!("/v2/app/manifests/{tag}"))).send().unwrap();
+        assert_eq!(r.status(), 404, "{tag}: a refused manifest was tagged");
+    }
+    let r = c
+        .get(s.url(&format!("/v2/app/referrers/{subject}")))
+        .send()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&r.bytes().unwrap()).unwrap();
+    assert_eq!(v["manifests"], json!([]), "a refused referrer is listed");
+    assert_eq!(
+        put(&s, &c, "app", "ok", OCI_MANIFEST, &base.to_string()).status(),
+        201
+    );
 }
 
 #[test]

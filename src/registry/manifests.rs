@@ -1,9 +1,11 @@
-//! Manifests of a repository: pushing them (what they may name, within
-//! the [`ManifestPolicy`]), serving them with the media type this
-//! repository recorded, and the referrers of a subject. A manifest is
-//! stored only when every blob it names is in the repository, except what
-//! the policy lets through: foreign (non-distributable) layers with
-//! `urls`, and manifests an index names, when sparse indexes are allowed.
+//! Manifests of a repository: pushing them (their structure as the image
+//! spec has it, what they may name within the [`ManifestPolicy`]),
+//! serving them with the media type this repository recorded, and the
+//! referrers of a subject. A manifest is stored, as pushed, only when
+//! `oci-spec`'s types read it and every blob it names is in the
+//! repository, except what the policy lets through: foreign
+//! (non-distributable) layers with `urls`, and manifests an index names,
+//! when sparse indexes are allowed. Pushed bytes are never re-written.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -44,6 +46,58 @@ fn foreign_layers(manifest: &serde_json::Value) -> Vec<Digest> {
         .filter(|l| l["urls"].as_array().is_some_and(|u| !u.is_empty()))
         .filter_map(|l| l["digest"].as_str()?.parse().ok())
         .collect()
+}
+
+/// Checks a pushed manifest or index against the image spec's own
+/// structure with the `oci-spec` crate: every field the spec defines must
+/// have its type, including those strata's types do not model (`subject`,
+/// `artifactType`, `urls`, `data`, a platform's `variant`), and
+/// `schemaVersion` must be 2. strata's types check the rest (digests it
+/// can verify, what a manifest names); the bytes are stored as pushed.
+pub fn check_structure(bytes: &[u8], value: &serde_json::Value, is_index: bool) -> Result<()> {
+    let invalid = |why: String| RegistryError::ManifestInvalid(why);
+    let version = value.get("schemaVersion");
+    if version.and_then(|v| v.as_u64()) != Some(2) {
+        return Err(invalid(format!(
+            "`schemaVersion` is {}, not 2",
+            version.map_or("missing".to_string(), |v| v.to_string())
+        )));
+    }
+    if is_index {
+        serde_json::from_slice::<oci_spec::image::ImageIndex>(bytes)
+            .map_err(|e| invalid(format!("not an image index: {e}")))?;
+    } else {
+        serde_json::from_slice::<oci_spec::image::ImageManifest>(bytes)
+            .map_err(|e| invalid(format!("not an image manifest: {e}")))?;
+    }
+    Ok(())
+}
+
+/// What the referrers API lists of a manifest with a `subject`, besides
+/// its media type, digest and size (distribution spec 1.1): its
+/// `artifactType`; when that is missing or empty, an image manifest's
+/// config media type, and nothing for an index; and its annotations.
+fn referrer_fields(
+    manifest: &serde_json::Value,
+    is_index: bool,
+) -> serde_json::Map<String, serde_json::Value> {
+    fn non_empty(v: Option<&serde_json::Value>) -> Option<&str> {
+        v.and_then(|a| a.as_str()).filter(|a| !a.is_empty())
+    }
+    let own = non_empty(manifest.get("artifactType"));
+    let from_config = || non_empty(manifest.get("config").and_then(|c| c.get("mediaType")));
+    let artifact_type = if is_index { own } else { own.or_else(from_config) };
+    let mut fields = serde_json::Map::new();
+    if let Some(a) = artifact_type {
+        fields.insert("artifactType".into(), a.into());
+    }
+    if let Some(a) = manifest
+        .get("annotations")
+        .filter(|a| a.as_object().is_some_and(|m| !m.is_empty()))
+    {
+        fields.insert("annotations".into(), a.clone());
+    }
+    fields
 }
 
 /// What a manifest push stored.
@@ -167,18 +221,9 @@ impl Registry {
             .and_then(|s| s.get("digest"))
             .and_then(|d| d.as_str())
             .and_then(|d| d.parse().ok());
-        let artifact_type = value
-            .get("artifactType")
-            .and_then(|a| a.as_str())
-            .or_else(|| {
-                value
-                    .get("config")
-                    .and_then(|c| c.get("mediaType"))
-                    .and_then(|m| m.as_str())
-            })
-            .map(str::to_string);
-        let annotations = value.get("annotations").cloned();
         let is_index = media == crate::oci::MEDIA_INDEX || media == crate::oci::MEDIA_DOCKER_LIST;
+        check_structure(bytes, &value, is_index)?;
+        let referrer = subject.as_ref().map(|_| referrer_fields(&value, is_index));
         if is_index {
             let index: Index =
                 serde_json::from_value(value).map_err(|e| RegistryError::ManifestInvalid(e.to_string()))?;
@@ -216,17 +261,12 @@ impl Registry {
         for tag in named.into_iter().chain(tags.iter().map(String::as_str)) {
             Self::write_small(&repo.join("_tags").join(tag), d.to_string().as_bytes())?;
         }
-        if let Some(sub) = &subject {
-            let mut desc =
-                serde_json::json!({ "mediaType": media, "digest": d.to_string(), "size": bytes.len() });
-            if let Some(a) = &artifact_type {
-                desc["artifactType"] = serde_json::Value::String(a.clone());
-            }
-            if let Some(a) = annotations {
-                desc["annotations"] = a;
-            }
+        if let (Some(sub), Some(mut desc)) = (&subject, referrer) {
+            desc.insert("mediaType".into(), media.as_str().into());
+            desc.insert("digest".into(), d.to_string().into());
+            desc.insert("size".into(), bytes.len().into());
             let path = Self::referrers_dir(&repo, sub).join(d.hex());
-            Self::write_small(&path, desc.to_string().as_bytes())?;
+            Self::write_small(&path, serde_json::Value::Object(desc).to_string().as_bytes())?;
         }
         Ok(PutManifest { digest: d, subject })
     }
@@ -295,6 +335,131 @@ mod tests {
         assert_eq!(t(None, None).unwrap(), MEDIA_MANIFEST);
         assert!(t(None, Some("text/plain")).is_err());
         assert!(t(Some(&serde_json::json!("text/plain")), None).is_err());
+    }
+
+    #[test]
+    fn malformed_spec_fields_are_refused_and_docker_shapes_accepted() {
+        let d = Digest::sha256_of(b"{}").to_string();
+        let config =
+            format!(r#"{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{d}","size":2}}"#);
+        let manifest = |extra: &str| {
+            let layers = if extra.starts_with(",\"layers\"") {
+                ""
+            } else {
+                r#","layers":[]"#
+            };
+            format!(r#"{{"schemaVersion":2,"config":{config}{layers}{extra}}}"#)
+        };
+        let check = |body: &str, is_index| {
+            let v: serde_json::Value = serde_json::from_str(body).unwrap();
+            check_structure(body.as_bytes(), &v, is_index).map_err(|e| e.to_string())
+        };
+        for (extra, why) in [
+            (r#","subject":{"digest":5}"#, "expected a string"),
+            (
+                r#","subject":{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:abc","size":3}"#,
+                "digest length",
+            ),
+            (
+                &format!(
+                    r#","subject":{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{d}"}}"#
+                ),
+                "missing field `size`",
+            ),
+            (r#","artifactType":5"#, "expected a string"),
+            (
+                &format!(r#","layers":[{{"mediaType":"x/y","digest":"{d}","size":2,"urls":"https://x"}}]"#),
+                "expected a sequence",
+            ),
+            (
+                &format!(r#","layers":[{{"mediaType":"x/y","digest":"{d}","size":2,"data":7}}]"#),
+                "expected a string",
+            ),
+        ] {
+            let e = check(&manifest(extra), false).unwrap_err();
+            assert!(
+                e.starts_with("manifest is invalid: not an image manifest: ") && e.contains(why),
+                "{extra}: {e}"
+            );
+        }
+        let e = check(
+            &manifest("").replace(r#""schemaVersion":2"#, r#""schemaVersion":3"#),
+            false,
+        )
+        .unwrap_err();
+        assert!(e.contains("`schemaVersion` is 3, not 2"), "{e}");
+        let e = check(r#"{"manifests":[]}"#, true).unwrap_err();
+        assert!(e.contains("`schemaVersion` is missing"), "{e}");
+        let e = check(
+            &format!(
+                r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"x/y","digest":"{d}","size":2,"platform":{{"architecture":"arm","os":"linux","variant":5}}}}]}}"#
+            ),
+            true,
+        )
+        .unwrap_err();
+        assert!(e.contains("not an image index: invalid type: integer `5`"), "{e}");
+
+        // What clients really push: an artifact with the empty config and
+        // embedded data, Docker's schema 2 with a foreign layer, Docker's
+        // list with `os.version`/`os.features` (which oci-spec ignores).
+        let empty = format!(
+            r#"{{"mediaType":"application/vnd.oci.empty.v1+json","digest":"{d}","size":2,"data":"e30="}}"#
+        );
+        check(
+            &format!(
+                r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","artifactType":"application/vnd.example","config":{empty},"layers":[{empty}],"subject":{config},"annotations":{{"a":"b"}}}}"#
+            ),
+            false,
+        )
+        .unwrap();
+        check(
+            &format!(
+                r#"{{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{{"mediaType":"application/vnd.docker.container.image.v1+json","digest":"{d}","size":2}},"layers":[{{"mediaType":"application/vnd.docker.image.rootfs.foreign.diff.tar.gzip","digest":"{d}","size":2,"urls":["https://x/y"]}}]}}"#
+            ),
+            false,
+        )
+        .unwrap();
+        check(
+            &format!(
+                r#"{{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.list.v2+json","manifests":[{{"mediaType":"application/vnd.docker.distribution.manifest.v2+json","digest":"{d}","size":2,"platform":{{"architecture":"amd64","os":"windows","os.version":"10.0.17763.1","os.features":["win32k"]}}}}]}}"#
+            ),
+            true,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_referrer_lists_its_artifact_type_else_its_config_type_and_its_annotations() {
+        use serde_json::json;
+        let config = json!({ "mediaType": "application/vnd.example.config" });
+        let listed =
+            |m: serde_json::Value, is_index| serde_json::Value::Object(referrer_fields(&m, is_index));
+        assert_eq!(
+            listed(
+                json!({ "artifactType": "application/vnd.example.sbom", "config": config }),
+                false
+            ),
+            json!({ "artifactType": "application/vnd.example.sbom" })
+        );
+        // Missing or empty: the config's media type, for an image manifest.
+        for own in [json!({}), json!({ "artifactType": "" })] {
+            let mut m = own.clone();
+            m["config"] = config.clone();
+            m["annotations"] = json!({ "a": "1" });
+            assert_eq!(
+                listed(m, false),
+                json!({ "artifactType": "application/vnd.example.config", "annotations": { "a": "1" } })
+            );
+            // An index has no config: no artifactType at all.
+            assert_eq!(listed(own, true), json!({}));
+        }
+        assert_eq!(
+            listed(json!({ "artifactType": "application/vnd.example.bundle" }), true),
+            json!({ "artifactType": "application/vnd.example.bundle" })
+        );
+        // Null or empty annotations are no annotations.
+        assert_eq!(listed(json!({ "annotations": null }), true), json!({}));
+        assert_eq!(listed(json!({ "annotations": {} }), true), json!({}));
     }
 
     #[test]
