@@ -163,8 +163,9 @@ paths = ["/var/lib/tomcat10/webapps/**"]
         self.dir.path().join(format!("apps/{}.toml", self.name))
     }
 
-    /// `strata ARGS APP …`, run on the LAN (in the client namespace).
-    fn run(&self, lab: &Lab, args: &[&str]) -> Output {
+    /// `strata ARGS --apps … --data … --layout …`, run on the LAN (in the
+    /// client namespace).
+    fn strata(&self, lab: &Lab, args: &[&str]) -> Output {
         let s = stack().expect("stack built");
         Command::new(lab_sh())
             .args(["exec", "--dir"])
@@ -172,7 +173,6 @@ paths = ["/var/lib/tomcat10/webapps/**"]
             .arg("--")
             .arg(env!("CARGO_BIN_EXE_strata"))
             .args(args)
-            .arg(&self.name)
             .arg("--apps")
             .arg(self.dir.path().join("apps"))
             .arg("--data")
@@ -185,25 +185,18 @@ paths = ["/var/lib/tomcat10/webapps/**"]
             .unwrap()
     }
 
+    /// `strata ARGS APP …` on the LAN.
+    fn run(&self, lab: &Lab, args: &[&str]) -> Output {
+        let mut a = args.to_vec();
+        a.push(&self.name);
+        self.strata(lab, &a)
+    }
+
     /// `strata drain ARGS…` on the LAN, its JSON report (one app).
     fn drain(&self, lab: &Lab, args: &[&str]) -> Value {
-        let s = stack().expect("stack built");
-        let o = Command::new(lab_sh())
-            .args(["exec", "--dir"])
-            .arg(&lab.dir)
-            .arg("--")
-            .arg(env!("CARGO_BIN_EXE_strata"))
-            .arg("drain")
-            .args(args)
-            .arg("--apps")
-            .arg(self.dir.path().join("apps"))
-            .arg("--data")
-            .arg(self.dir.path().join("data"))
-            .arg("--layout")
-            .arg(&s.layout)
-            .env("STRATA_STORE", &s.store)
-            .output()
-            .unwrap();
+        let mut a = vec!["drain"];
+        a.extend_from_slice(args);
+        let o = self.strata(lab, &a);
         assert!(
             o.status.success(),
             "strata drain {args:?}: {}\n{}",
