@@ -400,12 +400,26 @@ impl<'a> Orchestrator<'a> {
         self.deploy(&target, Mode::Auto, "rollback")
     }
 
-    /// The engine must have the image: load it from the store when not.
+    /// The engine must have the image. One it already holds under another
+    /// name (pulled through the host's agent by `strata prewarm --load`,
+    /// or by hand) is found by its ID, the config digest (the manifest
+    /// digest on engines with the containerd image store), and only
+    /// tagged; otherwise the image is loaded from the store.
     fn ensure_image(&self, host: &Host, target: &Target) -> Result<String> {
         let (repo, tag) = target.engine_tag(&self.app.name);
         let name = format!("{repo}:{tag}");
         if self.block(host.image_exists(&name))? {
             return Ok(name);
+        }
+        for id in [&target.image.config, &target.image.manifest] {
+            if self.block(host.image_exists(&id.to_string()))? {
+                self.block(host.tag(&id.to_string(), &repo, &tag))?;
+                self.say(&format!(
+                    "{} already holds {}: tagged, nothing loaded",
+                    host.endpoint, target.image
+                ));
+                return Ok(name);
+            }
         }
         self.say(&format!("loading {} into {}", target.image, host.endpoint));
         let tmp = self.store.temp_dir("deploy-load-")?;

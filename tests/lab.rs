@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Instant;
 
-use common::deploy::stack;
+use common::deploy::{copy_dir, stack};
 use common::*;
 use serde_json::Value;
 
@@ -35,8 +35,13 @@ fn lab_sh() -> PathBuf {
     repo().join("deploy/lab/lab.sh")
 }
 
+/// One lab at a time: each starts eight Tomcats on a 2-core machine.
+static ONE_LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 impl Lab {
-    fn up() -> Option<Lab> {
+    /// A lab of `HOSTS` hosts; with `release_path`, an origin and an
+    /// agent on every host too (`lab.sh up --strata`).
+    fn up(release_path: bool) -> Option<Lab> {
         let root = Command::new("id")
             .arg("-u")
             .output()
@@ -60,7 +65,12 @@ impl Lab {
             _tmp: tmp,
         };
         let t = Instant::now();
-        let o = lab.sh(&["up", "--hosts", &HOSTS.to_string(), "--prefix", &lab.prefix]);
+        let hosts = HOSTS.to_string();
+        let mut args = vec!["up", "--hosts", &hosts, "--prefix", &lab.prefix];
+        if release_path {
+            args.extend(["--strata", env!("CARGO_BIN_EXE_strata")]);
+        }
+        let o = lab.sh(&args);
         assert!(o.status.success(), "lab.sh up: {}", stderr(&o));
         eprintln!("lab up in {:.1}s", t.elapsed().as_secs_f64());
         Some(lab)
@@ -167,6 +177,12 @@ paths = ["/var/lib/tomcat10/webapps/**"]
     /// client namespace).
     fn strata(&self, lab: &Lab, args: &[&str]) -> Output {
         let s = stack().expect("stack built");
+        self.strata_with(lab, args, &s.layout, &[])
+    }
+
+    /// The same with another layout and more environment.
+    fn strata_with(&self, lab: &Lab, args: &[&str], layout: &Path, env: &[(&str, &str)]) -> Output {
+        let s = stack().expect("stack built");
         Command::new(lab_sh())
             .args(["exec", "--dir"])
             .arg(&lab.dir)
@@ -178,8 +194,9 @@ paths = ["/var/lib/tomcat10/webapps/**"]
             .arg("--data")
             .arg(self.dir.path().join("data"))
             .arg("--layout")
-            .arg(&s.layout)
+            .arg(layout)
             .env("STRATA_STORE", &s.store)
+            .envs(env.iter().copied())
             .env_remove("STRATA_FAULT")
             .output()
             .unwrap()
@@ -304,7 +321,8 @@ fn other_ca(dir: &Path) {
 #[test]
 fn a_release_across_four_lab_hosts_over_tls_on_macvlan_then_a_drain() {
     let Some(_) = stack() else { return };
-    let Some(lab) = Lab::up() else { return };
+    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(lab) = Lab::up(false) else { return };
     let app = LabApp::new(&lab);
 
     // Round-robin: instance i on host ((i - 1) mod 4) + 1, two per host.
@@ -563,4 +581,235 @@ fn a_release_across_four_lab_hosts_over_tls_on_macvlan_then_a_drain() {
     let ns = Command::new("ip").args(["netns", "list"]).output().unwrap();
     assert!(!stdout(&ns).contains(&prefix), "{}", stdout(&ns));
     assert!(!dir.exists(), "{} is gone", dir.display());
+}
+
+/// Bytes namespace `who`'s LAN port (its eth0: `origin`, `client`) has
+/// sent so far (`ip -s link`).
+fn tx(lab: &Lab, who: &str) -> u64 {
+    let ns = format!("{}-{who}", lab.prefix);
+    let o = Command::new("ip")
+        .args(["-n", &ns, "-j", "-s", "link", "show", "eth0"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "ip -s link in {ns}: {}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    v[0]["stats64"]["tx"]["bytes"].as_u64().unwrap()
+}
+
+/// The layers (digest, size) of `shop:TAG` at the origin, read from the LAN.
+fn origin_layers(lab: &Lab, tag: &str) -> Vec<(String, u64)> {
+    let url = format!("http://10.77.0.3:5000/v2/shop/manifests/{tag}");
+    let accept = "Accept: application/vnd.oci.image.manifest.v1+json";
+    let o = lab.sh(&["exec", "--", "curl", "-sf", "-m", "10", "-H", accept, &url]);
+    assert!(o.status.success(), "{url}: {}", stderr(&o));
+    let m: Value = serde_json::from_slice(&o.stdout).unwrap();
+    m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(std::iter::once(&m["config"]))
+        .map(|l| {
+            (
+                l["digest"].as_str().unwrap().to_string(),
+                l["size"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_release_is_pushed_prewarmed_over_p2p_deployed_hotfixed_and_redeployed_on_every_host() {
+    let Some(_) = stack() else { return };
+    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(lab) = Lab::up(true) else { return };
+    let app = LabApp::new(&lab);
+    let token = std::fs::read_to_string(lab.dir.join("origin/token")).unwrap();
+    let token = token.trim();
+    let auth = format!("lab:{token}");
+    let layout = app.dir.path().join("oci");
+    let war = app.dir.path().join("war");
+    copy_dir(&repo().join("base-images/webapp"), &war);
+    write(&war.join("health.txt"), "ok\n");
+    write(
+        &war.join("META-INF/context.xml"),
+        "<Context><Resources cachingAllowed=\"false\"/></Context>\n",
+    );
+    let config = repo().join("deploy/examples/offline.toml");
+    // Each build carries 4 MiB of its own (incompressible) bytes, so the
+    // new layer of every release is mostly those and its copies count.
+    let build = |tag: &str| {
+        write(&war.join("version.txt"), format!("{tag}\n"));
+        let mut noise = vec![0u8; 4 << 20];
+        let mut x = tag.bytes().fold(u64::from(std::process::id()) | 1, |h, c| {
+            h.rotate_left(8) ^ u64::from(c)
+        });
+        for chunk in noise.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+        }
+        std::fs::write(war.join("static.bin"), noise).unwrap();
+    };
+    // (what the report says, what the origin sent, what the operator's
+    // machine sent)
+    let release = |tag: &str| -> (Value, u64, u64) {
+        let (origin, client) = (tx(&lab, "origin"), tx(&lab, "client"));
+        let t = Instant::now();
+        let o = app.strata_with(
+            &lab,
+            &[
+                "release",
+                "shop",
+                "--json",
+                "-c",
+                config.to_str().unwrap(),
+                "--war",
+                war.to_str().unwrap(),
+                "--push",
+                &format!("10.77.0.3:5000/shop:{tag}"),
+                "--plain-http",
+                "--server",
+                "http://10.77.0.3:5000",
+                "--token",
+                token,
+                "--load",
+            ],
+            &layout,
+            &[("STRATA_REGISTRY_AUTH", &auth)],
+        );
+        let e = stderr(&o);
+        assert!(o.status.success(), "release {tag}: {e}\n{}", stdout(&o));
+        let egress = tx(&lab, "origin") - origin;
+        let sent = tx(&lab, "client") - client;
+        eprintln!(
+            "release {tag} in {:.1}s, origin egress {:.1} MiB, the operator's machine sent {:.1} MiB:\n{e}",
+            t.elapsed().as_secs_f64(),
+            egress as f64 / 1048576.0,
+            sent as f64 / 1048576.0
+        );
+        let r: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|x| panic!("{x}: {}", stdout(&o)));
+        (r, egress, sent)
+    };
+    let serving = |tag: &str| {
+        for (name, _, ip, _) in instances(&lab, &app) {
+            assert_eq!(
+                lab.get(&ip, "/version.txt").as_deref(),
+                Some(format!("{tag}\n").as_str()),
+                "{name} at {ip}"
+            );
+        }
+    };
+
+    // b1: the whole image reaches the hosts through the swarm, each engine
+    // pulls it from its own agent, and the deploy only tags it there.
+    build("b1");
+    let (r, egress, sent) = release("b1");
+    assert_eq!(r["instances"].as_array().unwrap().len(), INSTANCES, "{r}");
+    serving("b1");
+    let placed = instances(&lab, &app);
+    for (name, h, _, c) in &placed {
+        let running = lab.docker(*h, &["inspect", "-f", "{{.Image}}", c]);
+        let pulled = lab.docker(
+            *h,
+            &["image", "inspect", "-f", "{{.Id}}", "127.0.0.1:5002/shop:b1"],
+        );
+        assert_eq!(running, pulled, "{name} runs what h{h} pulled from its agent");
+    }
+    // The origin sent about one copy, not one per host; the operator's
+    // machine one (the push), so it loaded nothing into any engine.
+    let image: u64 = origin_layers(&lab, "b1").iter().map(|l| l.1).sum();
+    let copies = egress as f64 / image as f64;
+    let pushed = sent as f64 / image as f64;
+    eprintln!(
+        "b1: {HOSTS} hosts, image {image} bytes: the origin sent {copies:.2} copies, the operator's machine {pushed:.2}"
+    );
+    assert!(copies < 1.5, "origin egress {copies:.2} copies of the image");
+    assert!(
+        pushed < 1.3,
+        "the operator's machine sent {pushed:.2} copies: the push, and no load"
+    );
+
+    // b2: a page and the static bytes changed: a hotfix everywhere, same
+    // containers, and the origin sends about one copy of the new layer.
+    build("b2");
+    write(&war.join("index.html"), "<h1>build two</h1>\n");
+    let (r, egress, sent) = release("b2");
+    for i in r["instances"].as_array().unwrap() {
+        assert_eq!(i["mode"], "hotfix", "{r}");
+        assert_eq!(i["outcome"], "ok", "{r}");
+    }
+    serving("b2");
+    assert_eq!(
+        instances(&lab, &app),
+        placed,
+        "hotfixed in place: same containers"
+    );
+    let old: Vec<String> = origin_layers(&lab, "b1").into_iter().map(|l| l.0).collect();
+    let new: u64 = origin_layers(&lab, "b2")
+        .iter()
+        .filter(|l| !old.contains(&l.0))
+        .map(|l| l.1)
+        .sum();
+    let copies = egress as f64 / new as f64;
+    let pushed = sent as f64 / new as f64;
+    eprintln!(
+        "b2: new layers {new} bytes: the origin sent {copies:.2} copies, the operator's machine {pushed:.2}"
+    );
+    assert!(copies < 1.6, "origin egress {copies:.2} copies of the new layers");
+    // (The operator's machine sends each instance the changed files:
+    // a hotfix goes through the engine API, not through the agents.)
+
+    // b3 with a change no hotfix can carry (the environment): every
+    // instance redeployed, two at a time (max_unavailable = 2), each
+    // keeping its host and IP.
+    let spec = std::fs::read_to_string(app.spec()).unwrap();
+    std::fs::write(
+        app.spec(),
+        spec.replace("env = {", "env = { RELEASE = \"three\", ")
+            .replace("stop_grace = ", "max_unavailable = 2\nstop_grace = "),
+    )
+    .unwrap();
+    build("b3");
+    let (r, _, _) = release("b3");
+    for i in r["instances"].as_array().unwrap() {
+        assert_eq!(i["mode"], "redeploy", "{r}");
+        assert_eq!(i["outcome"], "ok", "{r}");
+    }
+    serving("b3");
+    let after = instances(&lab, &app);
+    for (b, a) in placed.iter().zip(&after) {
+        assert_eq!((&b.0, b.1, &b.2), (&a.0, a.1, &a.2), "same instance, host and IP");
+        assert_ne!(b.3, a.3, "{}: a new container", a.0);
+        let env = lab.docker(a.1, &["inspect", "-f", "{{json .Config.Env}}", &a.3]);
+        assert!(env.contains("RELEASE=three"), "{}: {env}", a.0);
+    }
+    // Two at a time: shop-1 and shop-2 started together, shop-3 only
+    // once they had taken over (a Tomcat warm-up later), and so on.
+    let started: Vec<f64> = after
+        .iter()
+        .map(|(_, h, _, c)| {
+            let at = lab.docker(*h, &["inspect", "-f", "{{.State.StartedAt}}", c]);
+            let o = Command::new("date").args(["-d", &at, "+%s.%N"]).output().unwrap();
+            stdout(&o).trim().parse().unwrap()
+        })
+        .collect();
+    eprintln!("b3: new containers started at {started:?}");
+    for pair in started.chunks(2) {
+        assert!(
+            (pair[0] - pair[1]).abs() < 3.0,
+            "a pair warms up side by side: {started:?}"
+        );
+    }
+    for w in started.windows(3) {
+        assert!(w[2] - w[0] > 2.0, "never three at once: {started:?}");
+    }
+    let h = app.json(&lab, &["history"]);
+    let actions: Vec<_> = h
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["outcome"].clone())
+        .collect();
+    assert_eq!(actions, vec!["ok", "ok", "ok"], "{h}");
 }

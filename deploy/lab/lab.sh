@@ -3,10 +3,10 @@
 # namespace with its own dockerd (Debian's docker.io) whose API listens on
 # tcp://HOST_IP:2376 with TLS (--tlsverify, certificates made here).
 #
-#   deploy/lab/lab.sh up [--hosts K] [--dir DIR] [--prefix P] [--mbit B]
+#   deploy/lab/lab.sh up [--hosts K] [--dir DIR] [--prefix P] [--mbit B] [--strata BIN]
 #   deploy/lab/lab.sh status [--dir DIR]
 #   deploy/lab/lab.sh down [--dir DIR]
-#   deploy/lab/lab.sh exec [--dir DIR] [--ns client|hN] -- CMD…   # CMD on the LAN
+#   deploy/lab/lab.sh exec [--dir DIR] [--ns client|origin|hN] -- CMD…   # CMD on the LAN
 #   deploy/lab/lab.sh docker [--dir DIR] hN ARGS…                # docker CLI, over TLS
 #   deploy/lab/lab.sh hosts [--dir DIR]                           # the spec's `hosts = […]`
 #   deploy/lab/lab.sh link [--dir DIR] hN down|up                 # cut a host off the LAN, or back
@@ -16,11 +16,27 @@
 # directions, as in benches/fanout.sh:
 #   .1            nothing (Docker's notional gateway of the macvlan network)
 #   .2            P-client: the operator's machine; run strata here (`exec`)
+#   .3            P-origin: with --strata, `strata serve` (registry :5000,
+#                 P2P origin :5001), the origin every host's agent joins
 #   .11 … .10+K   P-h1 … P-hK: dockerd, eth0 is the host's LAN interface
 #   .100 … .149   the example spec's lease pool, .160/27 its dynamic range
 # Nothing of the lab is routed from the machine's own namespace: the LAN
 # is reachable only from its namespaces, so it never clashes with the
 # machine's networks.
+#
+# With --strata BIN, `up` also starts the release path: the origin above,
+# and on every host a `strata agent` (QUIC on HOST_IP:5001, cluster
+# certificates made here) whose pull-through registry listens on the
+# host's 127.0.0.1:5002, and which reaches its own engine through the
+# engine's unix socket. A prewarm with --load makes each engine pull
+# `127.0.0.1:5002/REPO@DIGEST` from its agent: Docker trusts a loopback
+# registry over plain HTTP without any daemon setting, while the engine's
+# `registry-mirrors` only ever applies to Docker Hub names, so it cannot
+# put an agent in front of a private origin. The deploy then finds the
+# image in the engine by its ID and only tags it. The engines also list
+# the origin in `insecure-registries`, so a host can pull from the origin
+# directly (the baseline of benches/lab-release.sh). A push token for the
+# origin is in DIR/origin/token.
 #
 # Everything `up` starts is recorded in DIR/lab.state before it starts
 # (namespaces, veths, cgroups, dockerd PIDs with their start time), so
@@ -37,6 +53,7 @@ dir=/var/tmp/strata-lab
 hosts=4
 prefix=slab
 mbit=1000
+strata_bin=
 ns_arg=client
 hosts_given=
 prefix_given=
@@ -46,6 +63,7 @@ while [ $# -gt 0 ]; do
         --dir) dir="$2"; shift 2 ;;
         --prefix) prefix="$2"; prefix_given=1; shift 2 ;;
         --mbit) mbit="$2"; shift 2 ;;
+        --strata) strata_bin="$2"; shift 2 ;;
         --ns) ns_arg="$2"; shift 2 ;;
         --) shift; break ;;
         -*) echo "lab: unknown option $1" >&2; exit 2 ;;
@@ -76,6 +94,8 @@ record() { echo "$*" >>"$state"; }
 ns_path() { echo "/var/run/netns/$1"; }
 in_ns() { local ns="$1"; shift; nsenter --net="$(ns_path "$ns")" -- "$@"; }
 host_ip() { echo "$lan.$((10 + $1))"; }
+origin_ip="$lan.3"
+
 # A process's start time (clock ticks since boot): a reused PID has another.
 start_time() { awk '{ sub(/^.*\) /, ""); print $20 }' "/proc/$1/stat" 2>/dev/null || true; }
 engine() { docker -H "unix://$dir/h$1/docker.sock" "${@:2}"; }
@@ -130,6 +150,10 @@ down() {
     fi
     say "taking down the lab in $dir (prefix $prefix)"
     local kind a b c
+    # strata's processes (agents, origin) first: they use the engines.
+    while read -r kind a b c; do
+        [ "$kind" = proc ] && kill_recorded_pid "$a" "$b"
+    done <"$state"
     # Engines first, gracefully: containers removed, then dockerd stopped
     # (it stops its containerd).
     while read -r kind a b c; do
@@ -228,7 +252,8 @@ start_engine() {
     local i="$1" h="$dir/h$1" ip pid
     ip=$(host_ip "$i")
     mkdir -p "$h/data" "$h/exec"
-    echo '{}' >"$h/daemon.json"
+    # The origin (with --strata) is a plain-HTTP registry on the LAN.
+    printf '{ "insecure-registries": ["%s:5000"] }\n' "$origin_ip" >"$h/daemon.json"
     record cgroup "$prefix-h$i"
     # nsenter, not `ip netns exec`: the latter remounts /sys and dockerd
     # then fails ("Devices cgroup isn't mounted"). --config-file keeps the
@@ -264,6 +289,66 @@ wait_engine() {
     die "the engine of h$i did not answer on unix://$dir/h$i/docker.sock and tcp://$(host_ip "$i"):2376 within 60 s"
 }
 
+# Starts a recorded process in namespace $1 (log $2), the rest its command.
+spawn() {
+    local ns="$1" log="$2" pid; shift 2
+    setsid nsenter --net="$(ns_path "$ns")" -- "$@" </dev/null >"$log" 2>&1 9>&- &
+    pid=$!
+    for _ in $(seq 1 50); do
+        [ -n "$(start_time "$pid")" ] && break
+        sleep 0.02
+    done
+    record proc "$pid" "$(start_time "$pid")" "$ns"
+    [ -n "$(start_time "$pid")" ] || { tail -n 20 "$log" >&2; die "$* exited at once"; }
+}
+
+# The release path: the origin in its namespace, an agent on every host.
+start_strata() {
+    local bin o="$dir/origin" i n
+    bin=$(command -v "$strata_bin") || die "--strata $strata_bin: no such program"
+    case "$bin" in /*) ;; *) bin="$PWD/$bin" ;; esac
+    echo "strata $bin" >>"$state"
+    say "starting the origin (strata serve) on $origin_ip and $hosts agents"
+    mkdir -p "$o"
+    "$bin" cluster init --dir "$dir/ca" >/dev/null 2>&1 || die "strata cluster init failed"
+    for n in origin $(seq -f 'h%g' 1 "$hosts"); do
+        "$bin" cluster issue "$n" --dir "$dir/ca" --out "$dir/certs" >/dev/null 2>&1 \
+            || die "strata cluster issue $n failed"
+    done
+    "$bin" token create lab --role admin --data "$o/data" >"$o/token" 2>/dev/null \
+        || die "strata token create failed"
+    chmod 600 "$o/token"
+    spawn "$prefix-origin" "$o/serve.log" "$bin" serve --listen "$origin_ip:5000" --data "$o/data" \
+        --p2p-listen "$origin_ip:5001" --p2p-certs "$dir/certs"
+    for _ in $(seq 1 100); do
+        in_ns "$prefix-origin" curl -sf -o /dev/null "http://$origin_ip:5000/v2/" -H "Authorization: Bearer $(cat "$o/token")" && break
+        sleep 0.1
+    done
+    in_ns "$prefix-origin" curl -sf -o /dev/null "http://$origin_ip:5000/v2/" -H "Authorization: Bearer $(cat "$o/token")" \
+        || { tail -n 20 "$o/serve.log" >&2; die "the origin did not answer on http://$origin_ip:5000 within 10 s"; }
+    for i in $(seq 1 "$hosts"); do
+        mkdir -p "$dir/h$i/agent"
+        spawn "$prefix-h$i" "$dir/h$i/agent.log" env DOCKER_HOST="unix://$dir/h$i/docker.sock" \
+            "$bin" agent --name "h$i" --certs "$dir/certs" --origin "$origin_ip:5001" \
+            --listen "$(host_ip "$i"):5001" --data "$dir/h$i/agent/data" \
+            --registry "http://$origin_ip:5000" --mirror-listen 127.0.0.1:5002
+    done
+    # Every agent registered with the origin (prewarm's host list).
+    for _ in $(seq 1 300); do
+        n=$(agents_registered)
+        [ "$n" = "$hosts" ] && return 0
+        sleep 0.1
+    done
+    tail -n 5 "$dir"/h*/agent.log >&2 || true
+    die "only ${n:-0} of $hosts agents registered with the origin within 30 s"
+}
+
+agents_registered() {
+    in_ns "$prefix-origin" curl -sf "http://$origin_ip:5000/strata/api/hosts" \
+        -H "Authorization: Bearer $(cat "$dir/origin/token")" 2>/dev/null \
+        | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))' 2>/dev/null || echo 0
+}
+
 healthy() {
     read_state || return 1
     [ -f "$dir/up.done" ] || return 1
@@ -271,6 +356,11 @@ healthy() {
     for i in $(seq 1 "$hosts"); do
         tls_docker "$i" version --format '{{.Server.Version}}' >/dev/null 2>&1 || return 1
     done
+    # Asked for the release path: the origin and every agent answer.
+    if [ -n "$strata_bin" ]; then
+        grep -q '^strata ' "$state" || return 1
+        [ "$(agents_registered)" = "$hosts" ] || return 1
+    fi
 }
 
 up_failed() {
@@ -298,7 +388,7 @@ up() {
         [ -n "$prefix_given" ] && prefix="$want_prefix"
     fi
     local n
-    for n in sw client $(seq -f 'h%g' 1 "$hosts"); do
+    for n in sw client origin $(seq -f 'h%g' 1 "$hosts"); do
         [ ! -e "$(ns_path "$prefix-$n")" ] \
             || die "namespace $prefix-$n exists but $dir does not record it: another lab (--dir, --prefix) or a leftover (ip netns del $prefix-$n)"
     done
@@ -324,12 +414,15 @@ up() {
         add_ns "$prefix-h$i"
         plug "$prefix-h$i" "p$i" "$(host_ip "$i")"
     done
+    [ -z "$strata_bin" ] || { add_ns "$prefix-origin"; plug "$prefix-origin" po "$origin_ip"; }
     say "starting $hosts engines"
     for i in $(seq 1 "$hosts"); do start_engine "$i"; done
     for i in $(seq 1 "$hosts"); do wait_engine "$i"; done
+    [ -z "$strata_bin" ] || start_strata
     trap - EXIT INT TERM
     touch "$dir/up.done"
     say "up: $hosts hosts on $lan.0/24 at ${mbit} Mbit/s; run strata on the LAN with: $0 exec --dir $dir -- strata …"
+    [ -z "$strata_bin" ] || say "origin: http://$origin_ip:5000 (push token in $dir/origin/token), an agent on every host"
     hosts_line
 }
 
@@ -355,6 +448,12 @@ status() {
             ok=1
         fi
     done
+    if grep -q '^strata ' "$state"; then
+        local n
+        n=$(agents_registered)
+        echo "  origin $origin_ip: http://$origin_ip:5000, $n of $hosts agents registered"
+        [ "$n" = "$hosts" ] || ok=1
+    fi
     return "$ok"
 }
 

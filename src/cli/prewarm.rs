@@ -46,6 +46,9 @@ pub struct Args {
     /// Print the finished job as JSON.
     #[arg(long)]
     pub json: bool,
+    /// The closing line goes to stderr (a caller's stdout is its own).
+    #[arg(skip)]
+    pub report_on_stderr: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -114,12 +117,17 @@ pub fn run(a: Args) -> Result<()> {
         bail!("prewarm of {} failed on {}", a.image, failed.join(", "));
     }
     if !a.json {
-        println!(
+        let line = format!(
             "{} is on {} host(s) in {:.1} s",
             a.image,
             job["hosts"].as_object().map_or(0, |h| h.len()),
             job["seconds"].as_f64().unwrap_or(0.0)
         );
+        if a.report_on_stderr {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
     }
     Ok(())
 }

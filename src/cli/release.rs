@@ -28,7 +28,7 @@ use super::transfer::{PushArgs, RemoteArgs};
 /// Examples:
 ///   strata release sample --war target/shop.war -c layers.toml
 ///   strata release shop --war shop.war --push 10.0.0.1:5000/shop:build-42 \
-///       --server http://10.0.0.1:5000 --token "$STRATA_TOKEN"
+///       --server http://10.0.0.1:5000 --token "$STRATA_TOKEN" --load
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -49,6 +49,15 @@ pub struct Args {
     /// The strata server whose agents prewarm the image before the deploy.
     #[arg(long, env = "STRATA_SERVER")]
     pub server: Option<String>,
+    /// With --server: each host's engine also pulls the image from its
+    /// agent during the prewarm, so the deploy finds it there (by its ID)
+    /// and sends no image to any engine.
+    #[arg(long, requires = "server")]
+    pub load: bool,
+    /// Push over plain HTTP to a registry that is not on loopback (a lab's
+    /// or a test network's origin); loopback registries are always plain.
+    #[arg(long)]
+    pub plain_http: bool,
     /// A push token for --server (`strata token create`).
     #[arg(long, env = "STRATA_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -119,7 +128,7 @@ pub fn run(a: Args) -> Result<()> {
             },
             remote: RemoteArgs {
                 user: a.user.clone(),
-                plain_http: false,
+                plain_http: a.plain_http,
                 insecure: false,
                 chunk_mib: 32,
                 jobs: 3,
@@ -148,10 +157,11 @@ pub fn run(a: Args) -> Result<()> {
                 server: server.clone(),
                 hosts: vec![],
                 label: None,
-                load: false,
+                load: a.load,
                 token: a.token.clone(),
                 timeout: 3600,
                 json: false,
+                report_on_stderr: true,
             })
             .context("prewarming the app's hosts")?;
             summary.push(format!("prewarm  {:>6.2}s  {server}", t.elapsed().as_secs_f64()));

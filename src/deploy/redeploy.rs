@@ -5,6 +5,8 @@
 //! gap — old stopped to new healthy — is measured and reported.
 
 use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::host::{NewContainer, short};
@@ -13,6 +15,34 @@ use super::spec::Swap;
 use super::state::{self, AppState, Instance, Operation};
 use super::{DeployError, InstanceReport, Orchestrator, Result, Target, health, secs};
 
+/// A new container for one instance, created (and, warm, started and
+/// health checked on a warm-up address) but not yet on the instance's IP.
+pub(super) struct Prepared {
+    index: u32,
+    name: String,
+    endpoint: super::spec::Endpoint,
+    host: Arc<super::host::Host>,
+    ip: Ipv4Addr,
+    prev: Option<Instance>,
+    prev_host: Option<Arc<super::host::Host>>,
+    generation: u64,
+    cname: String,
+    image: String,
+    new_id: String,
+    warm: bool,
+}
+
+impl Prepared {
+    pub(super) fn new_container(&self) -> (&Arc<super::host::Host>, &str) {
+        (&self.host, &self.new_id)
+    }
+
+    /// Whether it warms up beside the old container (else: a cold swap).
+    pub(super) fn warm(&self) -> bool {
+        self.warm
+    }
+}
+
 impl Orchestrator<'_> {
     pub(super) fn redeploy_instance(
         &self,
@@ -20,6 +50,18 @@ impl Orchestrator<'_> {
         index: u32,
         target: &Target,
     ) -> Result<InstanceReport> {
+        let p = self.create_new(st, index, target)?;
+        self.journal_redeploy(st, &p, "created")?;
+        crash_point("redeploy-created");
+        let warmed = if p.warm() { self.warm_up(&p) } else { Ok(()) };
+        self.hand_over(st, p, warmed, target)
+    }
+
+    /// Leases the IP, makes sure of the network and the image, and
+    /// creates the new container (on a warm-up address when the swap can
+    /// be warm). Changes no state: a container made here that no journal
+    /// names is removed by the next sweep (recover.rs) after a crash.
+    pub(super) fn create_new(&self, st: &AppState, index: u32, target: &Target) -> Result<Prepared> {
         let name = self.app.instance_name(index);
         let endpoint = &self.placed(st, index);
         let host = self.host(endpoint)?;
@@ -88,47 +130,90 @@ impl Orchestrator<'_> {
         };
         let warm = self.app.dynamic_range_of(endpoint).is_some() && old_running;
         let new_id = self.block(host.create(&spec, &self.app.network, warm))?;
+        Ok(Prepared {
+            index,
+            name,
+            endpoint: endpoint.clone(),
+            host,
+            ip,
+            prev,
+            prev_host,
+            generation,
+            cname,
+            image: spec.image,
+            new_id,
+            warm,
+        })
+    }
+
+    /// The redeploy's step on `p` in the journal.
+    fn journal_redeploy(&self, st: &mut AppState, p: &Prepared, phase: &str) -> Result<()> {
+        st.operation = Some(redeploy_op(p.index, p.prev.as_ref(), &p.new_id, phase));
+        self.dir.save(st)
+    }
+
+    /// Starts a warm new container on its warm-up address and waits for
+    /// it to be healthy while the old one still serves the IP.
+    pub(super) fn warm_up(&self, p: &Prepared) -> std::result::Result<(), String> {
+        let (host, new_id, name, ip) = (&p.host, &p.new_id, &p.name, p.ip);
+        self.block(async {
+            host.start(new_id).await.map_err(|e| e.to_string())?;
+            let tmp = host
+                .inspect(new_id)
+                .await
+                .map_err(|e| e.to_string())?
+                .and_then(|c| c.ip)
+                .ok_or_else(|| "the new container got no address".to_string())?;
+            self.say(&format!(
+                "{name}: warming up on {tmp} while the old container serves {ip}"
+            ));
+            health::wait_healthy(host, new_id, tmp, &self.app.health).await
+        })
+        .map(|_| ())
+    }
+
+    /// Moves the instance's IP to `p`'s container (warm: from the old
+    /// one, which then stops; cold: the old one stops first), checks it is
+    /// healthy there and records it; rolls back to the old container when
+    /// it is not. `warmed` is how `p`'s warm-up went.
+    pub(super) fn hand_over(
+        &self,
+        st: &mut AppState,
+        p: Prepared,
+        warmed: std::result::Result<(), String>,
+        target: &Target,
+    ) -> Result<InstanceReport> {
+        let Prepared {
+            index,
+            name,
+            endpoint,
+            host,
+            ip,
+            prev,
+            prev_host,
+            generation,
+            cname,
+            image,
+            new_id,
+            warm,
+        } = p;
+        let endpoint = &endpoint;
         let journal = |st: &mut AppState, phase: &str| {
-            st.operation = Some(Operation::Redeploy {
-                index,
-                pid: std::process::id(),
-                started_at: state::now(),
-                old: prev.as_ref().map(|p| p.container.clone()),
-                new: Some(new_id.clone()),
-                phase: phase.to_string(),
-            });
+            st.operation = Some(redeploy_op(index, prev.as_ref(), &new_id, phase));
             self.dir.save(st)
         };
-        journal(st, "created")?;
-        crash_point("redeploy-created");
-
-        if warm {
-            let warmed = async {
-                host.start(&new_id).await.map_err(|e| e.to_string())?;
-                let tmp = host
-                    .inspect(&new_id)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .and_then(|c| c.ip)
-                    .ok_or_else(|| "the new container got no address".to_string())?;
-                self.say(&format!(
-                    "{name}: warming up on {tmp} while the old container serves {ip}"
-                ));
-                health::wait_healthy(&host, &new_id, tmp, &self.app.health).await
-            };
-            if let Err(why) = self.block(warmed) {
-                let tail = self.block(crate::engine::logs(host.docker(), &new_id, 15));
-                self.block(host.remove(&new_id))?;
-                st.operation = None;
-                self.dir.save(st)?;
-                let p = prev.as_ref().expect("warm implies a previous instance");
-                return Err(DeployError::RolledBack {
-                    instance: name,
-                    why: with_tail(format!("{why}; the old container never stopped"), &tail),
-                    previous: p.effective().to_string(),
-                    ip: p.ip,
-                });
-            }
+        if warm && let Err(why) = warmed {
+            let tail = self.block(crate::engine::logs(host.docker(), &new_id, 15));
+            self.block(host.remove(&new_id))?;
+            st.operation = None;
+            self.dir.save(st)?;
+            let p = prev.as_ref().expect("warm implies a previous instance");
+            return Err(DeployError::RolledBack {
+                instance: name,
+                why: with_tail(format!("{why}; the old container never stopped"), &tail),
+                previous: p.effective().to_string(),
+                ip: p.ip,
+            });
         }
 
         if warm {
@@ -146,7 +231,7 @@ impl Orchestrator<'_> {
         // anchor.rs): else the host's ARP cache is flushed and clients wait
         // a second for the kernel's next ARP try.
         let anchor = match &prev {
-            Some(p) if warm => self.start_anchor(&host, &spec.image, &cname, &p.container, &new_id),
+            Some(p) if warm => self.start_anchor(&host, &image, &cname, &p.container, &new_id),
             _ => None,
         };
         if detach {
@@ -267,6 +352,19 @@ impl Orchestrator<'_> {
         st.operation = None;
         self.dir.save(st)?;
         result
+    }
+}
+
+/// The journal of a redeploy of instance `index` from `prev`'s container
+/// to `new`, at `phase`.
+fn redeploy_op(index: u32, prev: Option<&Instance>, new: &str, phase: &str) -> Operation {
+    Operation::Redeploy {
+        index,
+        pid: std::process::id(),
+        started_at: state::now(),
+        old: prev.map(|p| p.container.clone()),
+        new: Some(new.to_string()),
+        phase: phase.to_string(),
     }
 }
 

@@ -103,12 +103,38 @@ impl Orchestrator<'_> {
 
         let mut reports = Vec::new();
         let mut failure = None;
-        for (index, d) in plans {
+        let mut next = 0;
+        while next < plans.len() {
             let t = target.expect("plans only with a target");
-            match self.step(st, index, &d, t) {
+            // Redeploys of running instances, up to max_unavailable of
+            // them in a row, warm up side by side.
+            let batch: Vec<(u32, String)> = plans[next..]
+                .iter()
+                .take(self.app.max_unavailable as usize)
+                .map_while(|(index, d)| match d {
+                    Decision::Redeploy { reason } if st.instances.contains_key(index) => {
+                        Some((*index, reason.clone()))
+                    }
+                    _ => None,
+                })
+                .collect();
+            if batch.len() > 1 {
+                next += batch.len();
+                let (done, failed) = self.redeploy_batch(st, &batch, t);
+                reports.extend(done);
+                if let Some((index, reason, e)) = failed {
+                    reports.push(self.failed_report(st, index, &Decision::Redeploy { reason }, &e));
+                    failure = Some(e);
+                    break;
+                }
+                continue;
+            }
+            let (index, d) = &plans[next];
+            next += 1;
+            match self.step(st, *index, d, t) {
                 Ok(rep) => reports.push(rep),
                 Err(e) => {
-                    reports.push(self.failed_report(st, index, &d, &e));
+                    reports.push(self.failed_report(st, *index, d, &e));
                     failure = Some(e);
                     break;
                 }
@@ -372,6 +398,82 @@ impl Orchestrator<'_> {
                 .unwrap_or_default()
         ));
         Ok(rep)
+    }
+
+    /// Redeploys the running instances of `batch` (index, reason) at
+    /// once: their new containers are created and warmed up in parallel
+    /// while the old ones serve (nothing journaled yet: a crash leaves
+    /// containers no instance owns, which the next sweep removes), then
+    /// each takes its IP over in turn, journaled as a single redeploy.
+    /// Stops at the first failure, removing the new containers not handed
+    /// over yet; returns what was done and that failure.
+    fn redeploy_batch(
+        &self,
+        st: &mut AppState,
+        batch: &[(u32, String)],
+        target: &Target,
+    ) -> (Vec<InstanceReport>, Option<(u32, String, DeployError)>) {
+        let names: Vec<String> = batch.iter().map(|(i, _)| self.app.instance_name(*i)).collect();
+        self.say(&format!(
+            "{}: redeploy side by side (max_unavailable = {}; {})",
+            names.join(", "),
+            self.app.max_unavailable,
+            batch[0].1
+        ));
+        let t = Instant::now();
+        let snapshot = st.clone();
+        let prepared: Vec<_> = std::thread::scope(|s| {
+            let jobs: Vec<_> = batch
+                .iter()
+                .map(|(index, _)| {
+                    let snapshot = &snapshot;
+                    s.spawn(move || {
+                        let p = self.create_new(snapshot, *index, target)?;
+                        let warmed = if p.warm() { self.warm_up(&p) } else { Ok(()) };
+                        Ok::<_, DeployError>((p, warmed))
+                    })
+                })
+                .collect();
+            jobs.into_iter()
+                .map(|j| j.join().expect("a warm-up thread panicked"))
+                .collect()
+        });
+        let mut done = Vec::new();
+        let mut failed = None;
+        let mut left = prepared.into_iter().zip(batch);
+        for (p, (index, reason)) in left.by_ref() {
+            let r = p.and_then(|(p, warmed)| self.hand_over(st, p, warmed, target));
+            match r {
+                Ok(mut rep) => {
+                    rep.detail = format!("{reason}; {}", rep.detail);
+                    rep.seconds = t.elapsed().as_secs_f64();
+                    self.say(&format!(
+                        "{}: {} {} in {:.2}s{}",
+                        rep.instance,
+                        rep.mode,
+                        rep.outcome,
+                        rep.seconds,
+                        rep.gap_seconds
+                            .map(|g| format!(", gap {g:.2}s"))
+                            .unwrap_or_default()
+                    ));
+                    done.push(rep);
+                }
+                Err(e) => {
+                    failed = Some((*index, reason.clone(), e));
+                    break;
+                }
+            }
+        }
+        for (p, _) in left {
+            if let Ok((p, _)) = p {
+                let (host, id) = p.new_container();
+                if let Err(e) = self.block(host.remove(id)) {
+                    self.say(&format!("could not remove the unused container {id}: {e}"));
+                }
+            }
+        }
+        (done, failed)
     }
 
     fn failed_report(&self, st: &AppState, index: u32, d: &Decision, e: &DeployError) -> InstanceReport {

@@ -68,6 +68,7 @@ struct RawApp {
     command: Option<S<Vec<String>>>,
     user: Option<S<String>>,
     swap: Option<S<String>>,
+    max_unavailable: Option<S<u32>>,
     health: Option<S<RawHealth>>,
     hotfix: Option<S<RawHotfix>>,
 }
@@ -219,6 +220,11 @@ pub struct App {
     pub user: Option<String>,
     /// How a warm redeploy hands the IP over (default `detach`).
     pub swap: Swap,
+    /// How many instances a rolling redeploy replaces at once (default
+    /// 1): their new containers warm up side by side while the old ones
+    /// serve, then take over their IPs one after the other. Cold
+    /// redeploys (no warm swap possible) go one at a time.
+    pub max_unavailable: u32,
     pub health: Health,
     pub hotfix: HotfixPolicy,
 }
@@ -665,6 +671,13 @@ pub fn parse(path: &Path, text: &str) -> Result<App> {
             return Err(cx.bad(s, "swap", other, "`detach` or `drain`"));
         }
     };
+    let max_unavailable = match &raw.max_unavailable {
+        Some(n) if !(1..=100).contains(n.get_ref()) => {
+            return Err(cx.bad(n, "max_unavailable", n.get_ref(), "between 1 and 100"));
+        }
+        Some(n) => *n.get_ref(),
+        None => 1,
+    };
     let user = match &raw.user {
         Some(u) if u.get_ref().trim().is_empty() || u.get_ref().contains(char::is_whitespace) => {
             return Err(cx.bad(u, "user", u.get_ref(), "a user name or UID[:GID]"));
@@ -686,6 +699,7 @@ pub fn parse(path: &Path, text: &str) -> Result<App> {
         command,
         user,
         swap,
+        max_unavailable,
         health,
         hotfix,
     })

@@ -39,6 +39,26 @@ fn a_good_spec_resolves() {
         Reload::TomcatContext("/var/lib/tomcat10/webapps/ROOT".into())
     );
     assert_eq!(a.hosts, vec![Endpoint::Unix("/var/run/docker.sock".into())]);
+    assert_eq!(a.max_unavailable, 1, "one at a time unless asked");
+}
+
+#[test]
+fn max_unavailable_is_between_1_and_100() {
+    let with = |n: &str| GOOD.replace("instances = 2", &format!("instances = 2\nmax_unavailable = {n}"));
+    let a = parse(Path::new("apps/shop.toml"), &with("3")).unwrap();
+    assert_eq!(a.max_unavailable, 3);
+    for bad in ["0", "101"] {
+        let e = err(&with(bad));
+        assert!(
+            e.starts_with("apps/shop.toml:4:19: `max_unavailable`") && e.contains("between 1 and 100"),
+            "{e}"
+        );
+    }
+    let e = err(&with("\"two\""));
+    assert!(
+        e.starts_with("apps/shop.toml:4:19:") && e.contains("expected u32"),
+        "{e}"
+    );
 }
 
 #[test]
