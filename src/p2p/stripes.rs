@@ -165,14 +165,14 @@ impl Plan {
         let q = self.stripes;
         let mut fed = vec![false; q];
         for host in 0..self.hosts as u32 {
-            for stripe in 0..q {
+            for (stripe, fed) in fed.iter_mut().enumerate() {
                 let parent = self.parent(host, stripe);
                 let lag = self.lag(host, stripe);
                 if parent == ORIGIN {
-                    if lag != 0 || fed[stripe] {
+                    if lag != 0 || *fed {
                         return Err(PlanError::OriginTwice { host, stripe });
                     }
-                    fed[stripe] = true;
+                    *fed = true;
                     continue;
                 }
                 let parent_lag = self.lag(parent, stripe);
@@ -195,8 +195,8 @@ impl Plan {
                 count[child as usize * q + stripe] += 1;
             }
         }
-        for stripe in 0..q {
-            if fed[stripe] {
+        for (stripe, _) in fed.iter().enumerate().filter(|(_, fed)| **fed) {
+            {
                 count[self.root(stripe) as usize * q + stripe] += 1;
             }
         }
