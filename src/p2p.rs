@@ -17,7 +17,9 @@
 //! `node::CHAIN_MAX`): each streams the blob from the one before it as the
 //! pieces arrive there ([`relay`]), so every link carries one stream at
 //! full rate. The swarm is what a chain falls back to, and what a larger
-//! cluster uses.
+//! cluster uses. [`stripes`] is the plan meant to replace that swarm
+//! beyond one chain (q stripes down q trees, one stream per link); so far
+//! only the simulator runs it.
 
 pub mod bitfield;
 pub mod identity;
@@ -31,6 +33,7 @@ pub mod renew;
 pub mod revoke;
 pub mod rng;
 pub mod sim;
+pub mod stripes;
 pub mod tls;
 pub mod tokens;
 pub mod tracker;

@@ -12,6 +12,7 @@ use strata::p2p::sim;
 ///
 /// Examples:
 ///   strata bench sim --hosts 10000
+///   strata bench sim --hosts 10000 --layout stripes
 ///   strata bench sim --hosts 32 --size-mib 64 --piece-kib 1024 --mbit 50 --json
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
@@ -48,8 +49,19 @@ pub struct SimArgs {
     pub zones: u32,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// How hosts are organised: `swarm` (the picker and tracker, what
+    /// agents do past a chain) or `stripes` (q = ⌈log2(N+1)⌉ stripes down
+    /// q trees of one circulant graph, every link one stream).
+    #[arg(long, value_enum, default_value_t = LayoutArg::Swarm)]
+    pub layout: LayoutArg,
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LayoutArg {
+    Swarm,
+    Stripes,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -71,6 +83,10 @@ fn sim_cmd(a: SimArgs) -> Result<()> {
         peers: a.peers,
         zones: a.zones,
         seed: a.seed,
+        layout: match a.layout {
+            LayoutArg::Swarm => sim::Layout::Swarm,
+            LayoutArg::Stripes => sim::Layout::Stripes,
+        },
     };
     let started = std::time::Instant::now();
     let r = sim::run(&cfg)?;
@@ -79,8 +95,8 @@ fn sim_cmd(a: SimArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{} hosts, {} pieces of {} KiB, {} Mbit/s links: S/B = {:.2} s, bound = {:.2} s",
-        r.hosts, r.pieces, a.piece_kib, a.mbit, r.floor_seconds, r.bound_seconds
+        "{} hosts ({:?}), {} pieces of {} KiB, {} Mbit/s links: S/B = {:.2} s, bound = {:.2} s",
+        r.hosts, r.layout, r.pieces, a.piece_kib, a.mbit, r.floor_seconds, r.bound_seconds
     );
     println!(
         "p50 {:.2} s ({:.3}× bound), p99 {:.2} s ({:.3}×), max {:.2} s ({:.3}×)",

@@ -6,6 +6,14 @@
 //! [`Swarm`](super::tracker::Swarm), so what the simulator shows at
 //! 10,000 hosts is what the scheduler does.
 //!
+//! Two layouts: [`Layout::Swarm`] (the picker and tracker above, what
+//! agents do past a chain) and [`Layout::Stripes`] (the
+//! [`stripes::Plan`](super::stripes::Plan): q stripes down q trees of one
+//! circulant graph). Both run under the same rules: each host's uplink
+//! and downlink, and the origin's uplink, carry at most one piece per
+//! round, and a piece received in a round can be forwarded from the next
+//! one (store and forward; a piece is useful only once whole).
+//!
 //! No schedule can beat `S/B + (⌈log2(N+1)⌉ − 1)·p/B`: the origin needs
 //! S/B to send every piece once, and the last piece it sends can at best
 //! double its holders every round.
@@ -15,7 +23,18 @@ use serde::Serialize;
 use super::Bitfield;
 use super::picker::{PeerView, pick};
 use super::rng::Rng;
+use super::stripes::{self, Plan};
 use super::tracker::Swarm;
+
+/// How the hosts are organised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    /// Rarest-first swarm through the real picker and tracker.
+    Swarm,
+    /// q stripes over q trees of one circulant graph ([`Plan`]).
+    Stripes,
+}
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -29,10 +48,12 @@ pub struct Config {
     /// Hosts are spread over this many zones (racks).
     pub zones: u32,
     pub seed: u64,
+    pub layout: Layout,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    pub layout: Layout,
     pub hosts: usize,
     pub pieces: usize,
     pub piece_seconds: f64,
@@ -55,6 +76,8 @@ pub enum SimError {
     Empty,
     #[error("no progress after {rounds} rounds ({done} of {hosts} hosts complete)")]
     Stuck { rounds: u64, done: usize, hosts: usize },
+    #[error("stripe plan: {0}")]
+    Plan(#[from] stripes::PlanError),
 }
 
 const ORIGIN: u32 = u32::MAX;
@@ -65,6 +88,14 @@ pub fn run(cfg: &Config) -> Result<Report, SimError> {
     if n == 0 || pieces == 0 {
         return Err(SimError::Empty);
     }
+    match cfg.layout {
+        Layout::Swarm => run_swarm(cfg, pieces),
+        Layout::Stripes => run_stripes(cfg, pieces),
+    }
+}
+
+fn run_swarm(cfg: &Config, pieces: usize) -> Result<Report, SimError> {
+    let n = cfg.hosts;
     let mut rng = Rng::new(cfg.seed);
     let mut swarm = Swarm::new(pieces);
     let origin_have = Bitfield::full(pieces);
@@ -149,6 +180,102 @@ pub fn run(cfg: &Config) -> Result<Report, SimError> {
             }
         }
     }
+    Ok(report(cfg, pieces, &done_at, round, origin_pieces, asks))
+}
+
+/// Stripes, as Träff's schedule runs them: in round r the slot is
+/// k = (r − 1 + shift) mod q, and every host (the origin included) makes
+/// one decision of its own: it sends to its slot-k child the next piece
+/// of the stripe that child takes in slot k, if it holds that piece. A
+/// child that already has that whole stripe gets instead the lowest piece
+/// the host holds and it lacks (the schedule's last period). One child per
+/// slot and one parent per slot, so no link ever carries more than one
+/// piece a round, and no host needs to know more than its own plan, the
+/// round and what its child lacks. A piece that is late leaves the slot
+/// idle; nothing is coordinated centrally.
+fn run_stripes(cfg: &Config, pieces: usize) -> Result<Report, SimError> {
+    let n = cfg.hosts;
+    let plan = Plan::new(n)?;
+    let q = plan.stripes();
+    let shift = plan.shift(pieces);
+    let mut of_stripe: Vec<Vec<usize>> = vec![Vec::new(); q];
+    for j in 0..pieces {
+        of_stripe[plan.stripe_of(j, pieces)].push(j);
+    }
+    // take[h * q + k]: the stripe host h receives in slot k.
+    let mut take = vec![0usize; n * q];
+    for h in 0..n as u32 {
+        for c in 0..q {
+            take[h as usize * q + plan.slot_of(h, c)] = c;
+        }
+    }
+    let mut have: Vec<Bitfield> = (0..n).map(|_| Bitfield::new(pieces)).collect();
+    // next[h * q + c]: index into of_stripe[c] of the first piece host h lacks.
+    let mut next = vec![0usize; n * q];
+    let mut done_at: Vec<Option<u64>> = vec![None; n];
+    let (mut done, mut round, mut origin_pieces) = (0usize, 0u64, 0u64);
+    let limit = 20 * (pieces as u64 + 64);
+    let mut moves: Vec<(usize, usize)> = Vec::new();
+    let p = n + 1;
+    while done < n {
+        round += 1;
+        if round > limit {
+            return Err(SimError::Stuck {
+                rounds: limit,
+                done,
+                hosts: n,
+            });
+        }
+        let k = (round as usize - 1 + shift) % q;
+        let skip = plan.skips()[k];
+        moves.clear();
+        if round as usize <= pieces {
+            origin_pieces += 1;
+            moves.push((plan.root(k) as usize, round as usize - 1));
+        }
+        for from in 0..n {
+            let to = (from + 1 + skip) % p;
+            if to == 0 {
+                continue;
+            }
+            let to = to - 1;
+            let c = take[to * q + k];
+            let want = next[to * q + c];
+            let piece = match of_stripe[c].get(want) {
+                Some(&j) => have[from].get(j).then_some(j),
+                None => have[to].wanted_from(&have[from]).next(),
+            };
+            if let Some(j) = piece {
+                moves.push((to, j));
+            }
+        }
+        for &(to, j) in &moves {
+            if !have[to].set(j) {
+                continue;
+            }
+            let c = plan.stripe_of(j, pieces);
+            let cur = &mut next[to * q + c];
+            while of_stripe[c].get(*cur).is_some_and(|&x| have[to].get(x)) {
+                *cur += 1;
+            }
+            if have[to].is_full() {
+                done_at[to] = Some(round);
+                done += 1;
+            }
+        }
+    }
+    Ok(report(cfg, pieces, &done_at, round, origin_pieces, 0))
+}
+
+fn report(
+    cfg: &Config,
+    pieces: usize,
+    done_at: &[Option<u64>],
+    round: u64,
+    origin_pieces: u64,
+    asks: u64,
+) -> Report {
+    let n = done_at.len();
     let piece_seconds = cfg.piece as f64 * 8.0 / cfg.bandwidth;
     let mut times: Vec<f64> = done_at
         .iter()
@@ -158,7 +285,8 @@ pub fn run(cfg: &Config) -> Result<Report, SimError> {
     let at = |q: f64| times[((q * n as f64).ceil() as usize).clamp(1, n) - 1];
     let floor = cfg.size as f64 * 8.0 / cfg.bandwidth;
     let log = (n as f64 + 1.0).log2().ceil();
-    Ok(Report {
+    Report {
+        layout: cfg.layout,
         hosts: n,
         pieces,
         piece_seconds,
@@ -170,7 +298,7 @@ pub fn run(cfg: &Config) -> Result<Report, SimError> {
         origin_pieces,
         origin_copies: origin_pieces as f64 / pieces as f64,
         tracker_asks: asks,
-    })
+    }
 }
 
 #[cfg(test)]
@@ -186,6 +314,27 @@ mod tests {
             peers: 32,
             zones: 4,
             seed: 1,
+            layout: Layout::Swarm,
+        }
+    }
+
+    fn stripes(hosts: usize) -> Config {
+        Config {
+            layout: Layout::Stripes,
+            ..cfg(hosts)
+        }
+    }
+
+    #[test]
+    fn stripes_finish_within_a_round_or_two_of_the_bound() {
+        for n in [1, 2, 3, 16, 32, 100, 1000] {
+            let r = run(&stripes(n)).unwrap();
+            assert!(r.max_seconds >= r.bound_seconds - 1e-9, "{r:?}");
+            assert!(
+                r.max_seconds <= r.bound_seconds + 2.0 * r.piece_seconds + 1e-9,
+                "{n} hosts: {r:?}"
+            );
+            assert_eq!(r.origin_pieces, r.pieces as u64, "one copy from the origin");
         }
     }
 
