@@ -26,7 +26,7 @@ with open(sys.argv[1], "wb") as f:
         f.write(block)
 PY
 digest="sha256:$(sha256sum "$work/blob" | cut -d' ' -f1)"
-echo "blob: $size_mib MiB $digest; $(nproc) cores"
+echo "$(date -u +%Y-%m-%dT%H:%MZ); blob: $size_mib MiB $digest; $(nproc) cores; load: $(uptime)"
 
 cat > "$work/registry.yml" <<YML
 version: 0.1
@@ -36,6 +36,7 @@ http: { addr: 127.0.0.1:5791 }
 YML
 docker-registry serve "$work/registry.yml" >"$work/dr.log" 2>&1 & pids+=($!)
 "$strata" serve --open-push --listen 127.0.0.1:5792 --data "$work/strata-data" >"$work/st.out" 2>&1 & pids+=($!)
+export DR_PID="${pids[0]}" ST_PID="${pids[1]}"
 for port in 5791 5792; do
     for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$port/v2/" >/dev/null && break; sleep 0.1; done
 done
@@ -45,6 +46,13 @@ import http.client, os, subprocess, sys, time, statistics
 path, digest, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
 size = os.path.getsize(path)
 servers = {"docker-registry 2.8": 5791, "strata serve": 5792}
+pid_of = {"docker-registry 2.8": os.environ["DR_PID"], "strata serve": os.environ["ST_PID"]}
+tick = os.sysconf("SC_CLK_TCK")
+
+def cpu(pid):
+    # utime + stime of the server process, in seconds.
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / tick
 
 def post(port, repo):
     c = http.client.HTTPConnection("127.0.0.1", port)
@@ -111,18 +119,24 @@ def delete_blob(name, port):
 mib = size / (1 << 20)
 rows = {}
 for name, port in servers.items():
-    mono, chunked, got = [], [], []
+    mono, chunked, got, got_cpu = [], [], [], []
     for _ in range(runs):
         delete_blob(name, port)
         mono.append(put_monolithic(port, "bench"))
+        c0 = cpu(pid_of[name])
         got.append(get(port, "bench"))
+        got_cpu.append(cpu(pid_of[name]) - c0)
         delete_blob(name, port)
         chunked.append(put_chunked(port, "bench"))
     rows[name] = (statistics.median(mono), statistics.median(chunked), statistics.median(got))
     print(f"{name:20} PUT {rows[name][0]:.2f}s ({mib / rows[name][0]:.0f} MiB/s)  "
           f"8MiB PATCHes {rows[name][1]:.2f}s ({mib / rows[name][1]:.0f} MiB/s)  "
-          f"GET {rows[name][2]:.2f}s ({mib / rows[name][2]:.0f} MiB/s)   median of {runs}")
+          f"GET {rows[name][2]:.2f}s ({mib / rows[name][2]:.0f} MiB/s), server CPU "
+          f"{statistics.median(got_cpu):.2f}s   median of {runs}")
+    print(f"{'':20} each run: PUT {' '.join(f'{x:.2f}' for x in mono)}  PATCHes "
+          f"{' '.join(f'{x:.2f}' for x in chunked)}  GET {' '.join(f'{x:.2f}' for x in got)}")
 d, s = rows["docker-registry 2.8"], rows["strata serve"]
+print("load:", open("/proc/loadavg").read().strip())
 print(f"upload throughput strata/docker-registry = {d[0] / s[0]:.2f}x, download = {d[2] / s[2]:.2f}x, "
       f"strata chunked/monolithic = {s[0] / s[1]:.2f}x")
 PY

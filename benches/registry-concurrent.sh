@@ -11,12 +11,14 @@
 #   benches/registry-concurrent.sh                   # CLIENTS="100 1000" SIZE_MIB=8
 #   CLIENTS=1000 SERVERS=strata benches/registry-concurrent.sh
 #
-# MODE=pull: 200 concurrent pulls of one 100 MiB blob from `strata serve`;
-# every response must hash to the blob's digest.
+# MODE=pull: 200 concurrent pulls of one 100 MiB blob, side by side from
+# Debian's docker-registry and `strata serve` (each started fresh, so the
+# peak RSS is the run's), all released at once by a barrier; every
+# response must hash to the blob's digest.
 #
 #   MODE=pull benches/registry-concurrent.sh         # CLIENTS=200 SIZE_MIB=100
 #
-# Needs: python3, curl, docker-registry (push mode), a release build.
+# Needs: python3, curl, docker-registry, a release build.
 # Bounded: each load run is killed after LIMIT seconds (default 900);
 # servers are stopped by PID and their data removed on exit.
 set -euo pipefail
@@ -32,47 +34,15 @@ trap 'stop; rm -rf "$work"' EXIT
 # A thousand connections, each with an open upload file.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
+[ "$mode" = push ] || [ "$mode" = pull ] || { echo "MODE is push or pull" >&2; exit 1; }
+command -v docker-registry >/dev/null || { echo "docker-registry is not installed" >&2; exit 1; }
+size_mib="${SIZE_MIB:-8}"
+[ "$mode" = pull ] || echo "$(date -u +%Y-%m-%dT%H:%MZ); $(nproc) cores; $size_mib MiB uploads; $("$strata" --version 2>/dev/null || echo strata); docker-registry $(docker-registry --version 2>/dev/null | awk '{print $NF}'); load: $(uptime)"
+
 wait_ready() {
     for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$1/v2/" >/dev/null && return 0; sleep 0.1; done
     echo "server on port $1 did not start" >&2; return 1
 }
-
-if [ "$mode" = pull ]; then
-    head -c "$((${SIZE_MIB:-100} << 20))" /dev/urandom >"$work/blob"
-    digest="sha256:$(sha256sum "$work/blob" | cut -d' ' -f1)"
-    "$strata" serve --open-push --listen 127.0.0.1:5793 --data "$work/data" >"$work/out" 2>&1 & pid=$!
-    wait_ready 5793
-    curl -sf -X POST -T "$work/blob" -H "Expect:" "http://127.0.0.1:5793/v2/bench/blobs/uploads?digest=$digest" -o /dev/null
-    timeout "$limit" python3 - "$digest" "${CLIENTS:-200}" "$pid" <<'PY'
-import hashlib, http.client, sys, threading, time
-digest, clients, pid = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-ok, bad = [], []
-def pull():
-    c = http.client.HTTPConnection("127.0.0.1", 5793, timeout=300)
-    c.request("GET", f"/v2/bench/blobs/{digest}")
-    r = c.getresponse()
-    h = hashlib.sha256()
-    while True:
-        b = r.read(1 << 20)
-        if not b:
-            break
-        h.update(b)
-    (ok if "sha256:" + h.hexdigest() == digest and r.status == 200 else bad).append(1)
-t = time.perf_counter()
-threads = [threading.Thread(target=pull) for _ in range(clients)]
-for th in threads: th.start()
-for th in threads: th.join()
-dt = time.perf_counter() - t
-hwm = [l for l in open(f"/proc/{pid}/status") if l.startswith("VmHWM")][0].split()[1]
-print(f"{clients} concurrent pulls: {len(ok)} correct, {len(bad)} wrong, {dt:.1f}s; server peak RSS {int(hwm) / 1024:.1f} MiB")
-PY
-    exit 0
-fi
-
-[ "$mode" = push ] || { echo "MODE is push or pull" >&2; exit 1; }
-command -v docker-registry >/dev/null || { echo "docker-registry is not installed" >&2; exit 1; }
-size_mib="${SIZE_MIB:-8}"
-echo "$(date -u +%Y-%m-%dT%H:%MZ); $(nproc) cores; $size_mib MiB uploads; $("$strata" --version 2>/dev/null || echo strata); docker-registry $(docker-registry --version 2>/dev/null | awk '{print $NF}')"
 
 start_server() { # NAME PORT DATA
     case "$1" in
@@ -89,6 +59,52 @@ YML
     esac
     wait_ready "$2"
 }
+
+if [ "$mode" = pull ]; then
+    head -c "$((${SIZE_MIB:-100} << 20))" /dev/urandom >"$work/blob"
+    digest="sha256:$(sha256sum "$work/blob" | cut -d' ' -f1)"
+    echo "$(date -u +%Y-%m-%dT%H:%MZ); $(nproc) cores; ${CLIENTS:-200} pulls of ${SIZE_MIB:-100} MiB; load: $(uptime)"
+    for server in ${SERVERS:-docker-registry strata}; do
+        port=5793
+        start_server "$server" "$port" "$work/data"
+        # Pushed the same way to both: a POST, then a PUT with the body.
+        loc=$(curl -sf -X POST -D - -o /dev/null "http://127.0.0.1:$port/v2/bench/blobs/uploads/" | tr -d '\r' | awk 'tolower($1) == "location:" { print $2 }')
+        case "$loc" in http*) ;; *) loc="http://127.0.0.1:$port$loc" ;; esac
+        case "$loc" in *\?*) sep='&' ;; *) sep='?' ;; esac
+        curl -sf -X PUT -T "$work/blob" -H "Expect:" -H "Content-Type: application/octet-stream" "$loc${sep}digest=$digest" -o /dev/null
+        timeout "$limit" python3 - "$digest" "${CLIENTS:-200}" "$pid" "$server" "$port" <<'PY'
+import hashlib, http.client, sys, threading, time
+digest, clients, pid, name, port = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5])
+ok, bad = [], []
+start = threading.Barrier(clients + 1)
+def pull():
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+    start.wait()
+    c.request("GET", f"/v2/bench/blobs/{digest}")
+    r = c.getresponse()
+    h = hashlib.sha256()
+    while True:
+        b = r.read(1 << 20)
+        if not b:
+            break
+        h.update(b)
+    (ok if "sha256:" + h.hexdigest() == digest and r.status == 200 else bad).append(1)
+threads = [threading.Thread(target=pull) for _ in range(clients)]
+for th in threads: th.start()
+start.wait()
+t = time.perf_counter()
+for th in threads: th.join()
+dt = time.perf_counter() - t
+hwm = [l for l in open(f"/proc/{pid}/status") if l.startswith("VmHWM")][0].split()[1]
+print(f"{name:16} {clients} concurrent pulls: {len(ok)} correct, {len(bad)} wrong, {dt:.1f}s; server peak RSS {int(hwm) / 1024:.1f} MiB", flush=True)
+PY
+        stop
+        rm -rf "$work/data"
+    done
+    echo "load: $(cat /proc/loadavg)"
+    exit 0
+fi
+
 
 for n in ${CLIENTS:-100 1000}; do
     for server in ${SERVERS:-docker-registry strata}; do

@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod config;
+mod direct;
 pub mod gc;
 pub(crate) mod http;
 pub mod manifests;
@@ -209,6 +210,8 @@ impl Server {
         // failed handshake or a broken connection only ends that task.
         let builder = connection_builder();
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        // Tells connections serving blob reads in `direct` to close once idle.
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
             tokio::select! {
@@ -225,10 +228,18 @@ impl Server {
                     tracing::trace!("registry: connection from {peer} accepted");
                     let svc = hyper_util::service::TowerToHyperService::new(app.clone());
                     let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), self.tls.clone());
+                    let (app, mut stop) = (app.clone(), stop.clone());
                     tokio::spawn(async move {
                         let served = match tls {
+                            // Plain HTTP/1.1 blob reads are sent from the
+                            // file (see `direct`); the watcher, held
+                            // meanwhile, keeps the shutdown waiting for them.
                             None => {
-                                let io = hyper_util::rt::TokioIo::new(tcp);
+                                let io = match direct::serve(tcp, &app, &mut stop).await {
+                                    direct::Outcome::Closed => return,
+                                    direct::Outcome::Handoff(io) => io,
+                                };
+                                let io = hyper_util::rt::TokioIo::new(io);
                                 watcher.watch(builder.serve_connection_with_upgrades(io, svc).into_owned()).await
                             }
                             Some(acceptor) => match acceptor.accept(tcp).await {
@@ -251,6 +262,7 @@ impl Server {
             }
         }
         drop(self.listener);
+        let _ = stop_tx.send(true);
         // In-flight requests finish (idle connections close at once), within bounds.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), graceful.shutdown()).await;
         Ok(())

@@ -222,6 +222,61 @@ fn api_errors_use_the_spec_codes_and_store_nothing() {
     assert_eq!(r.status(), 201);
 }
 
+/// PATCHes are answered before their bytes are hashed (the hash catches
+/// up behind them); the closing PUT still stores only what hashes to its
+/// digest, whatever mix of chunks, refused chunks and a last chunk in the
+/// PUT came before.
+#[test]
+fn chunks_hashed_behind_their_answers_store_only_the_right_digest() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Serve::start(&d.path().join("data"));
+    let c = s.client();
+    let body: Vec<u8> = (0..5_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let digest = strata::digest::Digest::sha256_of(&body);
+    let chunk = 300_000;
+    let upload = |put_digest: &strata::digest::Digest| {
+        let r = c.post(s.url("/v2/app/blobs/uploads/")).send().unwrap();
+        let mut loc = r.headers()["location"].to_str().unwrap().to_string();
+        let last = body.len() - 100_000;
+        let mut off = 0;
+        while off < last {
+            let end = (off + chunk).min(last);
+            if off == chunk * 3 {
+                // A refused chunk in between leaves nothing behind.
+                let r = c
+                    .patch(s.url(&loc))
+                    .header("Content-Range", format!("{}-{}", off + 1, end))
+                    .body(body[off + 1..=end].to_vec())
+                    .send()
+                    .unwrap();
+                assert_eq!(r.status(), 416);
+            }
+            let r = c
+                .patch(s.url(&loc))
+                .header("Content-Range", format!("{off}-{}", end - 1))
+                .body(body[off..end].to_vec())
+                .send()
+                .unwrap();
+            assert_eq!(r.status(), 202, "chunk at {off}");
+            loc = r.headers()["location"].to_str().unwrap().to_string();
+            off = end;
+        }
+        c.put(s.url(&format!("{loc}?digest={put_digest}")))
+            .body(body[last..].to_vec())
+            .send()
+            .unwrap()
+    };
+    let wrong = strata::digest::Digest::sha256_of(b"something else");
+    assert_eq!(code(upload(&wrong)), (400, "DIGEST_INVALID".into()));
+    let blob = |d: &strata::digest::Digest| c.get(s.url(&format!("/v2/app/blobs/{d}"))).send().unwrap();
+    assert_eq!(blob(&wrong).status(), 404);
+    assert_eq!(upload(&digest).status(), 201);
+    let got = blob(&digest).bytes().unwrap();
+    assert!(got.as_ref() == body.as_slice(), "the stored blob is the upload");
+}
+
 #[test]
 fn an_upload_survives_a_killed_server() {
     let d = tempfile::tempdir().unwrap();

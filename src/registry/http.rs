@@ -11,7 +11,6 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::auth::Role;
 use super::state::{MAX_MANIFEST, Registry, RegistryError};
@@ -274,7 +273,7 @@ type Reply = Result<Response, ApiError>;
 
 /// Which endpoint a `/v2/...` path names.
 #[derive(Clone, Copy)]
-enum Route<'a> {
+pub(super) enum Route<'a> {
     Blob(&'a str, &'a str),
     Uploads(&'a str),
     Upload(&'a str, &'a str),
@@ -297,7 +296,7 @@ impl<'a> Route<'a> {
     }
 }
 
-fn route(rest: &str) -> Option<Route<'_>> {
+pub(super) fn route(rest: &str) -> Option<Route<'_>> {
     if let Some(i) = rest.rfind("/referrers/") {
         return Some(Route::Referrers(&rest[..i], &rest[i + 11..]));
     }
@@ -495,6 +494,46 @@ fn byte_range(spec: &str, size: u64) -> Result<(u64, u64), ()> {
     Ok((start, end.min(size - 1)))
 }
 
+/// The bytes of a blob GET's answer, put into the response's extensions
+/// beside the streaming body, so that a plain HTTP/1.1 connection can send
+/// them from the file to the socket ([`super::direct`]) instead of
+/// polling the body.
+#[derive(Clone)]
+pub(super) struct BlobFile {
+    pub file: Arc<std::fs::File>,
+    pub start: u64,
+    pub len: u64,
+}
+
+/// `len` bytes of `file` from `start`, read in [`BLOB_CHUNK`] pieces on
+/// the blocking pool. Nothing is read until the body is polled (a
+/// response sent with sendfile never is); a file shorter than promised
+/// ends the body with an error, so hyper cuts the response short rather
+/// than pad it.
+fn file_stream(
+    file: Arc<std::fs::File>,
+    start: u64,
+    len: u64,
+) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> {
+    futures_util::stream::try_unfold((file, start, len), |(file, off, left)| async move {
+        if left == 0 {
+            return Ok(None);
+        }
+        let n = left.min(BLOB_CHUNK as u64) as usize;
+        let (file, buf) = tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            let mut buf = vec![0; n];
+            file.read_exact_at(&mut buf, off).map(|()| (file, buf))
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        Ok(Some((
+            bytes::Bytes::from(buf),
+            (file, off + n as u64, left - n as u64),
+        )))
+    })
+}
+
 async fn get_blob(reg: &Registry, name: &str, d: &str, h: &HeaderMap, head: bool) -> Reply {
     let digest = parse_digest(d)?;
     let size = reg.blob_size(name, &digest)?;
@@ -508,29 +547,22 @@ async fn get_blob(reg: &Registry, name: &str, d: &str, h: &HeaderMap, head: bool
         }
         None => (StatusCode::OK, 0, size),
     };
-    let body = if head {
-        Body::empty()
+    let mut r = if head {
+        (status, Body::empty()).into_response()
     } else {
-        let mut f = tokio::fs::File::open(&path)
-            .await
-            .map_err(|_| RegistryError::BlobUnknown(digest.clone()))?;
-        if start > 0 {
-            f.seek(std::io::SeekFrom::Start(start))
-                .await
-                .map_err(|source| RegistryError::Io {
-                    path: path.clone(),
-                    source,
-                })?;
-        }
-        Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
-            f.take(len),
-            BLOB_CHUNK,
-        ))
+        let file = std::fs::File::open(&path).map_err(|_| RegistryError::BlobUnknown(digest.clone()))?;
+        let file = Arc::new(file);
+        let body = Body::from_stream(file_stream(file.clone(), start, len));
+        let mut r = (status, body).into_response();
+        r.extensions_mut().insert(BlobFile { file, start, len });
+        r
     };
-    let mut r = (status, body).into_response();
     set(&mut r, "Content-Length", len.to_string());
     set(&mut r, "Content-Type", "application/octet-stream");
     set(&mut r, "Docker-Content-Digest", digest.to_string());
+    // The content never changes under its digest (distribution answers
+    // the same ETag).
+    set(&mut r, "ETag", format!("\"{digest}\""));
     set(&mut r, "Accept-Ranges", "bytes");
     if status == StatusCode::PARTIAL_CONTENT {
         set(

@@ -11,7 +11,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use super::manifests::ManifestPolicy;
-use crate::digest::{Digest, Hasher};
+use crate::digest::Digest;
 use crate::store::{Store, StoreError};
 
 /// Largest manifest accepted (the spec suggests at least 4 MiB).
@@ -95,9 +95,10 @@ type NewBlobHook = Box<dyn Fn(&Digest) + Send + Sync>;
 pub struct Registry {
     store: Store,
     pub(super) root: PathBuf,
-    /// sha256 state of upload sessions, with the offset it covers. Lost on
-    /// restart; then the finished upload is hashed again from disk.
-    pub(super) hashers: Mutex<HashMap<String, (Hasher, u64)>>,
+    /// sha256 state of upload sessions, with the offset it covers (see
+    /// `uploads::Running`). Lost on restart; then the finished upload is
+    /// hashed again from disk.
+    pub(super) hashers: Mutex<HashMap<String, std::sync::Arc<super::uploads::Running>>>,
     /// Upload sessions a request holds (see `uploads.rs`).
     pub(super) busy: super::uploads::Busy,
     /// Upload sessions idle for longer than this are purged.

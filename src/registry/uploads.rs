@@ -7,6 +7,13 @@
 //! idle time (the data file's mtime is the last activity): the running
 //! server and `strata gc` purge expired sessions. A refused or failed
 //! request leaves the session as it found it.
+//!
+//! Bytes are hashed as they arrive, once: a monolithic upload (and a
+//! session's last request) hashes inline while it writes; a `PATCH` only
+//! writes, answers, and leaves the hashing of what it wrote to a blocking
+//! thread that reads it back from the page cache while the client sends
+//! the next chunk ([`Running`]). Either way an upload enters the store
+//! only once the whole session's digest matched.
 
 use std::collections::HashSet;
 use std::fs;
@@ -67,20 +74,115 @@ impl Drop for UploadLock<'_> {
     }
 }
 
-/// Appends to an upload session, hashing the bytes as they stream. It
-/// writes straight to the file: the caller hands it batches (a buffer of
-/// its own here cost 1 MiB per concurrent upload).
+/// A session's running hash: the state over the session file's first
+/// `off` bytes, `None` once it cannot be trusted (a request that hashed
+/// inline failed; after a restart there is no state at all), and then the
+/// finished upload is hashed again from disk.
+///
+/// The lock is held by whoever advances it: a request hashing inline (it
+/// takes the state out for the request), the catch-up thread of a `PATCH`,
+/// or `finish`, which waits for a catch-up and then hashes what is left.
+pub(crate) struct Running {
+    state: std::sync::Mutex<Option<(Hasher, u64)>>,
+    /// Bytes finished requests wrote: what a catch-up may hash (never the
+    /// bytes of a request still running, which may yet be cut off).
+    committed: std::sync::atomic::AtomicU64,
+}
+
+/// Bytes a catch-up reads back at a time.
+const CATCH_UP_READ: usize = 256 << 10;
+
+impl Running {
+    fn new(state: Option<(Hasher, u64)>, committed: u64) -> Running {
+        Running {
+            state: std::sync::Mutex::new(state),
+            committed: committed.into(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(Hasher, u64)>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hashes the session file `path` from the state's offset up to `upto`;
+    /// a read that fails leaves no state.
+    fn catch_up(state: &mut Option<(Hasher, u64)>, path: &Path, upto: u64) {
+        use std::os::unix::fs::FileExt;
+        let Some((h, off)) = state else { return };
+        if *off >= upto {
+            return;
+        }
+        let read = (|| -> io::Result<()> {
+            let file = fs::File::open(path)?;
+            let mut buf = vec![0; CATCH_UP_READ];
+            while *off < upto {
+                let n = (upto - *off).min(CATCH_UP_READ as u64) as usize;
+                file.read_exact_at(&mut buf[..n], *off)?;
+                h.update(&buf[..n]);
+                *off += n as u64;
+            }
+            Ok(())
+        })();
+        if read.is_err() {
+            *state = None;
+        }
+    }
+
+    /// Hashes what finished requests wrote, on a blocking thread, unless
+    /// someone else holds the state (it hashes what is left when it needs
+    /// it: `finish` always does).
+    fn catch_up_behind(self: std::sync::Arc<Self>, path: PathBuf) {
+        let work = move || {
+            loop {
+                let Ok(mut state) = self.state.try_lock() else {
+                    return;
+                };
+                let upto = self.committed.load(std::sync::atomic::Ordering::Acquire);
+                Running::catch_up(&mut state, &path, upto);
+                drop(state);
+                // More may have been committed while the state was held.
+                if self.committed.load(std::sync::atomic::Ordering::Acquire) <= upto {
+                    return;
+                }
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(work)),
+            Err(_) => work(),
+        }
+    }
+}
+
+/// How a request's bytes are hashed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hashing {
+    /// While they are written: the request ends with the session's digest
+    /// known (monolithic uploads, the closing `PUT`).
+    Inline,
+    /// After the request, on a blocking thread (`PATCH`: the answer does
+    /// not wait for the hash, so the next chunk comes sooner).
+    Behind,
+}
+
+/// Appends to an upload session, hashing the bytes as they stream (or,
+/// [`Hashing::Behind`], after the request). It writes straight to the
+/// file: the caller hands it batches (a buffer of its own here cost 1 MiB
+/// per concurrent upload).
 pub struct UploadWriter<'l, 'a> {
     lock: &'l UploadLock<'a>,
     file: fs::File,
     /// The session's size when this request began.
     start: u64,
+    written: u64,
+    running: std::sync::Arc<Running>,
+    /// The state taken out of `running` for inline hashing.
     hasher: Option<(Hasher, u64)>,
 }
 
 impl Write for UploadWriter<'_, '_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.file.write(buf)?;
+        self.written += n as u64;
         if let Some((h, off)) = &mut self.hasher {
             h.update(&buf[..n]);
             *off += n as u64;
@@ -94,16 +196,28 @@ impl Write for UploadWriter<'_, '_> {
 }
 
 impl UploadWriter<'_, '_> {
-    /// Flushes and hands the hash state back to the session.
+    /// Flushes and hands the hash state back to the session (or starts
+    /// hashing this request's bytes behind it).
     pub fn close(mut self) -> io::Result<()> {
         self.file.flush()?;
-        if let Some(h) = self.hasher.take() {
-            self.lock.hashers().insert(self.lock.id.clone(), h);
+        let size = self.start + self.written;
+        let inline = self.hasher.take();
+        let behind = inline.is_none();
+        if let Some(h) = inline {
+            *self.running.lock() = Some(h);
+        }
+        self.running
+            .committed
+            .store(size, std::sync::atomic::Ordering::Release);
+        if behind {
+            self.running.clone().catch_up_behind(self.lock.path.clone());
         }
         Ok(())
     }
 
     /// Drops what this request wrote: the session is as it was before.
+    /// (A state taken for inline hashing is dropped with it: `finish`
+    /// hashes the file again.)
     pub fn abort(self) -> io::Result<()> {
         let mut file = self.file;
         file.set_len(self.start)?;
@@ -250,7 +364,9 @@ impl Registry {
 }
 
 impl UploadLock<'_> {
-    fn hashers(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (Hasher, u64)>> {
+    fn hashers(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, std::sync::Arc<Running>>> {
         self.registry.hashers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -273,7 +389,7 @@ impl UploadLock<'_> {
     }
 
     /// Opens the session file for appending, checking a chunk's start.
-    pub fn append(&self, start: Option<u64>) -> Result<UploadWriter<'_, '_>> {
+    pub fn append(&self, start: Option<u64>, hashing: Hashing) -> Result<UploadWriter<'_, '_>> {
         let have = self.size()?;
         if let Some(s) = start
             && s != have
@@ -284,16 +400,32 @@ impl UploadLock<'_> {
             .append(true)
             .open(&self.path)
             .map_err(io_err(&self.path))?;
-        let taken = self.hashers().remove(&self.id);
-        let hasher = match taken {
-            Some((h, off)) if off == have => Some((h, off)),
-            None if have == 0 => Some((Algorithm::Sha256.hasher(), 0)),
-            _ => None,
+        let running = self
+            .hashers()
+            .entry(self.id.clone())
+            .or_insert_with(|| {
+                // A new session starts from nothing; one this process has
+                // no state for (a restart) is hashed from disk at the end.
+                let state = (have == 0).then(|| (Algorithm::Sha256.hasher(), 0));
+                std::sync::Arc::new(Running::new(state, have))
+            })
+            .clone();
+        let hasher = match hashing {
+            Hashing::Behind => None,
+            Hashing::Inline => {
+                // Waits for a catch-up still hashing earlier chunks, then
+                // hashes what it left.
+                let mut state = running.lock();
+                Running::catch_up(&mut state, &self.path, have);
+                state.take().filter(|(_, off)| *off == have)
+            }
         };
         Ok(UploadWriter {
             lock: self,
             file,
             start: have,
+            written: 0,
+            running,
             hasher,
         })
     }
@@ -303,7 +435,13 @@ impl UploadLock<'_> {
     pub fn finish(&self, name: &str, digest: &Digest) -> Result<()> {
         let p = &self.path;
         let size = fs::metadata(p).map_err(io_err(p))?.len();
-        let streamed = self.hashers().remove(&self.id);
+        let running = self.hashers().remove(&self.id);
+        let streamed = running.and_then(|r| {
+            // Waits for a catch-up, then hashes what is left.
+            let mut state = r.lock();
+            Running::catch_up(&mut state, p, size);
+            state.take()
+        });
         let store = self.registry.store();
         let result = match streamed {
             // Hashed while the bytes streamed in: no second pass.

@@ -19,7 +19,7 @@ use futures_util::StreamExt;
 use super::{ApiError, Reply, parse_digest, set};
 use crate::digest::Digest;
 use crate::registry::state::{Registry, RegistryError};
-use crate::registry::uploads::{UploadLock, UploadWriter};
+use crate::registry::uploads::{Hashing, UploadLock, UploadWriter};
 
 /// A chunk's `Content-Range`: `START-END`, END included (the spec's form;
 /// `bytes START-END` and `bytes=START-END` are accepted too). `None`: no
@@ -72,6 +72,7 @@ async fn receive(
     lock: &UploadLock<'_>,
     headers: &HeaderMap,
     body: Body,
+    hashing: Hashing,
 ) -> Result<(), ApiError> {
     let range = content_range(headers)?;
     if let (Some((start, end)), Some(got)) = (range, content_length(headers))
@@ -80,7 +81,8 @@ async fn receive(
         return Err(RegistryError::ContentRangeLength { start, end, got }.into());
     }
     let have = lock.size()?;
-    let mut file = lock.append(range.map(|r| r.0))?;
+    // Inline hashing may first wait for (and finish) a catch-up.
+    let mut file = tokio::task::block_in_place(|| lock.append(range.map(|r| r.0), hashing))?;
     match pump(reg, have, range, body, &mut file).await {
         Ok(()) => tokio::task::block_in_place(|| file.close()).map_err(|source| {
             let e = io(lock, source);
@@ -243,16 +245,17 @@ pub(super) async fn start(reg: &Registry, name: &str, q: &HashMap<String, String
     // error, a dropped connection) removes it.
     lock.discard_unless_finished();
     let (parts, body) = req.into_parts();
-    receive(reg, &lock, &parts.headers, body).await?;
+    receive(reg, &lock, &parts.headers, body, Hashing::Inline).await?;
     tokio::task::block_in_place(|| lock.finish(name, &digest))?;
     Ok(blob_created(name, &digest))
 }
 
-/// `PATCH`: one chunk.
+/// `PATCH`: one chunk, answered once written; it is hashed while the
+/// client sends the next.
 pub(super) async fn patch(reg: &Registry, name: &str, id: &str, req: Request) -> Reply {
     let lock = reg.lock_upload(name, id)?;
     let (parts, body) = req.into_parts();
-    receive(reg, &lock, &parts.headers, body).await?;
+    receive(reg, &lock, &parts.headers, body, Hashing::Behind).await?;
     upload_status(name, id, lock.size()?, StatusCode::ACCEPTED)
 }
 
@@ -267,7 +270,7 @@ pub(super) async fn put(
     let digest = parse_digest(q.get("digest").map(String::as_str).unwrap_or(""))?;
     let lock = reg.lock_upload(name, id)?;
     let (parts, body) = req.into_parts();
-    receive(reg, &lock, &parts.headers, body).await?;
+    receive(reg, &lock, &parts.headers, body, Hashing::Inline).await?;
     tokio::task::block_in_place(|| lock.finish(name, &digest))?;
     Ok(blob_created(name, &digest))
 }
