@@ -92,6 +92,7 @@ impl Orchestrator<'_> {
             st.operation = Some(Operation::Redeploy {
                 index,
                 pid: std::process::id(),
+                machine: state::machine(),
                 started_at: state::now(),
                 old: prev.as_ref().map(|p| p.container.clone()),
                 new: Some(new_id.clone()),
@@ -215,6 +216,7 @@ impl Orchestrator<'_> {
                         hotfix: None,
                         health: "healthy".into(),
                         since: state::now(),
+                        tainted: None,
                     },
                 );
                 st.operation = None;
