@@ -50,13 +50,17 @@ pub struct ApiConfig {
     pub ca_dir: Option<PathBuf>,
     /// How long the node certificates it signs are valid.
     pub cert_lifetime: std::time::Duration,
-    /// The server's data directory: deploy state and history live in
-    /// `DATA/apps/`, the audit log in `DATA/audit.jsonl`.
+    /// The server's data directory: the audit log (`DATA/audit.jsonl`),
+    /// hotfix backups, and with the file state store the deploy state
+    /// and history (`DATA/apps/`).
     pub data: PathBuf,
     /// The folder of app specs (`NAME.toml`).
     pub apps: PathBuf,
     /// The lease store: `file` or `etcd://…` (as `strata deploy --leases`).
     pub leases: String,
+    /// The deploy state store (as `strata deploy --state`): shared with
+    /// other servers when it is etcd.
+    pub state: Arc<dyn crate::deploy::StateStore>,
     /// The credentials file (`strata token create`), where admins'
     /// tokens made through the API are added.
     pub credentials_file: PathBuf,
@@ -227,7 +231,7 @@ pub fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
 /// Every API route, the dashboard and `/metrics`.
 pub fn router(cfg: ApiConfig) -> Router {
     let api = Api::new(cfg);
-    apps::recover_unfinished(api.clone());
+    apps::finish_unfinished(api.clone());
     apps::sweep_fenced_hosts(api.clone());
     Router::new()
         .route("/strata/api/openapi.yaml", get(openapi))
@@ -264,16 +268,16 @@ async fn server_metrics(
     if let Err(r) = api.require(&headers, Role::Read) {
         return r;
     }
-    render_metrics(Some(api.cfg.data.clone())).await
+    render_metrics(Some(api.cfg.state.clone())).await
 }
 
-/// This process's counters and, when `deploy_data` is given, deploy
+/// This process's counters and, when `deploy_state` is given, deploy
 /// durations and outcomes from the apps' history there.
-async fn render_metrics(deploy_data: Option<PathBuf>) -> Response {
+async fn render_metrics(deploy_state: Option<Arc<dyn crate::deploy::StateStore>>) -> Response {
     let mut body = crate::metrics::render();
-    if let Some(data) = deploy_data {
+    if let Some(state) = deploy_state {
         let deploys = tokio::task::spawn_blocking(move || {
-            let all = crate::deploy::state::histories(&data);
+            let all = crate::deploy::state::histories(state.as_ref());
             crate::metrics::render_deploys(all.iter().flat_map(|(app, h)| {
                 h.iter().map(move |e| crate::metrics::DeployRecord {
                     app,

@@ -44,6 +44,7 @@ use crate::store::Store;
 use host::Host;
 use plan::Mode;
 use spec::App;
+pub use state::StateStore;
 use state::{AppDir, AppState, HistoryEntry, ImageRef, Instance};
 
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +140,23 @@ pub enum DeployError {
     },
     #[error("every host of app `{0}` is drained: `strata drain HOST --undo` one, or add a host to its spec")]
     AllDrained(String),
+    #[error(transparent)]
+    Etcd(#[from] crate::etcd::EtcdError),
+    #[error(
+        "the deploy state of {what} in {location} was written by another orchestrator (revision {now}) since this one read it (revision {read}): this one lost the app's lock and writes nothing more; see `strata status`"
+    )]
+    StateConflict {
+        what: String,
+        location: String,
+        read: i64,
+        now: i64,
+    },
+    #[error("deploy state store `{spec}`: {why}")]
+    BadStateStore { spec: String, why: String },
+    #[error(
+        "the interrupted run needs image {image}, which is not in this orchestrator's store ({why}): push it here too (every orchestrator of a cluster deploys from its own store)"
+    )]
+    MissingImage { image: String, why: String },
 }
 
 pub type Result<T, E = DeployError> = std::result::Result<T, E>;
@@ -235,9 +253,13 @@ pub struct Orchestrator<'a> {
 }
 
 impl<'a> Orchestrator<'a> {
+    /// `data` holds this machine's scratch space (hotfix staging and
+    /// backups); the app's state, history and the drained hosts are in
+    /// `state`, which may be shared with orchestrators elsewhere.
     pub fn new(
         app: App,
         data: &Path,
+        state: Arc<dyn StateStore>,
         store: &'a Store,
         leases: &'a dyn LeaseStore,
         progress: &'a (dyn Fn(&str) + Sync),
@@ -250,8 +272,8 @@ impl<'a> Orchestrator<'a> {
                 path: "tokio runtime".into(),
                 source,
             })?;
-        let dir = AppDir::new(data, &app.name);
-        let drain = drain::DrainList::load(data)?;
+        let drain = drain::DrainList::load(state.as_ref())?;
+        let dir = AppDir::new(data, state, &app.name);
         Ok(Orchestrator {
             app,
             store,
@@ -349,16 +371,16 @@ impl<'a> Orchestrator<'a> {
 
     fn lock(&self) -> Result<Box<dyn crate::lease::LockGuard>> {
         let holder = format!(
-            "{} pid {} since {}",
+            "{} ({}) since {}",
             self.actor(),
-            std::process::id(),
+            state::process(std::process::id(), &state::machine()),
             state::now()
         );
         Ok(self.leases.lock(&format!("deploy-{}", self.app.name), &holder)?)
     }
 
     pub fn state(&self) -> Result<AppState> {
-        self.dir.load(&self.app.name)
+        self.dir.load()
     }
 
     pub fn history(&self) -> Result<Vec<HistoryEntry>> {

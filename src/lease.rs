@@ -7,14 +7,14 @@
 //! serialises processes on one machine) and etcd (several orchestrators:
 //! every lease is one transaction that succeeds only if neither the address
 //! nor the owner is taken, so two instances can never hold the same IP).
-//! etcd is spoken through its v3 JSON gateway, so no gRPC stack is needed.
+//! etcd is spoken through its v3 JSON gateway ([`crate::etcd`]).
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use base64::Engine as _;
+use crate::etcd::{self, Etcd, EtcdError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
@@ -124,8 +124,7 @@ pub fn open(spec: &str, data: &Path) -> Result<Box<dyn LeaseStore>> {
     if spec == "file" {
         return Ok(Box::new(FileStore::new(data.join("leases"))));
     }
-    if let Some(rest) = spec.strip_prefix("etcd://") {
-        let endpoints = rest.split(',').map(|e| format!("http://{e}")).collect();
+    if let Some(endpoints) = etcd::endpoints_of(spec) {
         return Ok(Box::new(EtcdStore::new(endpoints)?));
     }
     Err(LeaseError::BadStore(spec.to_string()))
@@ -260,70 +259,23 @@ impl LeaseStore for FileStore {
 /// `strata/leases/POOL/owner/OWNER = IP`, written together in one
 /// transaction guarded by "neither key exists yet".
 pub struct EtcdStore {
-    endpoints: Vec<String>,
-    http: reqwest::blocking::Client,
+    etcd: Etcd,
 }
 
-fn b64(s: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(s)
-}
-
-fn unb64(s: &str) -> String {
-    base64::engine::general_purpose::STANDARD
-        .decode(s)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default()
-}
-
-/// The key just after every key starting with `prefix`.
-fn range_end(prefix: &str) -> String {
-    let mut b = prefix.as_bytes().to_vec();
-    if let Some(last) = b.last_mut() {
-        *last += 1;
+impl From<EtcdError> for LeaseError {
+    fn from(e: EtcdError) -> LeaseError {
+        LeaseError::Etcd {
+            endpoint: e.endpoint,
+            why: e.why,
+        }
     }
-    String::from_utf8_lossy(&b).into_owned()
 }
 
 impl EtcdStore {
     pub fn new(endpoints: Vec<String>) -> Result<EtcdStore> {
-        let http = reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| LeaseError::Etcd {
-                endpoint: endpoints.join(","),
-                why: e.to_string(),
-            })?;
-        Ok(EtcdStore { endpoints, http })
-    }
-
-    /// POSTs to the first endpoint that answers.
-    fn call(&self, path: &str, body: serde_json::Value) -> Result<serde_json::Value> {
-        let mut last = String::new();
-        for e in &self.endpoints {
-            match self.http.post(format!("{e}{path}")).body(body.to_string()).send() {
-                Ok(r) if r.status().is_success() => {
-                    let bytes = r.bytes().map_err(|x| LeaseError::Etcd {
-                        endpoint: e.clone(),
-                        why: x.to_string(),
-                    })?;
-                    return serde_json::from_slice(&bytes).map_err(|x| LeaseError::Etcd {
-                        endpoint: e.clone(),
-                        why: x.to_string(),
-                    });
-                }
-                Ok(r) => last = format!("{e}: answered {}", r.status()),
-                Err(x) => last = format!("{e}: {x}"),
-            }
-        }
-        Err(LeaseError::Etcd {
-            endpoint: self.endpoints.join(","),
-            why: last,
+        Ok(EtcdStore {
+            etcd: Etcd::new(endpoints)?,
         })
-    }
-
-    fn get(&self, key: &str) -> Result<Option<String>> {
-        let v = self.call("/v3/kv/range", serde_json::json!({ "key": b64(key) }))?;
-        Ok(v["kvs"].get(0).and_then(|kv| kv["value"].as_str()).map(unb64))
     }
 
     fn prefix(&self, pool: &Pool, kind: &str) -> String {
@@ -334,7 +286,7 @@ impl EtcdStore {
 impl LeaseStore for EtcdStore {
     fn acquire(&self, pool: &Pool, owner: &str) -> Result<Ipv4Addr> {
         let owner_key = format!("{}{owner}", self.prefix(pool, "owner"));
-        if let Some(ip) = self.get(&owner_key)?.and_then(|s| s.parse().ok()) {
+        if let Some(ip) = self.etcd.get(&owner_key)?.and_then(|s| s.parse().ok()) {
             return Ok(ip);
         }
         let mut taken: std::collections::HashSet<Ipv4Addr> = self.list(pool)?.into_keys().collect();
@@ -348,57 +300,43 @@ impl LeaseStore for EtcdStore {
                 });
             };
             let ip_key = format!("{}{ip}", self.prefix(pool, "ip"));
-            let absent = |k: &str| serde_json::json!({ "key": b64(k), "result": "EQUAL", "target": "CREATE", "create_revision": "0" });
-            let put =
-                |k: &str, v: &str| serde_json::json!({ "request_put": { "key": b64(k), "value": b64(v) } });
-            let txn = serde_json::json!({
-                "compare": [absent(&ip_key), absent(&owner_key)],
-                "success": [put(&ip_key, owner), put(&owner_key, &ip.to_string())],
-            });
-            let v = self.call("/v3/kv/txn", txn)?;
-            // proto3 JSON leaves out `false`.
-            if v["succeeded"].as_bool() == Some(true) {
+            let won = self.etcd.txn(
+                vec![etcd::absent(&ip_key), etcd::absent(&owner_key)],
+                vec![etcd::put(&ip_key, owner), etcd::put(&owner_key, &ip.to_string())],
+                vec![],
+            )?;
+            if won.is_some() {
                 return Ok(ip);
             }
-            if let Some(ip) = self.get(&owner_key)?.and_then(|s| s.parse().ok()) {
+            if let Some(ip) = self.etcd.get(&owner_key)?.and_then(|s| s.parse().ok()) {
                 return Ok(ip);
             }
             taken.insert(ip);
         }
-        Err(LeaseError::Etcd {
-            endpoint: self.endpoints.join(","),
-            why: "too many conflicting transactions".into(),
-        })
+        Err(self.etcd.error("too many conflicting transactions").into())
     }
 
     fn release(&self, pool: &Pool, owner: &str) -> Result<bool> {
         let owner_key = format!("{}{owner}", self.prefix(pool, "owner"));
-        let Some(ip) = self.get(&owner_key)? else {
+        let Some(ip) = self.etcd.get(&owner_key)? else {
             return Ok(false);
         };
         let ip_key = format!("{}{ip}", self.prefix(pool, "ip"));
-        let del = |k: &str| serde_json::json!({ "request_delete_range": { "key": b64(k) } });
         // Delete the address only if it still names this owner.
-        let txn = serde_json::json!({
-            "compare": [{ "key": b64(&ip_key), "result": "EQUAL", "target": "VALUE", "value": b64(owner) }],
-            "success": [del(&ip_key), del(&owner_key)],
-            "failure": [del(&owner_key)],
-        });
-        self.call("/v3/kv/txn", txn)?;
+        self.etcd.txn(
+            vec![etcd::value_is(&ip_key, owner)],
+            vec![etcd::delete(&ip_key), etcd::delete(&owner_key)],
+            vec![etcd::delete(&owner_key)],
+        )?;
         Ok(true)
     }
 
     fn list(&self, pool: &Pool) -> Result<BTreeMap<Ipv4Addr, String>> {
         let p = self.prefix(pool, "ip");
-        let v = self.call(
-            "/v3/kv/range",
-            serde_json::json!({ "key": b64(&p), "range_end": b64(&range_end(&p)) }),
-        )?;
         let mut out = BTreeMap::new();
-        for kv in v["kvs"].as_array().into_iter().flatten() {
-            let key = unb64(kv["key"].as_str().unwrap_or(""));
-            if let Some(ip) = key.strip_prefix(&p).and_then(|s| s.parse().ok()) {
-                out.insert(ip, unb64(kv["value"].as_str().unwrap_or("")));
+        for kv in self.etcd.prefix(&p)? {
+            if let Some(ip) = kv.key.strip_prefix(&p).and_then(|s| s.parse().ok()) {
+                out.insert(ip, kv.value);
             }
         }
         Ok(out)
@@ -407,36 +345,35 @@ impl LeaseStore for EtcdStore {
     /// `strata/locks/NAME`, attached to an etcd lease of [`LOCK_TTL`] that
     /// a thread keeps alive: if the holder dies the lock expires.
     fn lock(&self, name: &str, holder: &str) -> Result<Box<dyn LockGuard>> {
-        let grant = self.call(
+        let grant = self.etcd.call(
             "/v3/lease/grant",
             serde_json::json!({ "TTL": LOCK_TTL.as_secs() }),
         )?;
         let id = grant["ID"].as_str().map(str::to_string).unwrap_or_default();
         if id.is_empty() {
-            return Err(LeaseError::Etcd {
-                endpoint: self.endpoints.join(","),
-                why: format!("lease grant answered {grant}"),
-            });
+            return Err(self.etcd.error(format!("lease grant answered {grant}")).into());
         }
         let key = format!("strata/locks/{name}");
-        let txn = serde_json::json!({
-            "compare": [{ "key": b64(&key), "result": "EQUAL", "target": "CREATE", "create_revision": "0" }],
-            "success": [{ "request_put": { "key": b64(&key), "value": b64(holder), "lease": id } }],
-        });
-        let v = self.call("/v3/kv/txn", txn)?;
-        if v["succeeded"].as_bool() != Some(true) {
-            let _ = self.call("/v3/lease/revoke", serde_json::json!({ "ID": id }));
-            let holder = self.get(&key)?.unwrap_or_else(|| "another orchestrator".into());
+        let won = self.etcd.txn(
+            vec![etcd::absent(&key)],
+            vec![etcd::put_leased(&key, holder, &id)],
+            vec![],
+        )?;
+        if won.is_none() {
+            let _ = self
+                .etcd
+                .call("/v3/lease/revoke", serde_json::json!({ "ID": id }));
+            let holder = self
+                .etcd
+                .get(&key)?
+                .unwrap_or_else(|| "another orchestrator".into());
             return Err(LeaseError::Locked {
                 name: name.to_string(),
                 holder,
             });
         }
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let keeper = EtcdStore {
-            endpoints: self.endpoints.clone(),
-            http: self.http.clone(),
-        };
+        let keeper = self.etcd.clone();
         let (flag, lease) = (stop.clone(), id.clone());
         let thread = std::thread::spawn(move || {
             let tick = Duration::from_millis(200);
@@ -506,7 +443,6 @@ mod tests {
         assert!(!s.release(&p, "app-2").unwrap());
         assert_eq!(s.acquire(&p, "app-4").unwrap(), b);
         assert_eq!(s.list(&p).unwrap().len(), 3);
-        assert_eq!(range_end("a/b/"), "a/b0");
         let held = s.lock("deploy-shop", "pid 1").unwrap();
         let e = s.lock("deploy-shop", "pid 2").err().expect("held").to_string();
         assert!(e.contains("locked by pid 1"), "{e}");

@@ -15,6 +15,7 @@ pub mod client;
 pub mod deploy;
 pub mod digest;
 pub mod engine;
+pub mod etcd;
 pub mod fetch;
 pub mod lease;
 pub mod metrics;

@@ -5,62 +5,10 @@
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 use common::*;
-
-struct Etcd {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn etcd(dir: &Path) -> Etcd {
-    let (client, peer) = (free_port(), free_port());
-    let child = Command::new("etcd")
-        .arg("--data-dir")
-        .arg(dir.join("etcd"))
-        .args(["--name", "strata-test"])
-        .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
-        .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
-        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-        .args([
-            "--initial-advertise-peer-urls",
-            &format!("http://127.0.0.1:{peer}"),
-        ])
-        .args([
-            "--initial-cluster",
-            &format!("strata-test=http://127.0.0.1:{peer}"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let e = Etcd { child, port: client };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let up = TcpStream::connect(("127.0.0.1", client)).is_ok()
-            && reqwest::blocking::Client::new()
-                .post(format!("http://127.0.0.1:{client}/v3/kv/range"))
-                .body(r#"{"key":"AA=="}"#)
-                .send()
-                .is_ok_and(|r| r.status().is_success());
-        if up {
-            return e;
-        }
-        assert!(Instant::now() < deadline, "etcd did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 const RANGE: &str = "10.90.0.10-10.90.0.209";
 
@@ -132,8 +80,8 @@ fn three_processes_lease_200_addresses_through_etcd() {
         return;
     }
     let d = tempfile::tempdir().unwrap();
-    let e = etcd(d.path());
-    let store = format!("etcd://127.0.0.1:{}", e.port);
+    let e = common::etcd::start(d.path());
+    let store = e.spec();
     race(&store, d.path());
 
     // The deploy lock: one holder at a time, across orchestrators.

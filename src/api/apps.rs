@@ -68,8 +68,8 @@ pub fn summaries(api: &Api) -> Vec<AppSummary> {
         .into_iter()
         .filter(|n| spec::valid_app_name(n))
         .map(|name| {
-            let app_dir = AppDir::new(&api.cfg.data, &name);
-            let state = app_dir.load(&name).unwrap_or_default();
+            let app_dir = AppDir::new(&api.cfg.data, api.cfg.state.clone(), &name);
+            let state = app_dir.load().unwrap_or_default();
             let last = app_dir.history().ok().and_then(|mut h| h.pop());
             let (image, instances, error) = match spec::find(dir, &name) {
                 Ok(a) => (a.image, a.instances, None),
@@ -96,7 +96,10 @@ fn status_of(e: &DeployError) -> StatusCode {
         DeployError::Spec(SpecError::UnknownApp { .. }) => StatusCode::NOT_FOUND,
         DeployError::Spec(_) => StatusCode::UNPROCESSABLE_ENTITY,
         DeployError::Lease(LeaseError::Locked { .. } | LeaseError::Exhausted { .. }) => StatusCode::CONFLICT,
-        DeployError::Lease(LeaseError::Etcd { .. }) => StatusCode::BAD_GATEWAY,
+        DeployError::Lease(LeaseError::Etcd { .. }) | DeployError::Etcd(_) => StatusCode::BAD_GATEWAY,
+        // Another orchestrator took the app over meanwhile.
+        DeployError::StateConflict { .. } => StatusCode::CONFLICT,
+        DeployError::MissingImage { .. } => StatusCode::CONFLICT,
         // The request is fine; the app's state or spec does not allow it.
         DeployError::NoImage(_)
         | DeployError::NoRollback { .. }
@@ -126,38 +129,74 @@ fn deploy_error(e: DeployError) -> Response {
     r
 }
 
-/// At start: every app whose state holds a run a dead process left is
-/// finished (on a thread of its own, so the server answers meanwhile;
-/// a deploy that comes first finishes it the same way, under the lock).
-pub fn recover_unfinished(api: Api) {
-    let apps: Vec<String> = spec::list(&api.cfg.apps)
-        .into_iter()
-        .filter(|n| spec::valid_app_name(n))
-        .filter(|n| {
-            AppDir::new(&api.cfg.data, n)
-                .load(n)
-                .is_ok_and(|s| s.operation.is_some() || s.run.is_some())
-        })
-        .collect();
-    if apps.is_empty() {
-        return;
-    }
+/// How often the server looks for runs that a dead process left.
+pub const FINISH_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// From the start and then every [`FINISH_EVERY`]: each app whose state
+/// holds a run or step while nobody holds its lock (the process that
+/// journaled it died: on this machine, or with a shared state store on
+/// another, whose etcd lock expires `LOCK_TTL` after it died) is settled
+/// and finished forward, as the next command would. One thread, one app
+/// at a time, so the server answers meanwhile; a live run (its lock is
+/// held) is left alone; an app whose recovery failed is tried again
+/// after a pause that doubles from 10 s to 5 min.
+pub fn finish_unfinished(api: Api) {
     std::thread::spawn(move || {
-        for app in apps {
-            let run = || -> crate::deploy::Result<()> {
-                let spec = spec::find(&api.cfg.apps, &app)?;
-                let leases = crate::lease::open(&api.cfg.leases, &api.cfg.data)?;
-                let name = app.clone();
-                let progress = move |s: &str| tracing::info!("{name}: {s}");
-                let registry = api.cfg.registry.clone();
-                let orch =
-                    Orchestrator::new(spec, &api.cfg.data, registry.store(), leases.as_ref(), &progress)?;
-                orch.recover_now()
-            };
-            match run() {
-                Ok(()) => tracing::info!("{app}: the run an earlier process left unfinished is settled"),
-                Err(e) => tracing::error!("{app}: finishing the run an earlier process left failed: {e}"),
+        let mut pause: std::collections::HashMap<String, (std::time::Instant, std::time::Duration)> =
+            Default::default();
+        loop {
+            let journaled: Vec<String> = spec::list(&api.cfg.apps)
+                .into_iter()
+                .filter(|n| spec::valid_app_name(n))
+                .filter(|n| {
+                    AppDir::new(&api.cfg.data, api.cfg.state.clone(), n)
+                        .load()
+                        .is_ok_and(|s| s.operation.is_some() || s.run.is_some())
+                })
+                .collect();
+            pause.retain(|app, _| journaled.contains(app));
+            for app in journaled {
+                if pause
+                    .get(&app)
+                    .is_some_and(|(until, _)| std::time::Instant::now() < *until)
+                {
+                    continue;
+                }
+                let run = || -> crate::deploy::Result<()> {
+                    let spec = spec::find(&api.cfg.apps, &app)?;
+                    let leases = crate::lease::open(&api.cfg.leases, &api.cfg.data)?;
+                    let name = app.clone();
+                    let progress = move |s: &str| tracing::info!("{name}: {s}");
+                    let registry = api.cfg.registry.clone();
+                    let orch = Orchestrator::new(
+                        spec,
+                        &api.cfg.data,
+                        api.cfg.state.clone(),
+                        registry.store(),
+                        leases.as_ref(),
+                        &progress,
+                    )?;
+                    orch.recover_now()
+                };
+                match run() {
+                    Ok(()) => {
+                        pause.remove(&app);
+                        tracing::info!("{app}: the run a dead process left unfinished is settled")
+                    }
+                    Err(DeployError::Lease(LeaseError::Locked { .. })) => {}
+                    Err(e) => {
+                        let wait = pause
+                            .get(&app)
+                            .map(|(_, w)| (*w * 2).min(std::time::Duration::from_secs(300)))
+                            .unwrap_or(std::time::Duration::from_secs(10));
+                        pause.insert(app.clone(), (std::time::Instant::now() + wait, wait));
+                        tracing::error!(
+                            "{app}: finishing the run a dead process left failed (next try in {wait:?}): {e}"
+                        )
+                    }
+                }
             }
+            std::thread::sleep(FINISH_EVERY);
         }
     });
 }
@@ -169,7 +208,7 @@ pub fn sweep_fenced_hosts(api: Api) {
     std::thread::spawn(move || {
         loop {
             std::thread::sleep(std::time::Duration::from_secs(5));
-            let fenced = crate::deploy::drain::DrainList::load(&api.cfg.data)
+            let fenced = crate::deploy::drain::DrainList::load(api.cfg.state.as_ref())
                 .is_ok_and(|l| l.hosts.values().any(|d| d.forced));
             if !fenced {
                 continue;
@@ -184,8 +223,14 @@ pub fn sweep_fenced_hosts(api: Api) {
                     let name = app.clone();
                     let progress = move |s: &str| tracing::warn!("{name}: {s}");
                     let registry = api.cfg.registry.clone();
-                    let orch =
-                        Orchestrator::new(spec, &api.cfg.data, registry.store(), leases.as_ref(), &progress)?;
+                    let orch = Orchestrator::new(
+                        spec,
+                        &api.cfg.data,
+                        api.cfg.state.clone(),
+                        registry.store(),
+                        leases.as_ref(),
+                        &progress,
+                    )?;
                     orch.sweep_fenced()
                 };
                 if let Err(e) = run() {
@@ -211,7 +256,14 @@ where
         let leases = crate::lease::open(&api.cfg.leases, &api.cfg.data)?;
         let registry = api.cfg.registry.clone();
         let progress = move |s: &str| tracing::info!("{app}: {s}");
-        let mut orch = Orchestrator::new(spec, &api.cfg.data, registry.store(), leases.as_ref(), &progress)?;
+        let mut orch = Orchestrator::new(
+            spec,
+            &api.cfg.data,
+            api.cfg.state.clone(),
+            registry.store(),
+            leases.as_ref(),
+            &progress,
+        )?;
         if let Some(a) = actor {
             orch.set_actor(a);
         }
@@ -467,7 +519,7 @@ async fn logs(
         let name = app.clone();
         tokio::task::spawn_blocking(move || -> crate::deploy::Result<()> {
             let spec = spec::find(&a.cfg.apps, &name)?;
-            let st = AppDir::new(&a.cfg.data, &name).load(&name)?;
+            let st = AppDir::new(&a.cfg.data, a.cfg.state.clone(), &name).load()?;
             let found = st
                 .instances
                 .values()

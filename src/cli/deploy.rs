@@ -4,11 +4,12 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use strata::api::client::ApiClient;
 use strata::deploy::plan::Mode;
-use strata::deploy::state::HistoryEntry;
+use strata::deploy::state::{self, HistoryEntry, StateStore};
 use strata::deploy::{Orchestrator, Report, Status, Target, spec};
 use strata::lease::{self, LeaseStore};
 use strata::store::Store;
@@ -39,13 +40,22 @@ pub struct SiteArgs {
     /// Folder of app specs.
     #[arg(long, env = "STRATA_APPS", default_value = "deploy/apps")]
     pub apps: PathBuf,
-    /// Data directory: deploy state, history, file leases and locks.
+    /// Data directory: deploy state and history (unless --state is
+    /// etcd), file leases and locks, hotfix backups.
     #[arg(long, env = "STRATA_DATA", default_value = "strata-data")]
     pub data: PathBuf,
     /// IP leases and deploy locks: `file` (under --data) or
     /// `etcd://HOST:PORT[,HOST:PORT…]` when several orchestrators share hosts.
     #[arg(long, env = "STRATA_LEASES", default_value = "file")]
     pub leases: String,
+    /// Deploy state (each app's state and journal, its history, the
+    /// drained hosts): `file` (under --data) or
+    /// `etcd://HOST:PORT[,HOST:PORT…]`. Default: the same as --leases, so
+    /// orchestrators sharing etcd share what was deployed, and one
+    /// finishes a run another left. etcd state needs etcd leases (the
+    /// deploy lock lives there); `--state file` keeps it per machine.
+    #[arg(long, env = "STRATA_STATE", value_name = "STORE")]
+    pub state: Option<String>,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -78,10 +88,19 @@ impl ServerArgs {
     }
 }
 
+impl SiteArgs {
+    /// The deploy state store: --state, else where --leases points.
+    pub fn state_store(&self) -> Result<Arc<dyn StateStore>> {
+        let spec = self.state.as_deref().unwrap_or(&self.leases);
+        Ok(state::open(spec, &self.leases, &self.data)?)
+    }
+}
+
 pub struct Opened {
     pub app: spec::App,
     pub store: Store,
     pub leases: Box<dyn LeaseStore>,
+    pub state: Arc<dyn StateStore>,
 }
 
 impl AppArgs {
@@ -90,7 +109,13 @@ impl AppArgs {
         let store = Store::open(&self.store.store)
             .with_context(|| format!("opening the store at {}", self.store.store.display()))?;
         let leases = lease::open(&self.leases, &self.data)?;
-        Ok(Opened { app, store, leases })
+        let state = self.state_store()?;
+        Ok(Opened {
+            app,
+            store,
+            leases,
+            state,
+        })
     }
 }
 
@@ -102,7 +127,14 @@ fn quiet(_: &str) {}
 
 pub fn orchestrator<'a>(a: &AppArgs, o: &'a Opened) -> Result<Orchestrator<'a>> {
     let progress: &(dyn Fn(&str) + Sync) = if a.json { &quiet } else { &say };
-    let mut orch = Orchestrator::new(o.app.clone(), &a.data, &o.store, o.leases.as_ref(), progress)?;
+    let mut orch = Orchestrator::new(
+        o.app.clone(),
+        &a.data,
+        o.state.clone(),
+        &o.store,
+        o.leases.as_ref(),
+        progress,
+    )?;
     if let Some(actor) = a.actor.as_ref().filter(|s| !s.trim().is_empty()) {
         orch.set_actor(actor.trim().to_string());
     }

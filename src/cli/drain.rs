@@ -24,8 +24,9 @@ use super::deploy::{AppArgs, SiteArgs, orchestrator, print_report};
 /// anything else. Until then, if it comes back, it may serve the IPs
 /// that moved: keep it off the network.
 ///
-/// The list of drained hosts is DATA/drained.json; --undo takes HOST off
-/// it (nothing moves back; new instances may go there again).
+/// The list of drained hosts is DATA/drained.json (in etcd with --state
+/// etcd://…, shared by every orchestrator); --undo takes HOST off it
+/// (nothing moves back; new instances may go there again).
 ///
 /// Examples:
 ///   strata drain 10.77.0.14
@@ -90,10 +91,11 @@ pub fn run(a: Args) -> Result<()> {
             endpoints.into_iter().collect::<Vec<_>>().join(", ")
         ),
     };
-    let mut list = DrainList::load(&a.site.data)?;
+    let state = a.site.state_store()?;
+    let mut list = DrainList::load(state.as_ref())?;
     if a.undo {
         if list.remove(&endpoint) {
-            list.save()?;
+            list.save(state.as_ref())?;
             eprintln!("{endpoint} is back in service: new instances may go there (nothing moved back)");
         } else {
             eprintln!("{endpoint} was not drained");
@@ -107,7 +109,7 @@ pub fn run(a: Args) -> Result<()> {
         .filter(|s| !s.trim().is_empty())
         .unwrap_or_else(strata::deploy::state::whoami);
     list.add(&endpoint, by, a.force);
-    list.save()?;
+    list.save(state.as_ref())?;
     eprintln!(
         "{endpoint} drained{}: moving the instances of {}",
         if a.force { " and fenced (--force)" } else { "" },

@@ -123,13 +123,24 @@ pub struct Args {
     #[arg(long, default_value_t = strata::p2p::node::CHAIN_MAX)]
     pub p2p_chain: usize,
     /// Folder of app specs the API and dashboard deploy (as `strata deploy
-    /// --apps`); their state and history live under --data.
+    /// --apps`); their state and history live under --data, or in etcd
+    /// (see --state).
     #[arg(long, env = "STRATA_APPS", default_value = "deploy/apps")]
     pub apps: PathBuf,
     /// IP leases and deploy locks: `file` (under --data) or
     /// `etcd://HOST:PORT[,HOST:PORT…]`, as `strata deploy --leases`.
     #[arg(long, env = "STRATA_LEASES", default_value = "file")]
     pub leases: String,
+    /// Deploy state (apps' state and journals, history, drained hosts):
+    /// `file` (under --data) or `etcd://HOST:PORT[,…]`, as `strata deploy
+    /// --state`. Default: the same as --leases. Two servers given the same
+    /// etcd share it: a deploy through one shows in the other's status,
+    /// history and dashboard, and when one dies in the middle of a run,
+    /// the other finishes it (or puts it back) by itself once the dead
+    /// one's lock expires (15 s); each server still deploys from its own
+    /// registry, so push the images to both.
+    #[arg(long, env = "STRATA_STATE", value_name = "STORE")]
+    pub state: Option<String>,
 }
 
 pub fn run(mut a: Args) -> Result<()> {
@@ -161,6 +172,8 @@ pub fn run(mut a: Args) -> Result<()> {
         a.tls_cert = Some(t.cert);
         a.tls_key = Some(t.key);
     }
+    let state_spec = a.state.clone().unwrap_or_else(|| a.leases.clone());
+    let state = strata::deploy::state::open(&state_spec, &a.leases, &data)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
         let cred_path = a.credentials.clone().unwrap_or_else(|| data.join("credentials"));
@@ -239,6 +252,7 @@ pub fn run(mut a: Args) -> Result<()> {
             data: data.clone(),
             apps: a.apps.clone(),
             leases: a.leases.clone(),
+            state: state.clone(),
             credentials_file: cred_path.clone(),
             https: scheme == "https",
         }));
@@ -246,7 +260,11 @@ pub fn run(mut a: Args) -> Result<()> {
         for line in access_lines(&a, &data, &cred_path, no_tokens) {
             eprintln!("strata serve: {line}");
         }
-        eprintln!("strata serve: data in {}; Ctrl-C stops", data.display());
+        eprintln!(
+            "strata serve: data in {}, deploy state in {}; Ctrl-C stops",
+            data.display(),
+            state.location()
+        );
         server.run(shutdown_signal()).await?;
         eprintln!("strata serve: stopped");
         Ok(())

@@ -1,8 +1,9 @@
 //! Drained hosts: engines that take no instances, whose instances move to
 //! the other hosts of their apps with their IPs (`strata drain HOST`).
 //!
-//! The list lives in `DATA/drained.json`, beside the apps' state, so every
-//! app's placement sees it. A host is drained in one of two ways:
+//! The list lives in the deploy state store beside the apps' state
+//! (`DATA/drained.json`, or `strata/drained` in etcd), so every app's
+//! placement sees it, on every orchestrator sharing the store. A host is drained in one of two ways:
 //! - **gracefully** (it answers): each instance is handed over like a
 //!   warm redeploy — the new container warms up on another host, the old
 //!   one leaves the IP, the new one takes it and announces it;
@@ -19,11 +20,11 @@
 //! would put one address on two machines.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{DeployError, Result, state};
+use super::Result;
+use super::state::{self, StateStore};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Drained {
@@ -35,33 +36,24 @@ pub struct Drained {
     pub forced: bool,
 }
 
-/// `DATA/drained.json`: endpoint → how it was drained.
+/// Endpoint → how it was drained, as read from the deploy state store
+/// (`DATA/drained.json`, or `strata/drained` in etcd).
 #[derive(Debug, Clone, Default)]
 pub struct DrainList {
-    path: PathBuf,
     pub hosts: BTreeMap<String, Drained>,
+    /// The revision read: a save over a newer one is refused.
+    revision: i64,
 }
 
 impl DrainList {
-    pub fn load(data: &Path) -> Result<DrainList> {
-        let path = data.join("drained.json");
-        let hosts = match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| DeployError::Corrupt {
-                path: path.clone(),
-                why: e.to_string(),
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(source) => return Err(DeployError::Io { path, source }),
-        };
-        Ok(DrainList { path, hosts })
+    pub fn load(store: &dyn StateStore) -> Result<DrainList> {
+        let (hosts, revision) = store.drained()?;
+        Ok(DrainList { hosts, revision })
     }
 
-    pub fn save(&self) -> Result<()> {
-        let json = serde_json::to_vec_pretty(&self.hosts).expect("plain data");
-        crate::store::write_atomic(&self.path, &json).map_err(|source| DeployError::Io {
-            path: self.path.clone(),
-            source,
-        })
+    pub fn save(&mut self, store: &dyn StateStore) -> Result<()> {
+        self.revision = store.save_drained(&self.hosts, self.revision)?;
+        Ok(())
     }
 
     pub fn drained(&self, endpoint: &str) -> bool {
@@ -123,19 +115,20 @@ mod tests {
     #[test]
     fn the_list_round_trips_and_a_forced_drain_stays_forced() {
         let dir = tempfile::tempdir().unwrap();
-        let mut l = DrainList::load(dir.path()).unwrap();
+        let store = state::FileState::new(dir.path());
+        let mut l = DrainList::load(&store).unwrap();
         assert!(l.hosts.is_empty());
         l.add("tcp://10.0.0.4:2376", "ops@a".into(), true);
         l.add("tcp://10.0.0.4:2376", "ops@b".into(), false);
         l.add("unix:///var/run/docker.sock", "ops@a".into(), false);
-        l.save().unwrap();
-        let l = DrainList::load(dir.path()).unwrap();
+        l.save(&store).unwrap();
+        let l = DrainList::load(&store).unwrap();
         assert!(l.fenced("tcp://10.0.0.4:2376"), "{:?}", l.hosts);
         assert!(l.drained("unix:///var/run/docker.sock"));
         assert!(!l.fenced("unix:///var/run/docker.sock"));
         assert!(!l.drained("tcp://10.0.0.5:2376"));
         std::fs::write(dir.path().join("drained.json"), "{").unwrap();
-        let e = DrainList::load(dir.path()).unwrap_err().to_string();
+        let e = DrainList::load(&store).unwrap_err().to_string();
         assert!(e.contains("drained.json"), "{e}");
     }
 }

@@ -45,33 +45,56 @@ const BEFORE: &str = "before.txt";
 
 /// Fault injection for the crash tests: `STRATA_FAULT=crash-at:NAME`
 /// kills the process (as kill -9 would: no cleanup runs) the first time
-/// it reaches point NAME, `crash-at:NAME#N` the N-th time.
+/// it reaches point NAME, `crash-at:NAME#N` the N-th time;
+/// `pause-at:NAME[#N]` stops there for good instead (it says so on
+/// stderr), so a test can kill the process itself, from outside, while
+/// its threads (an etcd lock's keep-alive) still run.
 pub(super) fn crash_point(name: &str) {
     use std::sync::atomic::{AtomicU32, Ordering};
     static SEEN: std::sync::Mutex<Vec<(String, AtomicU32)>> = std::sync::Mutex::new(Vec::new());
     let Ok(f) = std::env::var("STRATA_FAULT") else {
         return;
     };
-    for x in f.split(',').filter_map(|x| x.strip_prefix("crash-at:")) {
-        let (point, nth) = match x.split_once('#') {
-            Some((p, n)) => (p, n.parse().unwrap_or(1)),
-            None => (x, 1u32),
-        };
-        if point != name {
-            continue;
-        }
+    let points: Vec<(bool, &str, u32)> = f
+        .split(',')
+        .filter_map(|x| {
+            let (pause, x) = match (x.strip_prefix("crash-at:"), x.strip_prefix("pause-at:")) {
+                (Some(x), _) => (false, x),
+                (_, Some(x)) => (true, x),
+                _ => return None,
+            };
+            let (point, nth) = match x.split_once('#') {
+                Some((p, n)) => (p, n.parse().unwrap_or(1)),
+                None => (x, 1u32),
+            };
+            (point == name).then_some((pause, x, nth))
+        })
+        .collect();
+    if points.is_empty() {
+        return;
+    }
+    let count = {
         let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
-        let count = match seen.iter().find(|(p, _)| p == name) {
+        match seen.iter().find(|(p, _)| p == name) {
             Some((_, c)) => c.fetch_add(1, Ordering::SeqCst) + 1,
             None => {
                 seen.push((name.to_string(), AtomicU32::new(1)));
                 1
             }
-        };
-        if count == nth {
-            eprintln!("injected fault: crashing at {name} (STRATA_FAULT=crash-at:{x})");
-            std::process::abort();
         }
+    };
+    for (pause, x, nth) in points {
+        if count != nth {
+            continue;
+        }
+        if pause {
+            eprintln!("injected fault: pausing at {name} (STRATA_FAULT=pause-at:{x})");
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            }
+        }
+        eprintln!("injected fault: crashing at {name} (STRATA_FAULT=crash-at:{x})");
+        std::process::abort();
     }
 }
 
@@ -177,6 +200,7 @@ impl Orchestrator<'_> {
             st.operation = Some(Operation::Hotfix {
                 index,
                 pid: std::process::id(),
+                machine: state::machine(),
                 started_at: state::now(),
                 container: inst.container.clone(),
                 backup: hdir.clone(),
@@ -399,6 +423,12 @@ impl Orchestrator<'_> {
 
 pub(super) fn sh(script: &str) -> Vec<String> {
     vec!["/bin/sh".into(), "-c".into(), script.to_string()]
+}
+
+/// Whether `dir` holds a hotfix's backup (its index): it does on the
+/// machine that took it, once the hotfix was journaled.
+pub(super) fn has_backup(dir: &Path) -> bool {
+    dir.join("backup.json").is_file()
 }
 
 /// Puts the backups in `dir` back into the container: added paths and the

@@ -63,8 +63,10 @@ impl Orchestrator<'_> {
                         from: run.from.get(&1).cloned().flatten(),
                         outcome: "interrupted".into(),
                         detail: format!(
-                            "pid {} stopped before the {} finished (started {}); the next entry finishes it",
-                            run.pid, run.action, run.started_at
+                            "{} stopped before the {} finished (started {}); the next entry finishes it",
+                            state::process(run.pid, &run.machine),
+                            run.action,
+                            run.started_at
                         ),
                         seconds: 0.0,
                         by: run.by.clone(),
@@ -76,6 +78,7 @@ impl Orchestrator<'_> {
                 version: run.version + 1,
                 action: if run.image.is_some() { "recover" } else { "remove" }.into(),
                 pid: std::process::id(),
+                machine: state::machine(),
                 started_at: state::now(),
                 by: self.actor(),
                 ..run.clone()
@@ -87,7 +90,14 @@ impl Orchestrator<'_> {
             run.action
         ));
         let target = match &run.image {
-            Some(img) => Some(Target::from_store(self.store, &img.name, &img.manifest)?),
+            Some(img) => Some(
+                Target::from_store(self.store, &img.name, &img.manifest).map_err(|e| {
+                    DeployError::MissingImage {
+                        image: img.to_string(),
+                        why: e.to_string(),
+                    }
+                })?,
+            ),
             None => None,
         };
         // A hotfix-only run is finished by whatever brings the instances
@@ -106,13 +116,34 @@ impl Orchestrator<'_> {
         let index = op.index();
         match op {
             Operation::Hotfix {
-                container, backup, ..
+                container,
+                backup,
+                pid,
+                machine,
+                ..
             } => {
                 let Some(i) = st.instances.get(&index).cloned() else {
                     return Ok(());
                 };
                 if self.drain.fenced(&i.host) {
                     return Ok(()); // out of reach: the run moves it
+                }
+                if !hotfix::has_backup(backup) {
+                    // The journal is written after the backup, so the
+                    // backup exists, on the machine that took it: the
+                    // container's files are a mix nobody here can undo.
+                    // The run replaces the container (see `decide`).
+                    let why = format!(
+                        "a hotfix by {} was cut short and its backup ({}) is not on {}",
+                        state::process(*pid, machine),
+                        backup.display(),
+                        state::machine()
+                    );
+                    self.say(&format!("{}: {why}: its container will be replaced", i.name));
+                    if let Some(x) = st.instances.get_mut(&index) {
+                        x.tainted = Some(why);
+                    }
+                    return Ok(());
                 }
                 let host = self.host_of_instance(&i)?;
                 if self.block(host.inspect(container))?.is_none_or(|c| !c.running) {

@@ -300,6 +300,7 @@ impl Orchestrator<'_> {
                         hotfix: None,
                         health: "healthy".into(),
                         since: state::now(),
+                        tainted: None,
                     },
                 );
                 st.operation = None;
@@ -361,6 +362,7 @@ fn redeploy_op(index: u32, prev: Option<&Instance>, new: &str, phase: &str) -> O
     Operation::Redeploy {
         index,
         pid: std::process::id(),
+        machine: state::machine(),
         started_at: state::now(),
         old: prev.map(|p| p.container.clone()),
         new: Some(new.to_string()),

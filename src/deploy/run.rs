@@ -94,6 +94,7 @@ impl Orchestrator<'_> {
                 mode: mode.name().into(),
                 from,
                 pid: std::process::id(),
+                machine: state::machine(),
                 started_at: state::now(),
                 by: self.actor(),
             });
@@ -298,6 +299,9 @@ impl Orchestrator<'_> {
         let Some(i) = st.instances.get(&index) else {
             return redeploy("no running instance yet".into());
         };
+        if let Some(why) = &i.tainted {
+            return redeploy(format!("its files are unknown: {why}"));
+        }
         let endpoint = self.placed(st, index).to_string();
         if i.host != endpoint {
             return redeploy(format!("it moves from {} to {endpoint}", i.host));
@@ -512,7 +516,8 @@ impl Orchestrator<'_> {
         let mut out = Vec::new();
         for (index, before) in from {
             let now = st.instances.get(index).map(|i| i.effective().clone());
-            if now == *before {
+            let tainted = st.instances.get(index).is_some_and(|i| i.tainted.is_some());
+            if now == *before && !tainted {
                 continue;
             }
             match before {
@@ -556,6 +561,7 @@ impl Orchestrator<'_> {
         st.operation = Some(Operation::Remove {
             index,
             pid: std::process::id(),
+            machine: state::machine(),
             started_at: state::now(),
             container: i.container.clone(),
             phase: "stopping".into(),

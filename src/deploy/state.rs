@@ -1,17 +1,27 @@
-//! What the orchestrator remembers of each app, under the data directory:
-//! `apps/APP/state.json` (instances, and the operation in progress, if
-//! any) and `apps/APP/history.jsonl` (one line per deploy, hotfix or
-//! rollback). The state file is replaced atomically before and after each
+//! What the orchestrator remembers of each app: its state (instances, and
+//! the run and operation in progress, if any: the journal) and its
+//! history (one entry per deploy, hotfix or rollback), in a
+//! [`StateStore`]: files under the data directory by default
+//! ([`files`]), or etcd when several orchestrators share a cluster
+//! ([`etcd`]). The state is replaced atomically before and after each
 //! step that changes a host, so a crashed orchestrator leaves a journal
-//! the next run recovers from.
+//! the next one (on this machine or another) recovers from. Hotfix
+//! backups never leave the machine that took them: a journal that names
+//! one is settled elsewhere without it (see `recover.rs`).
+
+mod etcd;
+mod files;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+pub use self::etcd::EtcdState;
+pub use self::files::FileState;
+use super::drain::Drained;
 use super::{DeployError, Result};
 use crate::digest::Digest;
 
@@ -46,6 +56,11 @@ pub struct Instance {
     pub hotfix: Option<ImageRef>,
     pub health: String,
     pub since: String,
+    /// Why its container's files are not known to match any image (a
+    /// hotfix was cut short and its backup is on another machine): the
+    /// next run replaces the container instead of trusting it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tainted: Option<String>,
 }
 
 impl Instance {
@@ -62,6 +77,9 @@ pub enum Operation {
     Redeploy {
         index: u32,
         pid: u32,
+        /// The machine `pid` ran on ([`machine`]).
+        #[serde(default)]
+        machine: String,
         started_at: String,
         old: Option<String>,
         new: Option<String>,
@@ -71,6 +89,9 @@ pub enum Operation {
     Remove {
         index: u32,
         pid: u32,
+        /// The machine `pid` ran on ([`machine`]).
+        #[serde(default)]
+        machine: String,
         started_at: String,
         container: String,
         phase: String,
@@ -78,6 +99,9 @@ pub enum Operation {
     Hotfix {
         index: u32,
         pid: u32,
+        /// The machine `pid` ran on ([`machine`]).
+        #[serde(default)]
+        machine: String,
         started_at: String,
         container: String,
         backup: PathBuf,
@@ -103,6 +127,9 @@ pub struct Run {
     /// What each instance ran before the run (None: it did not exist).
     pub from: BTreeMap<u32, Option<ImageRef>>,
     pub pid: u32,
+    /// The machine `pid` ran on ([`machine`]).
+    #[serde(default)]
+    pub machine: String,
     pub started_at: String,
     pub by: String,
 }
@@ -141,20 +168,94 @@ pub struct HistoryEntry {
     pub by: String,
 }
 
-/// The files of one app under the data directory.
+/// Where the deploy state lives: the apps' state (with its journal),
+/// their history and the drained hosts. Two backends: files under the
+/// data directory ([`files::FileState`], one machine, the default) and
+/// etcd ([`etcd::EtcdState`], orchestrators on several machines sharing
+/// one cluster).
+///
+/// Writes of an app's state carry the revision the writer last read or
+/// wrote: a store shared between machines refuses a write over a newer
+/// revision ([`DeployError::StateConflict`]), so an orchestrator that
+/// lost its lock can never silently overwrite the one that took over.
+pub trait StateStore: Send + Sync {
+    /// The app's state and its revision (0: never written).
+    fn load(&self, app: &str) -> Result<(Option<AppState>, i64)>;
+    /// Writes the state if it is still at `revision`; the new revision.
+    fn save(&self, app: &str, state: &AppState, revision: i64) -> Result<i64>;
+    /// Adds an entry to the app's history (never replacing one).
+    fn append_history(&self, app: &str, e: &HistoryEntry) -> Result<()>;
+    /// The app's history, oldest first.
+    fn history(&self, app: &str) -> Result<Vec<HistoryEntry>>;
+    /// Every app with a history, sorted by name.
+    fn apps(&self) -> Result<Vec<String>>;
+    /// The drained hosts (`strata drain`) and their revision.
+    fn drained(&self) -> Result<(BTreeMap<String, Drained>, i64)>;
+    /// Writes the drained hosts if they are still at `revision`.
+    fn save_drained(&self, hosts: &BTreeMap<String, Drained>, revision: i64) -> Result<i64>;
+    /// Where it is, for messages: `DATA/apps` or `etcd://HOST:PORT`.
+    fn location(&self) -> String;
+}
+
+/// `file` (under `data`) or `etcd://HOST:PORT[,HOST:PORT…]`. The deploy
+/// lock lives in the lease store: state shared through etcd needs the
+/// lock there too (`leases`), else two machines would both hold it.
+pub fn open(spec: &str, leases: &str, data: &Path) -> Result<Arc<dyn StateStore>> {
+    if spec == "file" {
+        return Ok(Arc::new(files::FileState::new(data)));
+    }
+    if let Some(endpoints) = crate::etcd::endpoints_of(spec) {
+        if crate::etcd::endpoints_of(leases).is_none() {
+            return Err(DeployError::BadStateStore {
+                spec: spec.to_string(),
+                why: format!(
+                    "the deploy lock is in the lease store (`{leases}`), which only this machine sees: give --leases {spec} too"
+                ),
+            });
+        }
+        let store = etcd::EtcdState::new(crate::etcd::Etcd::new(endpoints)?);
+        for app in store.import(&files::FileState::new(data))? {
+            tracing::warn!(
+                "deploy state of `{app}` copied from {} into {spec} (it was not there yet)",
+                data.display()
+            );
+        }
+        return Ok(Arc::new(store));
+    }
+    Err(DeployError::BadStateStore {
+        spec: spec.to_string(),
+        why: "expected `file` or `etcd://HOST:PORT[,HOST:PORT…]`".into(),
+    })
+}
+
+/// One app's state in a [`StateStore`], and its local scratch space
+/// under the data directory (hotfix staging and backups, which stay on
+/// the machine that made them).
 pub struct AppDir {
+    app: String,
     dir: PathBuf,
+    store: Arc<dyn StateStore>,
+    /// The revision of the state this handle last read or wrote.
+    revision: Mutex<i64>,
 }
 
 impl AppDir {
-    pub fn new(data: &Path, app: &str) -> AppDir {
+    pub fn new(data: &Path, store: Arc<dyn StateStore>, app: &str) -> AppDir {
         AppDir {
+            app: app.to_string(),
             dir: data.join("apps").join(app),
+            store,
+            revision: Mutex::new(0),
         }
     }
 
+    /// The local directory (hotfix staging and backups).
     pub fn path(&self) -> &Path {
         &self.dir
+    }
+
+    pub fn store(&self) -> &Arc<dyn StateStore> {
+        &self.store
     }
 
     fn io(&self, path: &Path) -> impl FnOnce(std::io::Error) -> DeployError {
@@ -162,54 +263,29 @@ impl AppDir {
         move |source| DeployError::Io { path, source }
     }
 
-    pub fn load(&self, app: &str) -> Result<AppState> {
-        let p = self.dir.join("state.json");
-        match std::fs::read(&p) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| DeployError::Corrupt {
-                path: p,
-                why: e.to_string(),
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(AppState {
-                app: app.to_string(),
-                ..Default::default()
-            }),
-            Err(e) => Err(self.io(&p)(e)),
-        }
+    /// The app's state (empty when never written); later saves through
+    /// this handle are refused if someone else wrote it meanwhile.
+    pub fn load(&self) -> Result<AppState> {
+        let (st, rev) = self.store.load(&self.app)?;
+        *self.revision.lock().unwrap_or_else(|e| e.into_inner()) = rev;
+        Ok(st.unwrap_or_else(|| AppState {
+            app: self.app.clone(),
+            ..Default::default()
+        }))
     }
 
     pub fn save(&self, state: &AppState) -> Result<()> {
-        std::fs::create_dir_all(&self.dir).map_err(self.io(&self.dir))?;
-        let p = self.dir.join("state.json");
-        let bytes = serde_json::to_vec_pretty(state).unwrap_or_default();
-        crate::store::write_atomic(&p, &bytes).map_err(self.io(&p))
+        let mut rev = self.revision.lock().unwrap_or_else(|e| e.into_inner());
+        *rev = self.store.save(&self.app, state, *rev)?;
+        Ok(())
     }
 
     pub fn append_history(&self, e: &HistoryEntry) -> Result<()> {
-        std::fs::create_dir_all(&self.dir).map_err(self.io(&self.dir))?;
-        let p = self.dir.join("history.jsonl");
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&p)
-            .map_err(self.io(&p))?;
-        let mut line = serde_json::to_vec(e).unwrap_or_default();
-        line.push(b'\n');
-        f.write_all(&line).map_err(self.io(&p))?;
-        f.sync_data().map_err(self.io(&p))
+        self.store.append_history(&self.app, e)
     }
 
     pub fn history(&self) -> Result<Vec<HistoryEntry>> {
-        let p = self.dir.join("history.jsonl");
-        let text = match std::fs::read_to_string(&p) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-            Err(e) => return Err(self.io(&p)(e)),
-        };
-        // A line cut by a crash is skipped, not fatal.
-        Ok(text
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect())
+        self.store.history(&self.app)
     }
 
     /// A fresh directory for one hotfix's staged archive and backups.
@@ -243,24 +319,28 @@ impl AppDir {
     }
 }
 
-/// Every app with a history under `data` (`data/apps/*/history.jsonl`),
-/// sorted by name; an unreadable app is skipped.
-pub fn histories(data: &Path) -> Vec<(String, Vec<HistoryEntry>)> {
-    let Ok(dir) = std::fs::read_dir(data.join("apps")) else {
-        return vec![];
-    };
-    let mut apps: Vec<String> = dir
-        .flatten()
-        .filter(|e| e.path().join("history.jsonl").is_file())
-        .filter_map(|e| e.file_name().into_string().ok())
-        .collect();
-    apps.sort();
-    apps.into_iter()
+/// Every app with a history in `store`, sorted by name; an unreadable
+/// app is skipped.
+pub fn histories(store: &dyn StateStore) -> Vec<(String, Vec<HistoryEntry>)> {
+    store
+        .apps()
+        .unwrap_or_default()
+        .into_iter()
         .filter_map(|a| {
-            let h = AppDir::new(data, &a).history().ok()?;
+            let h = store.history(&a).ok()?;
             Some((a, h))
         })
         .collect()
+}
+
+/// This machine's name (`/etc/hostname`), as journals and locks record
+/// it: a pid means something only on the machine it ran on.
+pub fn machine() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// Now, RFC 3339 in UTC.
@@ -319,29 +399,45 @@ impl Operation {
 
     /// `hotfix of shop-2 by pid 123 (phase applying, since …)`.
     pub fn describe(&self, app: &str) -> String {
-        let (kind, index, pid, phase, since) = match self {
+        let (kind, index, pid, machine, phase, since) = match self {
             Operation::Redeploy {
                 index,
                 pid,
+                machine,
                 phase,
                 started_at,
                 ..
-            } => ("redeploy", index, pid, phase, started_at),
+            } => ("redeploy", index, pid, machine, phase, started_at),
             Operation::Hotfix {
                 index,
                 pid,
+                machine,
                 phase,
                 started_at,
                 ..
-            } => ("hotfix", index, pid, phase, started_at),
+            } => ("hotfix", index, pid, machine, phase, started_at),
             Operation::Remove {
                 index,
                 pid,
+                machine,
                 phase,
                 started_at,
                 ..
-            } => ("removal", index, pid, phase, started_at),
+            } => ("removal", index, pid, machine, phase, started_at),
         };
-        format!("{kind} of {app}-{index} by pid {pid} (phase `{phase}`, since {since})")
+        format!(
+            "{kind} of {app}-{index} by {} (phase `{phase}`, since {since})",
+            process(*pid, machine)
+        )
+    }
+}
+
+/// `pid 123 on HOST` (`pid 123` for a journal written before machines
+/// were recorded).
+pub fn process(pid: u32, machine: &str) -> String {
+    if machine.is_empty() {
+        format!("pid {pid}")
+    } else {
+        format!("pid {pid} on {machine}")
     }
 }

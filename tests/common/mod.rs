@@ -6,6 +6,7 @@
 
 pub mod browser;
 pub mod deploy;
+pub mod etcd;
 pub mod serve;
 pub mod swarm;
 

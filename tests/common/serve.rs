@@ -3,6 +3,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
 
 use reqwest::blocking::Client;
 
@@ -16,6 +17,8 @@ pub struct Serve {
     pub token: String,
     /// What the server wrote to stderr as it started (who may do what).
     pub startup: Vec<String>,
+    /// Every line it wrote to stderr after that, as they come.
+    pub log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Serve {
@@ -24,6 +27,11 @@ impl Serve {
     }
 
     pub fn start_with(data: &Path, extra: &[&str]) -> Serve {
+        Serve::start_env(data, extra, &[])
+    }
+
+    /// With `env` set (and `STRATA_FAULT` unset unless `env` sets it).
+    pub fn start_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Serve {
         // A push token, made once per data directory with the real command.
         let saved = data.with_extension("token");
         let token = match std::fs::read_to_string(&saved) {
@@ -40,7 +48,12 @@ impl Serve {
                 t
             }
         };
-        let mut child = strata()
+        let mut cmd = strata();
+        cmd.env_remove("STRATA_FAULT");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(data)
             .args(extra)
@@ -73,12 +86,19 @@ impl Serve {
                 break;
             }
         }
-        std::thread::spawn(move || for _ in err.lines() {});
+        let log: Arc<Mutex<Vec<String>>> = Default::default();
+        let lines = log.clone();
+        std::thread::spawn(move || {
+            for l in err.lines().map_while(Result::ok) {
+                lines.lock().unwrap_or_else(|e| e.into_inner()).push(l);
+            }
+        });
         Serve {
             child,
             port,
             token,
             startup,
+            log,
         }
     }
 
@@ -99,6 +119,15 @@ impl Serve {
             format!("Bearer {}", self.token).parse().unwrap(),
         );
         Client::builder().default_headers(h).build().unwrap()
+    }
+
+    /// Whether a line it wrote to stderr after starting contains `text`.
+    pub fn logged(&self, text: &str) -> bool {
+        self.log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|l| l.contains(text))
     }
 
     pub fn url(&self, path: &str) -> String {
