@@ -6,8 +6,9 @@
 #   p2p     strata release --push ORIGIN --server ORIGIN --load: push, the
 #           agents prewarm the image over P2P and each engine pulls it from
 #           its own agent, then the deploy (which finds it by ID).
-#   direct  the same build and push, then every host's engine pulls the
-#           image from the origin at once (docker pull), then the deploy.
+#   direct  the same build and push (with gzip layers: the lab's engines,
+#           Docker 20.10, cannot read zstd), then every host's engine pulls
+#           the image from the origin at once (docker pull), then the deploy.
 #
 # Three releases each: b1 (the whole stack: first deploy), b2 (a page and
 # 4 MiB of static bytes changed: hotfix), b3 (the same plus an env change:
@@ -16,7 +17,7 @@
 # egress is read off its LAN port (ip -s link) and given in copies of the
 # release's new layers.
 #
-#   sudo HOSTS="4 8" MBIT=1000 benches/lab-release.sh
+#   sudo HOSTS="4 8" MODES="p2p direct" MBIT=1000 benches/lab-release.sh
 #
 # Needs root, a release build (cargo build --release), the Debian packages
 # (base-images/fetch-debs.sh) and what deploy/lab/lab.sh needs.
@@ -123,7 +124,9 @@ release() {  # MODE K TAG PREV
     else
         STRATA_REGISTRY_AUTH="lab:$token" on_lan "$strata" build -c "$config" --layout "$work/oci" \
             --tier shop --war "shop=$work/war" >"$work/out" 2>&1 || { tail -n 30 "$work/out"; return 1; }
-        STRATA_REGISTRY_AUTH="lab:$token" on_lan "$strata" push --plain-http "oci:$work/oci:shop" "$origin/shop:$tag" \
+        # gzip: the lab's engines (Debian's docker.io 20.10) cannot read
+        # zstd layers; on the p2p path each agent makes the gzip variant.
+        STRATA_REGISTRY_AUTH="lab:$token" on_lan "$strata" push --gzip --plain-http "oci:$work/oci:shop" "$origin/shop:$tag" \
             >>"$work/out" 2>&1 || { tail -n 30 "$work/out"; return 1; }
         local i pids=()
         for i in $(seq 1 "$k"); do lab docker "h$i" pull -q "$origin/shop:$tag" >/dev/null & pids+=($!); done
@@ -144,7 +147,7 @@ print(f'K={k:<2} {mode:<6} {tag} {kind:<12} {secs:6.1f} s to all {2 * k} serving
 
 echo "lab release: $(nproc) cores, LAN ${mbit} Mbit/s, $(date -u +%FT%TZ), load: $(uptime | sed 's/.*load average: //')"
 for k in $hosts_list; do
-    for mode in p2p direct; do
+    for mode in ${MODES:-p2p direct}; do
         lab down >/dev/null 2>&1 || true
         rm -rf "$work/data" "$work/apps"
         lab up --hosts "$k" --prefix lrb --mbit "$mbit" --strata "$strata" >/dev/null 2>"$work/lab.err" \
