@@ -162,23 +162,9 @@ pub fn finish_unfinished(api: Api) {
                 {
                     continue;
                 }
-                let run = || -> crate::deploy::Result<()> {
-                    let spec = spec::find(&api.cfg.apps, &app)?;
-                    let leases = crate::lease::open(&api.cfg.leases, &api.cfg.data)?;
-                    let name = app.clone();
-                    let progress = move |s: &str| tracing::info!("{name}: {s}");
-                    let registry = api.cfg.registry.clone();
-                    let orch = Orchestrator::new(
-                        spec,
-                        &api.cfg.data,
-                        api.cfg.state.clone(),
-                        registry.store(),
-                        leases.as_ref(),
-                        &progress,
-                    )?;
-                    orch.recover_now()
-                };
-                match run() {
+                let name = app.clone();
+                let progress = move |s: &str| tracing::info!("{name}: {s}");
+                match orchestrate(&api, &app, &progress, |o| o.recover_now()) {
                     Ok(()) => {
                         pause.remove(&app);
                         tracing::info!("{app}: the run a dead process left unfinished is settled")
@@ -217,28 +203,36 @@ pub fn sweep_fenced_hosts(api: Api) {
                 .into_iter()
                 .filter(|n| spec::valid_app_name(n))
             {
-                let run = || -> crate::deploy::Result<usize> {
-                    let spec = spec::find(&api.cfg.apps, &app)?;
-                    let leases = crate::lease::open(&api.cfg.leases, &api.cfg.data)?;
-                    let name = app.clone();
-                    let progress = move |s: &str| tracing::warn!("{name}: {s}");
-                    let registry = api.cfg.registry.clone();
-                    let orch = Orchestrator::new(
-                        spec,
-                        &api.cfg.data,
-                        api.cfg.state.clone(),
-                        registry.store(),
-                        leases.as_ref(),
-                        &progress,
-                    )?;
-                    orch.sweep_fenced()
-                };
-                if let Err(e) = run() {
+                let name = app.clone();
+                let progress = move |s: &str| tracing::warn!("{name}: {s}");
+                if let Err(e) = orchestrate(&api, &app, &progress, |o| o.sweep_fenced()) {
                     tracing::debug!("{app}: sweeping fenced hosts: {e}");
                 }
             }
         }
     });
+}
+
+/// Runs `f` on `app`'s orchestrator as this server sees it (its spec
+/// folder, lease store, deploy state and registry store), on this thread.
+fn orchestrate<T>(
+    api: &Api,
+    app: &str,
+    progress: &(dyn Fn(&str) + Sync),
+    f: impl FnOnce(&mut Orchestrator<'_>) -> crate::deploy::Result<T>,
+) -> crate::deploy::Result<T> {
+    let spec = spec::find(&api.cfg.apps, app)?;
+    let leases = crate::lease::open(&api.cfg.leases, &api.cfg.data)?;
+    let registry = api.cfg.registry.clone();
+    let mut orch = Orchestrator::new(
+        spec,
+        &api.cfg.data,
+        api.cfg.state.clone(),
+        registry.store(),
+        leases.as_ref(),
+        progress,
+    )?;
+    f(&mut orch)
 }
 
 /// Runs `f` with the app's orchestrator on a blocking thread (the
@@ -252,22 +246,14 @@ where
     let app = app.to_string();
     let actor = actor.map(|c| format!("{} (api)", c.name));
     let joined = tokio::task::spawn_blocking(move || {
-        let spec = spec::find(&api.cfg.apps, &app)?;
-        let leases = crate::lease::open(&api.cfg.leases, &api.cfg.data)?;
-        let registry = api.cfg.registry.clone();
-        let progress = move |s: &str| tracing::info!("{app}: {s}");
-        let mut orch = Orchestrator::new(
-            spec,
-            &api.cfg.data,
-            api.cfg.state.clone(),
-            registry.store(),
-            leases.as_ref(),
-            &progress,
-        )?;
-        if let Some(a) = actor {
-            orch.set_actor(a);
-        }
-        f(&orch)
+        let name = app.clone();
+        let progress = move |s: &str| tracing::info!("{name}: {s}");
+        orchestrate(&api, &app, &progress, |orch| {
+            if let Some(a) = actor {
+                orch.set_actor(a);
+            }
+            f(orch)
+        })
     })
     .await;
     match joined {
