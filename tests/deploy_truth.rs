@@ -23,21 +23,6 @@ fn exec(container: &str, script: &str) -> std::process::Output {
         .unwrap()
 }
 
-/// Containers the engine holds for the app.
-fn containers(app: &App) -> Vec<String> {
-    let o = Command::new("docker")
-        .args([
-            "ps",
-            "-aq",
-            "--no-trunc",
-            "--filter",
-            &format!("label=org.strata.app={}", app.name),
-        ])
-        .output()
-        .unwrap();
-    stdout(&o).split_whitespace().map(str::to_string).collect()
-}
-
 /// What a user would check after any run: every instance runs the
 /// version the history's last successful entry names, serves it, reads
 /// back without drift, kept its IP; nothing is left unfinished, on disk
@@ -82,7 +67,7 @@ fn assert_converged(app: &App, ips: &[String], why: &str) -> String {
     let hotfix_dir = app.data().join("apps").join(&app.name).join("hotfix");
     let left = std::fs::read_dir(&hotfix_dir).map(|d| d.count()).unwrap_or(0);
     assert_eq!(left, 0, "{why}: {} holds leftovers", hotfix_dir.display());
-    assert_eq!(containers(app).len(), ips.len(), "{why}: stray containers");
+    assert_eq!(app.containers().len(), ips.len(), "{why}: stray containers");
     version
 }
 
@@ -463,7 +448,7 @@ fn remove_scale_to_zero_pool_checks_and_an_honest_history() {
         .map(|i| i["mode"].as_str().unwrap())
         .collect();
     assert_eq!(modes, ["removed", "removed"], "{r}");
-    assert!(containers(&app).is_empty());
+    assert!(app.containers().is_empty());
     let o = lease_list();
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(!stdout(&o).contains(&app.name), "{}", stdout(&o));
@@ -489,7 +474,7 @@ fn remove_scale_to_zero_pool_checks_and_an_honest_history() {
         "{}",
         stderr(&o)
     );
-    assert!(containers(&app).is_empty(), "no container was created");
+    assert!(app.containers().is_empty(), "no container was created");
     let h = app.json(&["history"]);
     assert_eq!(h.as_array().unwrap().last().unwrap()["outcome"], "refused", "{h}");
     assert!(pool_args("release", &others).status.success());
@@ -499,7 +484,7 @@ fn remove_scale_to_zero_pool_checks_and_an_honest_history() {
     app.json(&["deploy"]);
     let o = app.run(&["remove", "--purge"], &[]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(containers(&app).is_empty());
+    assert!(app.containers().is_empty());
     let vols = Command::new("docker")
         .args([
             "volume",
@@ -602,7 +587,7 @@ fn a_warm_redeploy_refuses_no_new_connection() {
             &lost[..lost.len().min(3)]
         );
         assert_eq!(
-            containers(&app).len(),
+            app.containers().len(),
             1,
             "round {round}: the bridge anchor is gone"
         );

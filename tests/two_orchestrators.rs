@@ -16,7 +16,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::deploy::*;
@@ -62,21 +61,6 @@ fn deploy(srv: &Serve, app: &App, v: &str, mode: &str) -> reqwest::Result<reqwes
         .bearer_auth(&srv.token)
         .json(&json!({ "image": format!("{}:{v}", app.name), "mode": mode }))
         .send()
-}
-
-/// Containers the engine holds for the app.
-fn containers(app: &App) -> Vec<String> {
-    let o = Command::new("docker")
-        .args([
-            "ps",
-            "-aq",
-            "--no-trunc",
-            "--filter",
-            &format!("label=org.strata.app={}", app.name),
-        ])
-        .output()
-        .unwrap();
-    stdout(&o).split_whitespace().map(str::to_string).collect()
 }
 
 /// The history as `action outcome` strings.
@@ -182,7 +166,7 @@ fn assert_one_version(b: &Serve, app: &App, v: &str, ips: &[String]) -> Value {
         );
         assert_eq!(inspect(c, "{{.State.Running}}"), "true");
     }
-    assert_eq!(containers(app).len(), ips.len(), "stray containers: {st}");
+    assert_eq!(app.containers().len(), ips.len(), "stray containers: {st}");
     st
 }
 
@@ -269,7 +253,7 @@ fn two_servers_share_the_deploy_state_and_one_finishes_what_the_other_left() {
 
     // A dies (SIGKILL) in the middle of a rolling redeploy to v2: the
     // first instance is done, the second's new container is created.
-    let before = containers(&app);
+    let before = app.containers();
     let killed = kill_a_midway(
         &mut a,
         &da,
@@ -280,7 +264,7 @@ fn two_servers_share_the_deploy_state_and_one_finishes_what_the_other_left() {
         "redeploy",
     );
     assert_eq!(
-        containers(&app).len(),
+        app.containers().len(),
         3,
         "killed with the second new container made"
     );
@@ -290,7 +274,7 @@ fn two_servers_share_the_deploy_state_and_one_finishes_what_the_other_left() {
         took.as_secs_f64()
     );
     assert_one_version(&b, &app, "v2", &ips);
-    for c in containers(&app) {
+    for c in app.containers() {
         assert!(!before.contains(&c), "every instance has a new container");
     }
     let h = get(&b, &format!("/strata/api/apps/{}/history", app.name));

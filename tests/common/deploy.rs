@@ -291,6 +291,21 @@ paths = ["/var/lib/tomcat10/webapps/**"]
         self.json(&["status"])["instances"][0].clone()
     }
 
+    /// Every container the engine holds for the app (any state).
+    pub fn containers(&self) -> Vec<String> {
+        let o = Command::new("docker")
+            .args([
+                "ps",
+                "-aq",
+                "--no-trunc",
+                "--filter",
+                &format!("label=org.strata.app={}", self.name),
+            ])
+            .output()
+            .unwrap();
+        stdout(&o).split_whitespace().map(str::to_string).collect()
+    }
+
     pub fn container(&self) -> String {
         self.status()["container"].as_str().unwrap().to_string()
     }
