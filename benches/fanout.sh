@@ -11,11 +11,22 @@
 #   sudo ORIGIN_ARGS="--p2p-chain 0" N=16 benches/fanout.sh   # swarm only, no chain
 #   sudo LINKSTATS=1 KEEP=1 N=16 BASELINE=0 benches/fanout.sh
 #       then benches/fanout-links.py WORKDIR 50 1 64: link use per second
+#   sudo E2E=1 N=16 benches/fanout.sh     # end to end: every host pulls through its agent's mirror
+#   sudo TLS_BASELINE=0 N=16 benches/fanout.sh   # without the TCP+TLS CPU baseline
+#   sudo MTU=9000 N=16 benches/fanout.sh  # jumbo frames on every link
 #
 # Reports per-host completion (p50, p99, max) against S/B, origin egress in
-# copies of S, and the CPU seconds the agents used. Needs root, iproute2,
-# curl, python3 and a release build. Namespaces, links and processes are
-# removed on exit, also on failure.
+# copies of S, and the CPU the agents used, also per GiB they moved
+# (received + forwarded). With E2E=1 the agents fetch nothing at start:
+# once all are registered, every host GETs the blob from its own agent's
+# pull-through registry (127.0.0.1:5002 in its namespace) with curl at
+# once, timed from that moment to its last byte, as an engine would pull.
+# The TCP+TLS baseline moves the same bytes around a ring of the same
+# namespaces (host i GETs the blob from host i+1's `openssl s_server` over
+# HTTPS with curl, all at once) and reports the CPU that costs per GiB
+# moved, senders and receivers together. Needs root, iproute2, curl,
+# openssl, python3 and a release build. Namespaces, links and processes
+# are removed on exit, also on failure.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 strata="${STRATA_BIN:-${CARGO_TARGET_DIR:-$here/target}/release/strata}"
@@ -47,6 +58,10 @@ for i in $(seq 0 "$n"); do
     ip netns add "$ns"
     ip -n "$sw" link add "p$i" type veth peer name eth0 netns "$ns"
     ip -n "$sw" link set "p$i" master br0 up
+    if [ -n "${MTU:-}" ]; then
+        ip -n "$sw" link set "p$i" mtu "$MTU"
+        ip -n "$ns" link set eth0 mtu "$MTU"
+    fi
     ip -n "$ns" addr add "10.203.1.$((i + 1))/16" dev eth0
     ip -n "$ns" link set eth0 up
     ip -n "$ns" link set lo up
@@ -92,22 +107,63 @@ if [ -n "${LINKSTATS:-}" ]; then
     pids+=($!)
 fi
 agent_pids=()
+e2e="${E2E:-0}"
+# Agent i's CPU seconds so far (the process under `time`).
+agent_cpu_at() {
+    local p
+    p=$(pgrep -f -- "^$strata agent --name a$1 --certs" | head -n 1)
+    awk -v t="$(getconf CLK_TCK)" '{print ($14 + $15) / t}' "/proc/$p/stat" 2>/dev/null || echo nan
+}
+if [ "$e2e" = 1 ]; then
+    # Agents with their pull-through registry, fetching nothing yet.
+    what=(--registry "http://$origin:5000" --mirror-listen 127.0.0.1:5002)
+else
+    what=(--fetch "$digest")
+fi
 for i in $(seq 1 "$n"); do
     ip netns exec "sf$$-$i" /usr/bin/env time -f "%U %S" -o "$work/cpu-$i" \
         "$strata" agent --name "a$i" --certs "$work/certs" --origin "$origin:5001" \
-        --listen "10.203.1.$((i + 1)):5001" --data "$work/a$i" --zone $((i % 4)) --fetch "$digest" \
+        --listen "10.203.1.$((i + 1)):5001" --data "$work/a$i" --zone $((i % 4)) "${what[@]}" \
         --upload-mbit "$cap" ${AGENT_ARGS:-} \
         >"$work/a$i.out" 2>"$work/a$i.err" &
     agent_pids+=($!)
     pids+=($!)
 done
 deadline=$(( $(date +%s) + 600 ))
-for i in $(seq 1 "$n"); do
-    until grep -q '"complete"' "$work/a$i.out" 2>/dev/null; do
-        [ "$(date +%s)" -lt "$deadline" ] || { echo "agent a$i did not finish" >&2; tail -5 "$work/a$i.err" >&2; exit 1; }
-        sleep 0.05
+if [ "$e2e" = 1 ]; then
+    registered() {
+        on_origin curl -sf -H "Authorization: Bearer $read_token" "http://$origin:5000/strata/api/hosts" \
+            | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))' 2>/dev/null || echo 0
+    }
+    until [ "$(registered)" = "$n" ]; do
+        [ "$(date +%s)" -lt "$deadline" ] || { echo "only $(registered) of $n agents registered" >&2; exit 1; }
+        sleep 0.1
     done
-done
+    # The barrier: every host's pull starts now; each records when its
+    # last byte came (and curl its own first byte). The agents' CPU is
+    # also read here, so start-up (key loading, RNG seeding, the
+    # handshakes of registering) is counted apart from the transfer.
+    for i in $(seq 1 "$n"); do agent_cpu_at "$i" >"$work/cpu0-$i"; done
+    start=$(date +%s.%N)
+    pull_pids=()
+    for i in $(seq 1 "$n"); do
+        ip netns exec "sf$$-$i" sh -c 'curl -sf -o /dev/null -w "%{time_starttransfer} %{size_download}\n" "$1" >"$2" && date +%s.%N >>"$2"' \
+            sh "http://127.0.0.1:5002/v2/bench/blobs/$digest" "$work/pull-$i" &
+        pull_pids+=($!)
+    done
+    for i in "${!pull_pids[@]}"; do
+        wait "${pull_pids[$i]}" || { echo "host $((i + 1)): the pull through its mirror failed" >&2; tail -5 "$work/a$((i + 1)).err" >&2; exit 1; }
+    done
+    for i in $(seq 1 "$n"); do agent_cpu_at "$i" >"$work/cpu1-$i"; done
+    echo "$start" >"$work/start"
+else
+    for i in $(seq 1 "$n"); do
+        until grep -q '"complete"' "$work/a$i.out" 2>/dev/null; do
+            [ "$(date +%s)" -lt "$deadline" ] || { echo "agent a$i did not finish" >&2; tail -5 "$work/a$i.err" >&2; exit 1; }
+            sleep 0.05
+        done
+    done
+fi
 # Packets the shaped links dropped (tbf queue full): retransmitted by QUIC.
 drops() { "$@" tc -s -j qdisc show | python3 -c 'import json,sys; print(sum(q.get("drops", 0) for q in json.load(sys.stdin) if q.get("kind") == "tbf"))'; }
 up_drops=0
@@ -137,22 +193,89 @@ for i in $(seq 1 "$n"); do
 done
 for p in "${base_pids[@]}"; do wait "$p"; done
 
-python3 - "$work" "$n" "$floor" "$size_mib" "$egress" <<'PY'
+# The TCP+TLS baseline: the same bytes around a ring of the same hosts,
+# host i GETting the blob from host i+1 over HTTPS, every transfer at once.
+echo 0 >"$work/tls"
+if [ "${TLS_BASELINE:-1}" = 1 ]; then
+    mkdir -p "$work/www"
+    cp "$work/blob" "$work/www/blob"
+    srv_pids=()
+    for i in $(seq 1 "$n"); do
+        (cd "$work/www" && exec ip netns exec "sf$$-$i" /usr/bin/env time -f "%U %S" -o "$work/tls-srv-$i" \
+            openssl s_server -quiet -WWW -naccept 1 -accept "10.203.1.$((i + 1)):8443" \
+            -cert "$work/certs/a$i.pem" -key "$work/certs/a$i.key" >/dev/null 2>"$work/tls-srv-$i.err") &
+        srv_pids+=($!)
+        pids+=($!)
+    done
+    for i in $(seq 1 "$n"); do
+        for _ in $(seq 1 100); do
+            ip netns exec "sf$$-$i" ss -ltn | grep -q ':8443 ' && break
+            sleep 0.05
+        done
+    done
+    cli_pids=()
+    for i in $(seq 1 "$n"); do
+        j=$((i % n + 1))
+        ip netns exec "sf$$-$i" /usr/bin/env time -f "%U %S" -o "$work/tls-cli-$i" \
+            curl -skf -o /dev/null -w '%{size_download} %{time_total}\n' \
+            "https://10.203.1.$((j + 1)):8443/blob" >"$work/tls-got-$i" &
+        cli_pids+=($!)
+    done
+    for p in "${cli_pids[@]}" "${srv_pids[@]}"; do timeout 300 tail --pid="$p" -f /dev/null || true; done
+    echo 1 >"$work/tls"
+fi
+
+python3 - "$work" "$n" "$floor" "$size_mib" "$egress" "$e2e" <<'PY'
 import json, sys, math
 work, n, floor, size_mib, egress = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+e2e = sys.argv[6] == "1"
 def q(v, p):
     v = sorted(v); return v[max(0, math.ceil(p * len(v)) - 1)]
-p2p, cpu = [], 0.0
-for i in range(1, n + 1):
-    line = [l for l in open(f"{work}/a{i}.out") if l.startswith('{"complete"')][0]
-    p2p.append(json.loads(line)["report"]["seconds"])
+def cpu(path):
     try:
-        u, s = open(f"{work}/cpu-{i}").read().split()[-2:]; cpu += float(u) + float(s)
+        u, s = open(path).read().split()[-2:]; return float(u) + float(s)
     except Exception:
-        pass
-base = [float(open(f"{work}/base-{i}").read().split()[0]) for i in range(1, n + 1)]
+        return float("nan")
 size = size_mib << 20
-for name, v in (("p2p", p2p), ("direct from origin", base)):
-    print(f"{name:20} p50 {q(v, .5):7.2f} s ({q(v, .5) / floor:.2f}× S/B)  p99 {q(v, .99):7.2f} s ({q(v, .99) / floor:.2f}×)  max {max(v):7.2f} s")
-print(f"origin egress (p2p): {egress / size:.3f} × S; agents' CPU: {cpu:.1f} s in all, {cpu / n:.2f} s per host")
+gib = float(1 << 30)
+p2p, first, cpu_agents, cpu_transfer = [], [], 0.0, 0.0
+if e2e:
+    start = float(open(f"{work}/start").read())
+for i in range(1, n + 1):
+    if e2e:
+        lines = open(f"{work}/pull-{i}").read().split("\n")
+        (ttfb, got), end = lines[0].split(), float(lines[1])
+        if int(got) != size:
+            sys.exit(f"host {i} pulled {got} bytes, not {size}")
+        p2p.append(end - start); first.append(float(ttfb))
+    else:
+        line = [l for l in open(f"{work}/a{i}.out") if l.startswith('{"complete"')][0]
+        p2p.append(json.loads(line)["report"]["seconds"])
+    cpu_agents += cpu(f"{work}/cpu-{i}")
+    if e2e:
+        cpu_transfer += float(open(f"{work}/cpu1-{i}").read()) - float(open(f"{work}/cpu0-{i}").read())
+base = [float(open(f"{work}/base-{i}").read().split()[0]) for i in range(1, n + 1)]
+name = "through the mirrors" if e2e else "p2p"
+for name, v in ((name, p2p), ("direct from origin", base)):
+    print(f"{name:20} p50 {q(v, .5):7.2f} s ({q(v, .5) / floor:.3f}× S/B)  p99 {q(v, .99):7.2f} s ({q(v, .99) / floor:.3f}×)  max {max(v):7.2f} s")
+if e2e:
+    print(f"first byte at the hosts: p50 {q(first, .5):.2f} s, max {max(first):.2f} s")
+# Every piece an agent received came from the origin or from another agent.
+moved = n * size + (n * size - egress)
+print(f"origin egress (p2p): {egress / size:.3f} × S; agents' CPU: {cpu_agents:.1f} s in all, {cpu_agents / n:.2f} s per host")
+print(f"agents' CPU per GiB moved (received + forwarded, {moved / gib:.2f} GiB): {cpu_agents / (moved / gib):.2f} CPU-s/GiB over their lives")
+if e2e:
+    print(f"  from the barrier to the last byte (the P2P transfer and the mirrors' copies): {cpu_transfer:.1f} s, "
+          f"{cpu_transfer / (moved / gib):.2f} CPU-s/GiB moved")
+if open(f"{work}/tls").read().strip() == "1":
+    tls_cpu, ok = 0.0, 0
+    for i in range(1, n + 1):
+        tls_cpu += cpu(f"{work}/tls-srv-{i}") + cpu(f"{work}/tls-cli-{i}")
+        got = open(f"{work}/tls-got-{i}").read().split()
+        ok += bool(got) and int(got[0]) == size
+    if ok != n:
+        sys.exit(f"TCP+TLS baseline: only {ok} of {n} transfers complete")
+    tls_moved = 2 * n * size
+    print(f"TCP+TLS (curl from openssl s_server, a ring of the same hosts, {tls_moved / gib:.2f} GiB moved): "
+          f"{tls_cpu:.1f} CPU-s, {tls_cpu / (tls_moved / gib):.2f} CPU-s/GiB")
 PY
