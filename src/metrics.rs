@@ -167,6 +167,9 @@ pub static P2P_PIECE_TABLES_MADE: Counter = Counter::new();
 pub static MIRROR_GZIP_LAYERS_MADE: Counter = Counter::new();
 /// Manifests an agent's mirror answered with a gzip variant.
 pub static MIRROR_GZIP_MANIFESTS_SERVED: Counter = Counter::new();
+/// Blob responses an agent's mirror cut off before their end: the
+/// download failed, or the blob's digest did not match.
+pub static MIRROR_BLOBS_CUT_OFF: Counter = Counter::new();
 
 /// Per-host prewarm durations, by outcome.
 pub static PREWARM_OK: Histogram = Histogram::new();
@@ -309,6 +312,17 @@ pub fn render() -> String {
         out,
         "strata_mirror_gzip_manifests_served_total {}",
         MIRROR_GZIP_MANIFESTS_SERVED.get()
+    );
+    help(
+        &mut out,
+        "strata_mirror_blobs_cut_off_total",
+        "counter",
+        "Blob responses the agent's mirror cut off: the download failed, or the blob's digest did not match.",
+    );
+    let _ = writeln!(
+        out,
+        "strata_mirror_blobs_cut_off_total {}",
+        MIRROR_BLOBS_CUT_OFF.get()
     );
     help(
         &mut out,

@@ -547,3 +547,291 @@ fn podman_pulls_zstd_and_gzip_images_from_the_origin_and_through_the_agent() {
     assert_eq!(made, Some(0.0));
     drop(agent);
 }
+
+/// An agent of `s` with its mirror on loopback and its downloads capped
+/// at `mbit` (so a blob takes a while to arrive), and the mirror's URL.
+fn capped_mirror(s: &Swarm, mbit: f64) -> (Proc, String) {
+    let origin = format!("http://127.0.0.1:{}", s.registry);
+    let mbit = mbit.to_string();
+    let agent = s.agent_with(
+        0,
+        0.0,
+        &[
+            "--registry",
+            &origin,
+            "--mirror-listen",
+            "127.0.0.1:0",
+            "--download-mbit",
+            &mbit,
+        ],
+    );
+    let mirror = agent
+        .line("mirror listening on", Duration::from_secs(20))
+        .expect("mirror");
+    let port = mirror.rsplit(':').next().unwrap().to_string();
+    (agent, format!("http://127.0.0.1:{port}"))
+}
+
+/// Where agent 0 of `s` keeps the swarm's blob once it is whole.
+fn stored_blob(s: &Swarm) -> std::path::PathBuf {
+    s.dir
+        .join(format!("agent-0/store/blobs/sha256/{}", s.digest.hex()))
+}
+
+/// What a client saw of one blob GET: the status, the headers, all the
+/// bytes, when the first came and whether the agent's store held the
+/// whole blob by then, and when the last came.
+struct Got {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: Vec<u8>,
+    first_byte: Duration,
+    stored_at_first_byte: bool,
+    all: Duration,
+}
+
+fn get_blob(url: &str, range: Option<&str>, stored: &std::path::Path) -> Got {
+    use std::io::Read;
+    let started = std::time::Instant::now();
+    let mut rq = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap()
+        .get(url);
+    if let Some(r) = range {
+        rq = rq.header("Range", r);
+    }
+    let mut resp = rq.send().unwrap();
+    let (status, headers) = (resp.status().as_u16(), resp.headers().clone());
+    let mut first = vec![0u8; 64 << 10];
+    let n = loop {
+        match resp.read(&mut first) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => panic!("{url}: {e}"),
+        }
+    };
+    let (first_byte, stored_at_first_byte) = (started.elapsed(), stored.exists());
+    let mut body = first[..n].to_vec();
+    resp.read_to_end(&mut body)
+        .unwrap_or_else(|e| panic!("{url}: the body was cut off: {e}"));
+    Got {
+        status,
+        headers,
+        body,
+        first_byte,
+        stored_at_first_byte,
+        all: started.elapsed(),
+    }
+}
+
+fn header<'a>(g: &'a Got, name: &str) -> &'a str {
+    g.headers
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} in {:?}", g.headers))
+        .to_str()
+        .unwrap()
+}
+
+#[test]
+fn a_client_gets_a_blob_through_the_mirror_as_its_pieces_arrive() {
+    let d = tempfile::tempdir().unwrap();
+    // 8 MiB at 24 Mbit/s: about 2.8 s to arrive.
+    let s = Swarm::start(d.path(), 1, 8, 0.0);
+    let (_agent, mirror) = capped_mirror(&s, 24.0);
+    let url = format!("{mirror}/v2/app/blobs/{}", s.digest);
+    let g = get_blob(&url, None, &stored_blob(&s));
+    eprintln!(
+        "first byte after {:.3} s, all {} bytes after {:.3} s",
+        g.first_byte.as_secs_f64(),
+        g.body.len(),
+        g.all.as_secs_f64()
+    );
+    assert_eq!(g.status, 200);
+    assert_eq!(header(&g, "content-length"), s.blob.len().to_string());
+    assert_eq!(header(&g, "docker-content-digest"), s.digest.to_string());
+    assert!(
+        !g.stored_at_first_byte,
+        "the first byte came after the whole blob ({:?})",
+        g.first_byte
+    );
+    assert!(
+        g.first_byte * 3 < g.all,
+        "the first byte came after {:?} of {:?}",
+        g.first_byte,
+        g.all
+    );
+    assert_eq!(Digest::sha256_of(&g.body), s.digest);
+    // The download went on into the store.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !stored_blob(&s).exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(std::fs::read(stored_blob(&s)).unwrap(), s.blob);
+}
+
+#[test]
+fn two_clients_of_one_arriving_blob_both_get_it_from_one_download() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Swarm::start(d.path(), 1, 8, 0.0);
+    let (_agent, mirror) = capped_mirror(&s, 24.0);
+    let url = format!("{mirror}/v2/app/blobs/{}", s.digest);
+    let stored = stored_blob(&s);
+    let got: Vec<Got> = std::thread::scope(|sc| {
+        let clients: Vec<_> = (0..2)
+            .map(|_| sc.spawn(|| get_blob(&url, None, &stored)))
+            .collect();
+        clients.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    for g in &got {
+        assert_eq!(g.status, 200);
+        assert!(!g.stored_at_first_byte, "{:?}", g.first_byte);
+        assert_eq!(Digest::sha256_of(&g.body), s.digest);
+    }
+    // One download: the origin sent the blob about once, not twice.
+    let metrics = common::scrape(&mirror, None);
+    let from_origin = common::metric(&metrics, "strata_p2p_bytes_received_total{source=\"origin\"}").unwrap();
+    let size = s.blob.len() as f64;
+    assert!(
+        from_origin >= size && from_origin < 1.5 * size,
+        "{from_origin} bytes from the origin for a blob of {size}"
+    );
+}
+
+#[test]
+fn ranges_of_a_blob_arriving_and_whole_and_a_range_beyond_it() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Swarm::start(d.path(), 1, 8, 0.0);
+    let (_agent, mirror) = capped_mirror(&s, 24.0);
+    let url = format!("{mirror}/v2/app/blobs/{}", s.digest);
+    let stored = stored_blob(&s);
+    let size = s.blob.len();
+    let (a, b) = (3_000_001, 5_000_000);
+    let check = |g: &Got, when: &str| {
+        assert_eq!(g.status, 206, "{when}");
+        assert_eq!(
+            header(g, "content-range"),
+            format!("bytes {a}-{b}/{size}"),
+            "{when}"
+        );
+        assert_eq!(header(g, "content-length"), (b - a + 1).to_string(), "{when}");
+        assert!(g.body == s.blob[a..=b], "{when}: other bytes than asked for");
+    };
+    let arriving = get_blob(&url, Some(&format!("bytes={a}-{b}")), &stored);
+    assert!(
+        !arriving.stored_at_first_byte,
+        "the range came after the whole blob"
+    );
+    check(&arriving, "arriving");
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !stored.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(stored.exists(), "the blob never arrived whole");
+    check(&get_blob(&url, Some(&format!("bytes={a}-{b}")), &stored), "whole");
+    let tail = get_blob(&url, Some("bytes=-100"), &stored);
+    assert_eq!(tail.status, 206);
+    assert!(tail.body == s.blob[size - 100..]);
+
+    for beyond in [format!("bytes={size}-"), "bytes=9-3".to_string()] {
+        let r = reqwest::blocking::Client::new()
+            .get(&url)
+            .header("Range", &beyond)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 416, "{beyond}");
+        assert_eq!(r.headers()["content-range"], format!("bytes */{size}").as_str());
+    }
+}
+
+#[test]
+fn head_of_a_blob_not_here_yet_answers_its_size_at_once() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Swarm::start(d.path(), 1, 8, 0.0);
+    // 4 Mbit/s: the blob takes about 17 s to arrive.
+    let (_agent, mirror) = capped_mirror(&s, 4.0);
+    let url = format!("{mirror}/v2/app/blobs/{}", s.digest);
+    let started = std::time::Instant::now();
+    let r = reqwest::blocking::Client::new().head(&url).send().unwrap();
+    let took = started.elapsed();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-length"], s.blob.len().to_string().as_str());
+    assert_eq!(
+        r.headers()["docker-content-digest"],
+        s.digest.to_string().as_str()
+    );
+    assert!(
+        !stored_blob(&s).exists(),
+        "HEAD waited for the whole blob ({took:?})"
+    );
+    // A blob the origin does not have is unknown here too.
+    let unknown = Digest::sha256_of(b"no such blob");
+    let r = reqwest::blocking::Client::new()
+        .head(format!("{mirror}/v2/app/blobs/{unknown}"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+#[test]
+fn a_blob_whose_pieces_pass_but_whose_whole_digest_does_not_is_cut_off_not_finished() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Swarm::start(d.path(), 1, 4, 0.0);
+    // The origin lies: its file under the blob's digest holds other bytes
+    // of the same size, and its piece table (made on push) is theirs, so
+    // every piece passes its hash and only the whole digest tells.
+    let origin_store = s.dir.join("origin/store");
+    let table = origin_store.join(format!(
+        "meta/pieces/{}-{}",
+        s.digest.hex(),
+        strata::p2p::pieces::DEFAULT_PIECE
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !table.is_file() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut t: strata::p2p::pieces::PieceTable =
+        serde_json::from_slice(&std::fs::read(&table).unwrap()).unwrap();
+    let other = noise(s.blob.len(), 99);
+    t.hashes = other
+        .chunks(t.piece_size as usize)
+        .map(|c| Digest::sha256_of(c).hex().to_string())
+        .collect();
+    write(&table, serde_json::to_vec(&t).unwrap());
+    write(
+        &origin_store.join(format!("blobs/sha256/{}", s.digest.hex())),
+        &other,
+    );
+
+    let (_agent, mirror) = capped_mirror(&s, 24.0);
+    let url = format!("{mirror}/v2/app/blobs/{}", s.digest);
+    let mut resp = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+        .get(&url)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["content-length"],
+        s.blob.len().to_string().as_str()
+    );
+    let mut body = Vec::new();
+    let read = std::io::Read::read_to_end(&mut resp, &mut body);
+    eprintln!("cut off after {} of {} bytes: {read:?}", body.len(), s.blob.len());
+    assert!(read.is_err(), "a blob with another digest was sent whole");
+    assert!(
+        body.len() < s.blob.len(),
+        "{} bytes of {}",
+        body.len(),
+        s.blob.len()
+    );
+    assert!(!stored_blob(&s).exists(), "the agent stored a bad blob");
+    let cut = common::metric(
+        &common::scrape(&mirror, None),
+        "strata_mirror_blobs_cut_off_total",
+    );
+    assert!(cut >= Some(1.0), "{cut:?}");
+}

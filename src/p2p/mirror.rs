@@ -11,6 +11,10 @@
 //! engine's digest check). The variant itself is served by its digest.
 //! An index's variant has the variants of its children for this host's
 //! platform.
+//!
+//! Blobs (`blobs`) go to the client as their pieces arrive.
+
+mod blobs;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -107,7 +111,7 @@ async fn dispatch(
     }
     if let Some((_, d)) = rest.rsplit_once("/blobs/") {
         return match d.parse::<Digest>() {
-            Ok(d) => blob(&m, &d, head).await,
+            Ok(d) => blobs::blob(&m, &d, &h, head).await,
             Err(e) => error(StatusCode::BAD_REQUEST, "DIGEST_INVALID", e),
         };
     }
@@ -309,35 +313,5 @@ fn manifest_response(bytes: axum::body::Bytes, media: &str, digest: &Digest, hea
     set(&mut r, "Content-Type", media);
     set(&mut r, "Content-Length", len.to_string());
     set(&mut r, "Docker-Content-Digest", digest.to_string());
-    r
-}
-
-async fn blob(m: &Mirror, d: &Digest, head: bool) -> Response {
-    if !m.store.has(d) {
-        // A gzip layer made here and evicted since is made again; any
-        // other blob comes from the swarm.
-        let made = match m.transcoder.layer(d).await {
-            Ok(made) => made,
-            Err(e) => return error(StatusCode::BAD_GATEWAY, "UNKNOWN", e),
-        };
-        if !made && let Err(e) = m.node.fetch(m.origin, d).await {
-            return error(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", e);
-        }
-    }
-    let path = m.store.blob_path(d);
-    let file = match tokio::fs::File::open(&path).await {
-        Ok(f) => f,
-        Err(e) => return error(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", e),
-    };
-    let size = file.metadata().await.map(|md| md.len()).unwrap_or(0);
-    let body = if head {
-        Body::empty()
-    } else {
-        Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 128 << 10))
-    };
-    let mut r = body.into_response();
-    set(&mut r, "Content-Type", "application/octet-stream");
-    set(&mut r, "Content-Length", size.to_string());
-    set(&mut r, "Docker-Content-Digest", d.to_string());
     r
 }

@@ -11,6 +11,7 @@
 //!   following one;
 //! - `fetch`: one download per blob, from its piece table to the store,
 //!   and taking and writing the pieces that come;
+//! - `follow`: a download followed piece by piece as the pieces come;
 //! - `swarm`: the download loop (after the chain) with the picker, the
 //!   tracker's refreshes, busy holders and bans;
 //! - `origin`: the tracker, registrations, renewals, piece tables, and
@@ -22,6 +23,7 @@
 mod cache;
 mod chain;
 mod fetch;
+mod follow;
 mod origin;
 mod prewarm;
 mod serve;
@@ -29,6 +31,7 @@ mod swarm;
 mod uplink;
 
 pub use fetch::FetchReport;
+pub use follow::Following;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -155,8 +158,8 @@ struct Inner {
     cache: Option<(u64, u64)>,
     download_rate: Option<f64>,
     download_free_at: Mutex<Instant>,
-    /// Blobs being downloaded (one download per blob).
-    fetching: Mutex<std::collections::HashSet<Digest>>,
+    /// Blobs being downloaded (one download per blob), and how each stands.
+    fetching: Mutex<HashMap<Digest, tokio::sync::watch::Receiver<fetch::Stage>>>,
     /// Blobs being read for a peer right now (count of readers).
     in_use: Mutex<HashMap<Digest, usize>>,
     /// Piece tables, one hashing pass each (made when a blob is pushed
@@ -225,7 +228,7 @@ impl Node {
             download_rate: cfg.download_rate.filter(|r| *r > 0.0),
             download_free_at: Mutex::new(Instant::now()),
             in_use: Mutex::new(HashMap::new()),
-            fetching: Mutex::new(std::collections::HashSet::new()),
+            fetching: Mutex::new(HashMap::new()),
             tables: Tables::default(),
             arriving: Mutex::new(HashMap::new()),
             news: tokio::sync::Notify::new(),
@@ -291,6 +294,13 @@ impl Node {
     /// (and origin) is at `origin`.
     pub async fn fetch(&self, origin: SocketAddr, blob: &Digest) -> Result<FetchReport> {
         self.inner.clone().fetch(origin, blob).await
+    }
+
+    /// Follows the download of `blob` through the swarm at `origin`,
+    /// piece by piece, starting it unless one runs (one download per blob
+    /// however many follow it or [`fetch`](Self::fetch) it).
+    pub fn follow(&self, origin: SocketAddr, blob: &Digest) -> Following {
+        self.inner.following(origin, blob)
     }
 
     /// Asks a node for its counters.

@@ -11,6 +11,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
+
 use super::chain::ChainProgress;
 use super::{Inner, NodeError, Result};
 use crate::digest::Digest;
@@ -78,46 +80,127 @@ impl Drop for Receiving {
     }
 }
 
+/// How a download stands, for those who follow it (the mirror streams a
+/// blob to its client as the pieces come).
+#[derive(Clone)]
+pub(super) enum Stage {
+    /// Asking the origin for the piece table.
+    Starting,
+    /// The pieces arrive into this partial, each written once verified.
+    Arriving(Arc<Mutex<Partial>>),
+    /// The blob is in the store.
+    Done,
+    Failed(String),
+}
+
+impl Stage {
+    pub(super) fn ended(&self) -> bool {
+        matches!(self, Stage::Done | Stage::Failed(_))
+    }
+}
+
+/// The one download of a blob, listed in `Inner::fetching` while the
+/// value lives; those waiting for it or following it watch its stage.
+/// Dropped before it ended (its task cancelled), it ends as failed.
+pub(super) struct Claim {
+    node: Arc<Inner>,
+    blob: Digest,
+    stage: watch::Sender<Stage>,
+}
+
+impl Claim {
+    pub(super) fn follow(&self) -> watch::Receiver<Stage> {
+        self.stage.subscribe()
+    }
+
+    /// Ends the download unless it ended: out of the list first (a waiter
+    /// that sees the end claims anew), then its watchers told.
+    fn end(&self, stage: Stage) {
+        let mine = self.stage.subscribe();
+        let mut fetching = self.node.fetching.lock().unwrap_or_else(|e| e.into_inner());
+        if fetching.get(&self.blob).is_some_and(|w| w.same_channel(&mine)) {
+            fetching.remove(&self.blob);
+        }
+        drop(fetching);
+        self.stage.send_if_modified(|s| {
+            let now = !s.ended();
+            if now {
+                *s = stage;
+            }
+            now
+        });
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.end(Stage::Failed("the download was cancelled".into()));
+    }
+}
+
 impl Inner {
+    /// Claims the download of `blob`, or (`Err`) watches the one running.
+    pub(super) fn claim(self: &Arc<Self>, blob: &Digest) -> Result<Claim, watch::Receiver<Stage>> {
+        let mut fetching = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(running) = fetching.get(blob) {
+            return Err(running.clone());
+        }
+        let (stage, watching) = watch::channel(Stage::Starting);
+        fetching.insert(blob.clone(), watching);
+        Ok(Claim {
+            node: self.clone(),
+            blob: blob.clone(),
+            stage,
+        })
+    }
+
     pub(super) async fn fetch(self: Arc<Self>, origin: SocketAddr, blob: &Digest) -> Result<FetchReport> {
-        let started = Instant::now();
         // One download per blob: a second caller (the mirror and a prewarm
-        // at once) waits for the first instead of sharing its partial file.
-        let deadline = Instant::now() + Duration::from_secs(3600);
+        // at once) waits for the first instead of sharing its partial
+        // file, and tries again itself if that one failed.
         loop {
             if self.store.has(blob) {
                 return Ok(FetchReport::default());
             }
-            if self
-                .fetching
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(blob.clone())
-            {
-                break;
+            match self.claim(blob) {
+                Ok(claim) => return self.fetch_claimed(origin, claim).await,
+                Err(mut running) => {
+                    let ended = running.wait_for(Stage::ended);
+                    if tokio::time::timeout(Duration::from_secs(3600), ended)
+                        .await
+                        .is_err()
+                    {
+                        return Err(fetch_err(
+                            blob,
+                            "another download of it did not end within an hour",
+                        ));
+                    }
+                }
             }
-            if Instant::now() > deadline {
-                return Err(fetch_err(
-                    blob,
-                    "another download of it did not end within an hour",
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let result = self.clone().fetch_claimed(origin, blob, started).await;
-        self.fetching
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(blob);
+    }
+
+    /// Runs the download `claim` holds, and tells its followers how it ended.
+    pub(super) async fn fetch_claimed(
+        self: Arc<Self>,
+        origin: SocketAddr,
+        claim: Claim,
+    ) -> Result<FetchReport> {
+        let result = if self.store.has(&claim.blob) {
+            // Another download ended between the caller's look and its claim.
+            Ok(FetchReport::default())
+        } else {
+            self.clone().download_claimed(origin, &claim).await
+        };
+        claim.end(match &result {
+            Ok(_) => Stage::Done,
+            Err(e) => Stage::Failed(e.to_string()),
+        });
         result
     }
 
-    async fn fetch_claimed(
-        self: Arc<Self>,
-        origin: SocketAddr,
-        blob: &Digest,
-        started: Instant,
-    ) -> Result<FetchReport> {
+    async fn download_claimed(self: Arc<Self>, origin: SocketAddr, claim: &Claim) -> Result<FetchReport> {
+        let (blob, started) = (&claim.blob, Instant::now());
         let table = match self
             .request(origin, &Request::Pieces { blob: blob.clone() })
             .await?
@@ -155,6 +238,7 @@ impl Inner {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(blob.clone(), partial.clone());
+        claim.stage.send_replace(Stage::Arriving(partial.clone()));
         tracing::debug!(
             "p2p: {blob}: partial open after {:.3} s",
             started.elapsed().as_secs_f64()
