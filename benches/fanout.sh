@@ -14,6 +14,7 @@
 #   sudo E2E=1 N=16 benches/fanout.sh     # end to end: every host pulls through its agent's mirror
 #   sudo TLS_BASELINE=0 N=16 benches/fanout.sh   # without the TCP+TLS CPU baseline
 #   sudo MTU=9000 N=16 benches/fanout.sh  # jumbo frames on every link
+#   sudo AGENT_ARGS="--threads 1" E2E=1 N=32 BASELINE=0 benches/fanout.sh   # one-thread agents
 #
 # Reports per-host completion (p50, p99, max) against S/B, origin egress in
 # copies of S, and the CPU the agents used, also per GiB they moved

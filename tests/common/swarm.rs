@@ -177,9 +177,12 @@ impl Swarm {
         self.agent_listening(i, upload_mbit, extra).0
     }
 
-    /// An agent, and the address its QUIC endpoint listens on.
+    /// An agent, and the address its QUIC endpoint listens on. Odd
+    /// agents run on one thread (`--threads 1`), even ones on one per
+    /// core: every swarm of two or more mixes both.
     pub fn agent_listening(&self, i: usize, upload_mbit: f64, extra: &[&str]) -> (Proc, SocketAddr) {
         let name = format!("agent-{i}");
+        let threads: &[&str] = if i % 2 == 1 { &["--threads", "1"] } else { &[] };
         let p = Proc::spawn(
             strata()
                 .args(["agent", "--name", &name, "--certs"])
@@ -198,6 +201,7 @@ impl Swarm {
                     "--zone",
                     &(i % 2).to_string(),
                 ])
+                .args(threads)
                 .args(extra),
         );
         let listening = p
