@@ -155,6 +155,10 @@ pub static P2P_BYTES_SERVED: Counter = Counter::new();
 pub static P2P_BYTES_FROM_ORIGIN: Counter = Counter::new();
 /// Verified piece bytes this node received from other agents.
 pub static P2P_BYTES_FROM_PEERS: Counter = Counter::new();
+/// Of those, bytes that came down a chain, or down stripe trees (the
+/// rest came by the swarm).
+pub static P2P_BYTES_CHAINED: Counter = Counter::new();
+pub static P2P_BYTES_STRIPED: Counter = Counter::new();
 /// Pieces that failed their sha256 on arrival (the sender is banned).
 pub static P2P_PIECE_FAILURES: Counter = Counter::new();
 /// Whole blobs completed by P2P download (digest verified).
@@ -257,6 +261,22 @@ pub fn render() -> String {
         out,
         "strata_p2p_bytes_received_total{{source=\"peer\"}} {}",
         P2P_BYTES_FROM_PEERS.get()
+    );
+    help(
+        &mut out,
+        "strata_p2p_bytes_streamed_total",
+        "counter",
+        "Of the verified piece bytes received, those that came down a chain or stripe trees (the rest: swarm).",
+    );
+    let _ = writeln!(
+        out,
+        "strata_p2p_bytes_streamed_total{{how=\"chain\"}} {}",
+        P2P_BYTES_CHAINED.get()
+    );
+    let _ = writeln!(
+        out,
+        "strata_p2p_bytes_streamed_total{{how=\"stripes\"}} {}",
+        P2P_BYTES_STRIPED.get()
     );
     help(
         &mut out,

@@ -144,6 +144,7 @@ fn a_member_cannot_speak_for_another_node() {
             blob: blob.clone(),
             node: "host-1".into(),
             addr: "127.0.0.1:6666".into(),
+            stripes: true,
         },
     ];
     for req in forged {
@@ -449,6 +450,137 @@ fn the_tracker_chains_agents_one_after_another_only_while_all_fit() {
         Response::Error { message } => assert!(message.contains("3 agents"), "{message}"),
         other => panic!("three registered agents do not fit a chain of two: {other:?}"),
     }
+    // An agent that can follow stripes gets a parent per stripe instead:
+    // ⌈log2(3 + 1)⌉ = 2 stripes, each fed by the origin to one agent, every
+    // other parent a registered agent, never the asker itself.
+    let striped = |node: &str| {
+        let req = Request::Upstream {
+            blob: s.digest.clone(),
+            node: node.into(),
+            addr: "127.0.0.1:7100".into(),
+            stripes: true,
+        };
+        rt.block_on(members[node].ask(s.p2p, &req)).unwrap().0
+    };
+    let mut roots = vec![0; 2];
+    for h in ["r1", "r2", "r3"] {
+        match striped(h) {
+            Response::Stripes { parents, .. } => {
+                assert_eq!(parents.len(), 2, "{h}: {parents:?}");
+                for (k, p) in parents.iter().enumerate() {
+                    match p {
+                        None => roots[k] += 1,
+                        Some(p) => {
+                            assert!(
+                                ["r1", "r2", "r3"].contains(&p.name.as_str()) && p.name != h,
+                                "{h}: {p:?}"
+                            );
+                            assert_eq!(p.addr, "127.0.0.1:7100");
+                        }
+                    }
+                }
+            }
+            other => panic!("{h} should get stripes: {other:?}"),
+        }
+    }
+    assert_eq!(roots, [1, 1], "the origin feeds each stripe to one agent");
+    // One registered after the plan was made is not in it: it swarms.
+    let late = s.member(&rt, "r4");
+    let req = Request::Upstream {
+        blob: s.digest.clone(),
+        node: "r4".into(),
+        addr: "127.0.0.1:7100".into(),
+        stripes: true,
+    };
+    match rt.block_on(late.ask(s.p2p, &req)).unwrap().0 {
+        Response::Error { message } => {
+            assert!(message.contains("not live when the stripe plan"), "{message}")
+        }
+        other => panic!("r4 is not in the plan: {other:?}"),
+    }
+}
+
+#[test]
+fn a_cluster_larger_than_a_chain_streams_the_blob_down_stripe_trees() {
+    let d = tempfile::tempdir().unwrap();
+    // Six agents, chains of two: the tracker plans ⌈log2(6 + 1)⌉ = 3
+    // stripes, each down a tree of its own.
+    let k = 6;
+    let s = Swarm::start_with(d.path(), k, 8, 80.0, &["--p2p-chain", "2"]);
+    let origin = format!("http://127.0.0.1:{}", s.registry);
+    let agents: Vec<(Proc, String)> = (0..k)
+        .map(|i| {
+            let a = s.agent_with(
+                i,
+                80.0,
+                &["--registry", &origin, "--mirror-listen", "127.0.0.1:0"],
+            );
+            let m = a
+                .line("mirror listening on", Duration::from_secs(20))
+                .expect("mirror");
+            let port = m.rsplit(':').next().unwrap().to_string();
+            (a, format!("http://127.0.0.1:{port}"))
+        })
+        .collect();
+    // Every agent registered before any asks, so the plan holds them all.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let hosts = s.api("/strata/api/hosts");
+        if hosts.as_array().is_some_and(|h| h.len() == k) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "agents did not register: {hosts}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Every host pulls the blob through its own agent, all at once.
+    let bodies: Vec<Vec<u8>> = std::thread::scope(|scope| {
+        let pulls: Vec<_> = agents
+            .iter()
+            .map(|(_, mirror)| {
+                let url = format!("{mirror}/v2/app/blobs/{}", s.digest);
+                scope.spawn(move || {
+                    let client = reqwest::blocking::Client::builder()
+                        .timeout(Duration::from_secs(90))
+                        .build()
+                        .unwrap();
+                    let r = client.get(&url).send().unwrap();
+                    assert_eq!(r.status(), 200, "{url}");
+                    r.bytes().unwrap().to_vec()
+                })
+            })
+            .collect();
+        pulls.into_iter().map(|p| p.join().unwrap()).collect()
+    });
+    let size = s.blob.len() as f64;
+    let mut striped = 0.0;
+    for (i, ((_, mirror), body)) in agents.iter().zip(&bodies).enumerate() {
+        assert_eq!(
+            Digest::sha256_of(body),
+            s.digest,
+            "agent-{i}'s mirror served other bytes"
+        );
+        let m = common::scrape(mirror, None);
+        let down = common::metric(&m, "strata_p2p_bytes_streamed_total{how=\"stripes\"}").unwrap();
+        assert!(down > 0.0, "agent-{i} took nothing down the stripe trees: {m}");
+        let chained = common::metric(&m, "strata_p2p_bytes_streamed_total{how=\"chain\"}").unwrap();
+        assert_eq!(chained, 0.0, "agent-{i}: six agents do not fit a chain of two");
+        striped += down;
+    }
+    // A stripe that stalls (a loaded machine) leaves its pieces to the
+    // swarm, which is correct; most bytes still come down the trees.
+    assert!(
+        striped >= 0.75 * k as f64 * size,
+        "{striped} of {} bytes came down the stripe trees",
+        k as f64 * size
+    );
+    // The origin feeds each stripe once: about one copy in all.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let probe = s.node(&rt, "probe");
+    let sent = s.origin_bytes(&rt, &probe) as f64;
+    assert!(
+        (size..=1.2 * size).contains(&sent),
+        "origin egress {sent} for {size}"
+    );
 }
 
 /// Tells the tracker that `node` (whose certificate `member` holds), at
@@ -480,6 +612,7 @@ fn upstream(rt: &tokio::runtime::Runtime, member: &Node, s: &Swarm, node: &str, 
         blob: s.digest.clone(),
         node: node.into(),
         addr: format!("127.0.0.1:{port}"),
+        stripes: false,
     };
     rt.block_on(member.ask(s.p2p, &req)).unwrap().0
 }

@@ -39,12 +39,17 @@ pub enum Request {
     Peers { blob: Digest, node: String, want: usize },
     /// To the tracker: where `node` should stream `blob` from. Agents
     /// form a chain, each streaming from the one before it and the first
-    /// from the origin (a `Response::Upstream`), or an error when chains
-    /// are off or full (the agent then swarms).
+    /// from the origin (a `Response::Upstream`); with more live agents
+    /// than a chain holds and `stripes` (the asker can follow them), each
+    /// streams every stripe of the blob from its parent in that stripe's
+    /// tree (a `Response::Stripes`); otherwise an error (the agent then
+    /// swarms).
     Upstream {
         blob: Digest,
         node: String,
         addr: String,
+        #[serde(default)]
+        stripes: bool,
     },
     /// To the agent before the asker in a chain (or the origin): every
     /// piece of `blob` not in `have`, as this node gets them, each a
@@ -102,6 +107,12 @@ pub enum Response {
     /// The agent to stream a blob from (None: the origin).
     Upstream {
         peer: Option<PeerAddr>,
+    },
+    /// The agent to stream each stripe of a blob from (None: the origin):
+    /// piece i is in stripe (i + shift) mod parents.len().
+    Stripes {
+        shift: usize,
+        parents: Vec<Option<PeerAddr>>,
     },
     /// One piece of a `Stream`: `len` raw bytes of piece `index` follow.
     Next {

@@ -17,7 +17,7 @@ use super::{Inner, TRACKER_TIMEOUT};
 use crate::digest::Digest;
 use crate::p2p::Bitfield;
 use crate::p2p::pieces::Partial;
-use crate::p2p::wire::{Request, Response, read_msg, write_msg};
+use crate::p2p::wire::{PeerAddr, Request, Response, read_msg, write_msg};
 
 /// A chain that delivered no byte for this long is left for the swarm
 /// (`FIRST_BYTE` for its first: every agent before this one must have
@@ -35,6 +35,8 @@ pub(super) struct ChainProgress {
     last_byte: AtomicU64,
     pub(super) from_peers: std::sync::atomic::AtomicUsize,
     pub(super) from_origin: std::sync::atomic::AtomicUsize,
+    /// Whether the blob comes down stripe trees rather than one chain.
+    pub(super) striped: std::sync::atomic::AtomicBool,
 }
 
 impl ChainProgress {
@@ -44,6 +46,7 @@ impl ChainProgress {
             started,
             from_peers: Default::default(),
             from_origin: Default::default(),
+            striped: Default::default(),
         }
     }
 
@@ -151,10 +154,11 @@ impl Inner {
     }
 
     /// Follows a chain: asks the tracker which agent to stream `blob` from
-    /// (or the origin), then takes every piece it sends, listed as
-    /// arriving while it comes (so the next agent gets it cut-through),
-    /// written once it passed its hash. Ends when the blob is whole, or
-    /// with why the swarm must take over.
+    /// (or the origin), or with a cluster larger than a chain which agent
+    /// to stream each stripe from, then takes every piece each sends,
+    /// listed as arriving while it comes (so the next agent gets it
+    /// cut-through), written once it passed its hash. Ends when the blob
+    /// is whole, or with why the swarm must take over.
     pub(super) async fn follow(
         self: Arc<Self>,
         origin: SocketAddr,
@@ -162,19 +166,59 @@ impl Inner {
         partial: Arc<Mutex<Partial>>,
         chain: Arc<ChainProgress>,
     ) -> Result<(), ChainEnd> {
-        let have = || partial.lock().unwrap_or_else(|e| e.into_inner()).have().clone();
         let ask = Request::Upstream {
             blob: blob.clone(),
             node: self.name.clone(),
             addr: self.addr.to_string(),
+            stripes: true,
         };
-        let peer = match tokio::time::timeout(TRACKER_TIMEOUT, self.request(origin, &ask)).await {
-            Ok(Ok((Response::Upstream { peer }, _))) => peer,
+        let answer = tokio::time::timeout(TRACKER_TIMEOUT, self.request(origin, &ask)).await;
+        let (shift, parents) = match answer {
+            Ok(Ok((Response::Upstream { peer }, _))) => (0, vec![peer]),
+            Ok(Ok((Response::Stripes { shift, parents }, _))) if !parents.is_empty() => (shift, parents),
             Ok(Ok((Response::Error { message }, _))) => return Err(ChainEnd::None(message)),
             Ok(Ok((other, _))) => return Err(ChainEnd::None(format!("unexpected answer {other:?}"))),
             Ok(Err(e)) => return Err(ChainEnd::None(e.to_string())),
             Err(_) => return Err(ChainEnd::None("the tracker did not answer".into())),
         };
+        let stripes = parents.len();
+        if stripes > 1 {
+            chain.striped.store(true, Ordering::Relaxed);
+            tracing::debug!("p2p: streaming {blob} in {stripes} stripes");
+        }
+        // Every stripe at once; the first bad piece ends them all (the
+        // swarm bans its sender), a stripe that breaks leaves its pieces
+        // to the swarm once the others are done.
+        let mut streams = tokio::task::JoinSet::new();
+        for (k, peer) in parents.into_iter().enumerate() {
+            let stripe = Stripe { k, stripes, shift };
+            let (node, blob, partial, chain) = (self.clone(), blob.clone(), partial.clone(), chain.clone());
+            streams.spawn(async move { node.follow_one(origin, blob, partial, chain, peer, stripe).await });
+        }
+        let mut lost = None;
+        while let Some(ended) = streams.join_next().await {
+            match ended {
+                Ok(Ok(())) => {}
+                Ok(Err(bad @ ChainEnd::Bad(_))) => return Err(bad),
+                Ok(Err(e)) => lost = lost.or(Some(e)),
+                Err(e) => lost = lost.or(Some(ChainEnd::Lost(e.to_string()))),
+            }
+        }
+        lost.map_or(Ok(()), Err)
+    }
+
+    /// Streams the pieces of one stripe of `blob` (all of them with one
+    /// stripe: a chain) from `peer` (None: the origin).
+    async fn follow_one(
+        self: Arc<Self>,
+        origin: SocketAddr,
+        blob: Digest,
+        partial: Arc<Mutex<Partial>>,
+        chain: Arc<ChainProgress>,
+        peer: Option<PeerAddr>,
+        stripe: Stripe,
+    ) -> Result<(), ChainEnd> {
+        let have = || partial.lock().unwrap_or_else(|e| e.into_inner()).have().clone();
         let (name, addr) = match &peer {
             Some(p) => match p.addr.parse() {
                 Ok(a) => (p.name.clone(), a),
@@ -185,8 +229,10 @@ impl Inner {
         let lost = |why: String| ChainEnd::Lost(format!("{name}: {why}"));
         let conn = self.connection(addr).await.map_err(|e| lost(e.to_string()))?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(e.to_string()))?;
-        let own = have();
+        // Pieces of other stripes count as had: the sender skips them.
+        let own = stripe.as_had(have());
         let n = own.len();
+        let complete = || stripe.as_had(have()).is_full();
         let req = Request::Stream {
             blob: blob.clone(),
             pieces: n,
@@ -196,17 +242,22 @@ impl Inner {
             .await
             .map_err(|e| lost(e.to_string()))?;
         let _ = send.finish();
-        tracing::debug!("p2p: streaming {blob} from {name}");
+        tracing::debug!(
+            "p2p: streaming {blob} (stripe {} of {}) from {name}",
+            stripe.k,
+            stripe.stripes
+        );
         loop {
             let (index, len) = match read_msg(&mut recv).await {
                 Ok(Response::Next { index, len }) => (index, len as usize),
                 Ok(Response::Error { message }) => return Err(lost(message)),
                 Ok(other) => return Err(lost(format!("unexpected answer {other:?}"))),
-                Err(_) if have().is_full() => return Ok(()),
+                Err(_) if complete() => return Ok(()),
                 Err(e) => return Err(lost(e.to_string())),
             };
-            // A piece number past the blob is a lie, not a range to compute.
-            if index >= n {
+            // A piece number past the blob, or of another stripe, is a
+            // lie, not a range to compute.
+            if index >= n || !stripe.holds(index) {
                 return Err(ChainEnd::Bad(name));
             }
             let expected = partial
@@ -242,5 +293,52 @@ impl Inner {
                 Err(e) => return Err(lost(e.to_string())),
             }
         }
+    }
+}
+
+/// One stripe of a blob's pieces: piece i is in stripe (i + shift) mod
+/// stripes. A chain is the one stripe of every piece.
+#[derive(Debug, Clone, Copy)]
+struct Stripe {
+    k: usize,
+    stripes: usize,
+    shift: usize,
+}
+
+impl Stripe {
+    fn holds(&self, piece: usize) -> bool {
+        (piece + self.shift) % self.stripes == self.k
+    }
+
+    /// `have` with every piece of the other stripes set.
+    fn as_had(&self, mut have: Bitfield) -> Bitfield {
+        for i in (0..have.len()).filter(|&i| !self.holds(i)) {
+            have.set(i);
+        }
+        have
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stripes_deal_every_piece_to_exactly_one() {
+        let (pieces, stripes, shift) = (23, 5, 3);
+        let all: Vec<Stripe> = (0..stripes).map(|k| Stripe { k, stripes, shift }).collect();
+        for i in 0..pieces {
+            assert_eq!(all.iter().filter(|s| s.holds(i)).count(), 1, "piece {i}");
+        }
+        let had = all[2].as_had(Bitfield::with(pieces, &[4]));
+        let missing: Vec<usize> = (0..pieces).filter(|&i| !had.get(i)).collect();
+        assert_eq!(missing, vec![9, 14, 19], "stripe 2's pieces but 4, which is had");
+        let chain = Stripe {
+            k: 0,
+            stripes: 1,
+            shift: 0,
+        };
+        assert!((0..pieces).all(|i| chain.holds(i)));
+        assert!(!chain.as_had(Bitfield::new(pieces)).get(0));
     }
 }

@@ -334,6 +334,11 @@ impl Inner {
             p.write_piece(index, &bytes)?;
             if let Some((chain, from_origin)) = counted {
                 let len = bytes.len() as u64;
+                if chain.striped.load(Ordering::Relaxed) {
+                    crate::metrics::P2P_BYTES_STRIPED.add(len);
+                } else {
+                    crate::metrics::P2P_BYTES_CHAINED.add(len);
+                }
                 if from_origin {
                     chain.from_origin.fetch_add(1, Ordering::Relaxed);
                     crate::metrics::P2P_BYTES_FROM_ORIGIN.add(len);

@@ -14,6 +14,7 @@ use crate::digest::Digest;
 use crate::p2p::Bitfield;
 use crate::p2p::pieces::{DEFAULT_PIECE, PieceTable};
 use crate::p2p::rng::Rng;
+use crate::p2p::stripes::{ORIGIN, Plan};
 use crate::p2p::tracker::Swarm;
 use crate::p2p::wire::{PeerAddr, Response};
 
@@ -38,6 +39,35 @@ struct BlobSwarm {
     /// Agents streaming the blob one from the next, the first from the
     /// origin.
     chain: Vec<u32>,
+    /// With more live agents than a chain holds: the stripe trees every
+    /// agent live when the first asked streams the blob down.
+    stripes: Option<StripeTrees>,
+}
+
+/// Who streams which stripe of a blob from whom: a plan over the agents
+/// live when the first of them asked (by name, so every asker sees the
+/// same numbering), and where each listens.
+struct StripeTrees {
+    plan: Plan,
+    hosts: Vec<PeerAddr>,
+}
+
+impl StripeTrees {
+    /// The parents of `node` in every stripe (None: the origin), and the
+    /// shift that deals a blob of `pieces` pieces into the stripes.
+    fn answer(&self, node: &str, pieces: usize) -> Option<Response> {
+        let me = self.hosts.iter().position(|h| h.name == node)? as u32;
+        let parents = (0..self.plan.stripes())
+            .map(|k| match self.plan.parent(me, k) {
+                ORIGIN => None,
+                p => Some(self.hosts[p as usize].clone()),
+            })
+            .collect();
+        Some(Response::Stripes {
+            shift: self.plan.shift(pieces),
+            parents,
+        })
+    }
 }
 
 impl BlobSwarm {
@@ -49,6 +79,7 @@ impl BlobSwarm {
             origin_reserved: HashMap::new(),
             rng: Rng::new(pieces as u64),
             chain: Vec::new(),
+            stripes: None,
         }
     }
 
@@ -233,22 +264,55 @@ impl Inner {
     }
 
     /// `Upstream`: where `node` streams `blob` from in its chain (None:
-    /// the origin), placing it at the chain's end; an error when chains
-    /// are off or full, or more agents are live than may chain.
-    pub(super) fn upstream(&self, blob: &Digest, node: String, addr: String) -> Response {
+    /// the origin), placing it at the chain's end. With more live agents
+    /// than may chain, and an asker that can follow `stripes`: its parent
+    /// in every stripe's tree. An error when chains are off or full, or
+    /// the asker is not in the stripe plan (it swarms then).
+    pub(super) fn upstream(&self, blob: &Digest, node: String, addr: String, stripes: bool) -> Response {
         let max = self.chain_max;
         // A chain takes the origin's whole uplink and every member's,
         // so agents outside it would wait for it to end: chains only
         // while every live registered agent fits in one.
-        let hosts = self
+        let mut live: Vec<PeerAddr> = self
             .hosts
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
             .filter(|(_, seen)| seen.elapsed() < LIVE_HOST)
-            .count();
+            .map(|(h, _)| PeerAddr {
+                name: h.name.clone(),
+                addr: h.addr.clone(),
+                have: None,
+            })
+            .collect();
+        let hosts = live.len();
         self.track(blob, |s| {
             let id = s.id(&node);
+            if max > 0 && stripes && (hosts > max || s.stripes.is_some()) {
+                let pieces = s.swarm.pieces();
+                let trees = match &s.stripes {
+                    Some(t) => t,
+                    None => {
+                        live.sort_by(|a, b| a.name.cmp(&b.name));
+                        let plan = match Plan::new(live.len()) {
+                            Ok(plan) => plan,
+                            Err(e) => {
+                                return Response::Error {
+                                    message: format!("no stripe plan for {hosts} agents: {e}; swarm"),
+                                };
+                            }
+                        };
+                        tracing::info!(
+                            "p2p: {blob}: {hosts} agents, {max} may chain: {} stripes",
+                            plan.stripes()
+                        );
+                        s.stripes.insert(StripeTrees { plan, hosts: live })
+                    }
+                };
+                return trees.answer(&node, pieces).unwrap_or_else(|| Response::Error {
+                    message: format!("{node} was not live when the stripe plan of {blob} was made; swarm"),
+                });
+            }
             let pos = match s.chain.iter().position(|i| *i == id) {
                 Some(pos) => pos,
                 None if s.chain.len() >= max || hosts > max => {

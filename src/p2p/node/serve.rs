@@ -236,7 +236,12 @@ impl Inner {
             Request::Got { blob, node, index } => (self.got(&blob, node, index), None),
             Request::Peers { blob, node, want } => (self.peers(&blob, node, want), None),
             Request::Gone { blob, peer } => (self.gone(&blob, peer, from), None),
-            Request::Upstream { blob, node, addr } => (self.upstream(&blob, node, addr), None),
+            Request::Upstream {
+                blob,
+                node,
+                addr,
+                stripes,
+            } => (self.upstream(&blob, node, addr, stripes), None),
             Request::Stream { .. } => err("a stream is answered on its own stream".into()),
         }
     }
