@@ -47,9 +47,19 @@ impl PieceTable {
     }
 
     pub fn verify(&self, i: usize, bytes: &[u8]) -> bool {
-        i < self.count()
-            && bytes.len() as u64 == self.range(i).1
-            && hex::encode(Sha256::digest(bytes)) == self.hashes[i]
+        self.verify_parts(i, &[bytes])
+    }
+
+    /// `verify` for a piece in parts (the chunks it came in), one after
+    /// the other.
+    pub fn verify_parts<B: AsRef<[u8]>>(&self, i: usize, parts: &[B]) -> bool {
+        let len: usize = parts.iter().map(|p| p.as_ref().len()).sum();
+        if i >= self.count() || len as u64 != self.range(i).1 {
+            return false;
+        }
+        let mut h = Sha256::new();
+        parts.iter().for_each(|p| h.update(p.as_ref()));
+        hex::encode(h.finalize()) == self.hashes[i]
     }
 
     /// Whether the table is self-consistent (sizes add up); a table from
@@ -215,27 +225,29 @@ impl Partial {
         self.have.is_full()
     }
 
-    /// Writes a piece that `verify` accepted; records it.
-    pub fn write_piece(&mut self, i: usize, bytes: &[u8]) -> io::Result<()> {
-        if !self.table.verify(i, bytes) {
+    /// Writes a piece that `verify_parts` accepted, given in parts (the
+    /// chunks it came in: written as they are, without a copy into one
+    /// buffer first); records it.
+    pub fn write_piece<B: AsRef<[u8]>>(&mut self, i: usize, parts: &[B]) -> io::Result<()> {
+        if !self.table.verify_parts(i, parts) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("piece {i} fails its hash"),
             ));
         }
-        self.data.write_all_at(bytes, self.table.range(i).0)?;
+        write_parts_at(&self.data, parts, self.table.range(i).0)?;
         if self.have.set(i) {
             crate::store::write_atomic(&self.have_path, &self.have.to_bytes())?;
         }
-        self.hash_on((i, bytes))
+        self.hash_on(i, parts)
     }
 
     /// Feeds the whole-blob digest every piece held from `hashed` on, in
-    /// order: `just` (the piece just written) from memory, others from disk.
-    fn hash_on(&mut self, just: (usize, &[u8])) -> io::Result<()> {
+    /// order: piece `just` (just written) from memory, others from disk.
+    fn hash_on<B: AsRef<[u8]>>(&mut self, just: usize, parts: &[B]) -> io::Result<()> {
         while self.hashed < self.table.count() && self.have.get(self.hashed) {
             match just {
-                (i, bytes) if i == self.hashed => self.whole.update(bytes),
+                i if i == self.hashed => parts.iter().for_each(|p| self.whole.update(p.as_ref())),
                 _ => {
                     let b = self.read_piece(self.hashed)?;
                     self.whole.update(&b);
@@ -280,6 +292,25 @@ impl Partial {
     }
 }
 
+/// Writes `parts` one after the other from `offset`: one `pwritev` per
+/// batch of them (the kernel takes at most `IOV_MAX`, 1024 on Linux).
+fn write_parts_at<B: AsRef<[u8]>>(file: &File, parts: &[B], mut offset: u64) -> io::Result<()> {
+    for batch in parts.chunks(512) {
+        let mut slices: Vec<io::IoSlice> = batch.iter().map(|p| io::IoSlice::new(p.as_ref())).collect();
+        let mut left = &mut slices[..];
+        io::IoSlice::advance_slices(&mut left, 0);
+        while !left.is_empty() {
+            let n = rustix::io::pwritev(file, left, offset)?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            offset += n as u64;
+            io::IoSlice::advance_slices(&mut left, n);
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,9 +341,9 @@ mod tests {
         let other = Store::open(d.path().join("other")).unwrap();
         let dir = d.path().join("partial");
         let mut p = Partial::open(&dir, t.clone()).unwrap();
-        p.write_piece(0, &piece(0)).unwrap();
-        p.write_piece(2, &piece(2)).unwrap();
-        assert!(p.write_piece(1, &piece(0)).is_err(), "a wrong piece is refused");
+        p.write_piece(0, &[piece(0)]).unwrap();
+        p.write_piece(2, &[piece(2)]).unwrap();
+        assert!(p.write_piece(1, &[piece(0)]).is_err(), "a wrong piece is refused");
         drop(p);
         // Corrupt piece 2 on disk: after a restart only piece 0 counts.
         let f = fs::OpenOptions::new()
@@ -323,8 +354,10 @@ mod tests {
         let mut p = Partial::open(&dir, t.clone()).unwrap();
         assert_eq!(p.have().count(), 1);
         assert!(p.have().get(0));
-        p.write_piece(1, &piece(1)).unwrap();
-        p.write_piece(2, &piece(2)).unwrap();
+        // In parts, as pieces come off a stream (more than one batch of them).
+        let one = piece(1);
+        p.write_piece(1, &one.chunks(100).collect::<Vec<_>>()).unwrap();
+        p.write_piece(2, &[piece(2)]).unwrap();
         assert!(p.is_complete());
         p.finish(&other).unwrap();
         assert_eq!(other.read_blob(&digest).unwrap(), bytes);
@@ -345,7 +378,7 @@ mod tests {
         let other = Store::open(d.path().join("other")).unwrap();
         let mut p = Partial::open(&d.path().join("backwards"), t.clone()).unwrap();
         for i in [2, 1, 0] {
-            p.write_piece(i, &piece(i)).unwrap();
+            p.write_piece(i, &[piece(i)]).unwrap();
         }
         p.finish(&other).unwrap();
         assert_eq!(other.read_blob(&digest).unwrap(), bytes);
@@ -358,7 +391,7 @@ mod tests {
         let third = Store::open(d.path().join("third")).unwrap();
         let mut p = Partial::open(&d.path().join("wrong"), wrong.clone()).unwrap();
         for i in 0..3 {
-            p.write_piece(i, &piece(i)).unwrap();
+            p.write_piece(i, &[piece(i)]).unwrap();
         }
         match p.finish(&third) {
             Err(StoreError::DigestMismatch { expected, actual, .. }) => {

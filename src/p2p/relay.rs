@@ -10,9 +10,14 @@
 //! fails (or whose sender vanishes) is cut short instead: the next peer
 //! never holds it whole and wrong, so it never bans an honest forwarder
 //! for a bad piece that came from somewhere else.
+//!
+//! The bytes are kept as the chunks they came in (`Bytes` off the QUIC
+//! stream), shared with the forwards and with the write of the piece:
+//! never copied here.
 
 use std::sync::Mutex;
 
+use bytes::Bytes;
 use tokio::sync::watch;
 
 /// Where an arriving piece stands.
@@ -29,8 +34,16 @@ pub enum Flow {
 /// One piece on its way in.
 pub struct Arriving {
     len: usize,
-    bytes: Mutex<Vec<u8>>,
+    chunks: Mutex<Chunks>,
     flow: watch::Sender<Flow>,
+}
+
+/// The chunks that came, in order, none empty.
+#[derive(Default)]
+struct Chunks {
+    parts: Vec<Bytes>,
+    /// Their length in all.
+    got: usize,
 }
 
 /// Why a forward stopped short.
@@ -41,7 +54,7 @@ impl Arriving {
     pub fn new(len: usize) -> Arriving {
         Arriving {
             len,
-            bytes: Mutex::new(Vec::with_capacity(len)),
+            chunks: Mutex::default(),
             flow: watch::Sender::new(Flow::Open(0)),
         }
     }
@@ -56,12 +69,15 @@ impl Arriving {
 
     /// More bytes in (never past the piece's length: the rest is ignored,
     /// and the piece will fail its hash).
-    pub fn push(&self, chunk: &[u8]) {
+    pub fn push(&self, mut chunk: Bytes) {
         let got = {
-            let mut b = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
-            let room = self.len - b.len();
-            b.extend_from_slice(&chunk[..chunk.len().min(room)]);
-            b.len()
+            let mut c = self.chunks.lock().unwrap_or_else(|e| e.into_inner());
+            chunk.truncate(self.len - c.got);
+            if !chunk.is_empty() {
+                c.got += chunk.len();
+                c.parts.push(chunk);
+            }
+            c.got
         };
         self.flow.send_if_modified(|f| match f {
             Flow::Open(n) if *n != got => {
@@ -91,8 +107,22 @@ impl Arriving {
     /// verified copy of the piece): a forward cut short may then go on
     /// from it.
     pub fn starts_like(&self, whole: &[u8], n: usize) -> bool {
-        let b = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
-        n <= b.len() && n <= whole.len() && b[..n] == whole[..n]
+        let c = self.chunks.lock().unwrap_or_else(|e| e.into_inner());
+        if n > c.got || n > whole.len() {
+            return false;
+        }
+        let mut at = 0;
+        for part in &c.parts {
+            if at == n {
+                break;
+            }
+            let take = part.len().min(n - at);
+            if part[..take] != whole[at..at + take] {
+                return false;
+            }
+            at += take;
+        }
+        true
     }
 
     /// A reader of the bytes as they may go out.
@@ -101,6 +131,8 @@ impl Arriving {
             piece: self,
             rx: self.flow.subscribe(),
             sent: 0,
+            part: 0,
+            within: 0,
         }
     }
 }
@@ -111,6 +143,9 @@ pub struct Reader<'a> {
     piece: &'a Arriving,
     rx: watch::Receiver<Flow>,
     sent: usize,
+    /// Where byte `sent` is: the chunk, and the offset in it.
+    part: usize,
+    within: usize,
 }
 
 impl Reader<'_> {
@@ -119,10 +154,12 @@ impl Reader<'_> {
         self.sent
     }
 
-    /// The next bytes (waiting for them), `None` once all went, or
+    /// The next bytes (waiting for them) into `out` (emptied first), as
+    /// slices of the chunks that came: `Ok(false)` once all went, or
     /// `Err(Cut)` when the piece will not be whole: the caller then cuts
     /// the transfer short.
-    pub async fn next(&mut self) -> Result<Option<Vec<u8>>, Cut> {
+    pub async fn next(&mut self, out: &mut Vec<Bytes>) -> Result<bool, Cut> {
+        out.clear();
         let len = self.piece.len;
         while self.sent < len {
             let upto = match *self.rx.borrow_and_update() {
@@ -131,17 +168,27 @@ impl Reader<'_> {
                 Flow::Failed => return Err(Cut),
             };
             if upto > self.sent {
-                let b = self.piece.bytes.lock().unwrap_or_else(|e| e.into_inner());
-                let chunk = b[self.sent..upto].to_vec();
-                self.sent = upto;
-                return Ok(Some(chunk));
+                let c = self.piece.chunks.lock().unwrap_or_else(|e| e.into_inner());
+                // `upto` is at most what came: every byte before it is in a chunk.
+                while self.sent < upto {
+                    let part = &c.parts[self.part];
+                    let end = part.len().min(self.within + (upto - self.sent));
+                    out.push(part.slice(self.within..end));
+                    self.sent += end - self.within;
+                    if end == part.len() {
+                        (self.part, self.within) = (self.part + 1, 0);
+                    } else {
+                        self.within = end;
+                    }
+                }
+                return Ok(true);
             }
             // The sender half lives in the piece: this only ends with news.
             if self.rx.changed().await.is_err() {
                 return Err(Cut);
             }
         }
-        Ok(None)
+        Ok(false)
     }
 }
 
@@ -152,12 +199,12 @@ mod tests {
     use super::*;
 
     async fn collect(a: Arc<Arriving>) -> (Vec<u8>, Result<(), Cut>) {
-        let mut got = Vec::new();
+        let (mut got, mut chunks) = (Vec::new(), Vec::new());
         let mut r = a.reader();
         loop {
-            match r.next().await {
-                Ok(Some(c)) => got.extend_from_slice(&c),
-                Ok(None) => return (got, Ok(())),
+            match r.next(&mut chunks).await {
+                Ok(true) => chunks.iter().for_each(|c| got.extend_from_slice(c)),
+                Ok(false) => return (got, Ok(())),
                 Err(cut) => return (got, Err(cut)),
             }
         }
@@ -167,8 +214,8 @@ mod tests {
     async fn all_but_the_last_byte_goes_before_the_hash_passes() {
         let a = Arc::new(Arriving::new(6));
         let f = tokio::spawn(collect(a.clone()));
-        a.push(b"abc");
-        a.push(b"def");
+        a.push(Bytes::from_static(b"abc"));
+        a.push(Bytes::from_static(b"def"));
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         assert!(!f.is_finished(), "the last byte waits for the verdict");
         a.end(true);
@@ -181,7 +228,7 @@ mod tests {
     async fn a_piece_that_fails_is_cut_short() {
         let a = Arc::new(Arriving::new(4));
         let f = tokio::spawn(collect(a.clone()));
-        a.push(b"wxyz");
+        a.push(Bytes::from_static(b"wxyz"));
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         a.end(false);
         // A late "verified" does not undo the failure.
@@ -194,17 +241,21 @@ mod tests {
 
     #[test]
     fn a_forward_goes_on_from_a_verified_copy_only_if_it_agrees() {
-        let a = Arriving::new(4);
-        a.push(b"ab");
-        assert!(a.starts_like(b"abcd", 2));
-        assert!(!a.starts_like(b"axcd", 2));
-        assert!(!a.starts_like(b"abcd", 3), "not past what came");
+        let a = Arriving::new(6);
+        a.push(Bytes::from_static(b"ab"));
+        a.push(Bytes::from_static(b"cd"));
+        assert!(a.starts_like(b"abcdef", 3));
+        assert!(a.starts_like(b"abcdef", 4));
+        assert!(!a.starts_like(b"axcdef", 3));
+        assert!(!a.starts_like(b"abcxef", 4));
+        assert!(!a.starts_like(b"abcdef", 5), "not past what came");
     }
 
     #[tokio::test]
     async fn a_late_forward_of_a_verified_piece_sends_it_whole() {
         let a = Arc::new(Arriving::new(3));
-        a.push(b"12345");
+        a.push(Bytes::from_static(b"12"));
+        a.push(Bytes::from_static(b"345"));
         assert_eq!(a.flow(), Flow::Open(3), "bytes past the length are dropped");
         a.end(true);
         let (bytes, r) = collect(a).await;

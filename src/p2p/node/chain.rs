@@ -148,7 +148,7 @@ impl Inner {
         }
         let (node, b) = (self.clone(), blob.clone());
         match tokio::task::spawn_blocking(move || node.read_piece(&b, index)).await {
-            Ok(Ok(bytes)) => Some((index, Body::Bytes(bytes))),
+            Ok(Ok(bytes)) => Some((index, Body::Bytes(bytes.into()))),
             _ => None,
         }
     }

@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::sync::watch;
 
 use super::chain::ChainProgress;
@@ -278,7 +279,9 @@ impl Inner {
     /// Takes the `len` bytes of piece `index` of `blob` off `recv`, listed
     /// among the arriving pieces as they come (unless the piece already
     /// is: a duplicate), the tracker told at the first byte; `moved` runs
-    /// for every chunk. `Err(None)`: the stream ended early.
+    /// for every chunk. The piece comes as the chunks quinn hands out,
+    /// shared (not copied) with the forwards of it. `Err(None)`: the
+    /// stream ended early.
     pub(super) async fn take_piece(
         self: &Arc<Self>,
         origin: SocketAddr,
@@ -287,7 +290,7 @@ impl Inner {
         len: usize,
         recv: &mut quinn::RecvStream,
         moved: impl Fn(),
-    ) -> Result<(Vec<u8>, Option<Receiving>), Option<quinn::ReadError>> {
+    ) -> Result<(Vec<Bytes>, Option<Receiving>), Option<quinn::ReadError>> {
         let receiving = Receiving::start(self, blob, index, len);
         if receiving.is_some() {
             self.tell(
@@ -300,16 +303,17 @@ impl Inner {
             )
             .await;
         }
-        let mut bytes = Vec::with_capacity(len);
-        while bytes.len() < len {
-            let c = recv.read_chunk(len - bytes.len(), true).await?.ok_or(None)?;
+        let (mut parts, mut got) = (Vec::new(), 0);
+        while got < len {
+            let c = recv.read_chunk(len - got, true).await?.ok_or(None)?;
+            got += c.bytes.len();
             if let Some(r) = &receiving {
-                r.piece.push(&c.bytes);
+                r.piece.push(c.bytes.clone());
             }
-            bytes.extend_from_slice(&c.bytes);
+            parts.push(c.bytes);
             moved();
         }
-        Ok((bytes, receiving))
+        Ok((parts, receiving))
     }
 
     /// Writes a piece that came (checking its hash) unless it is already
@@ -321,7 +325,7 @@ impl Inner {
         &self,
         partial: &Arc<Mutex<Partial>>,
         index: usize,
-        bytes: Vec<u8>,
+        parts: Vec<Bytes>,
         receiving: Option<Receiving>,
         counted: Option<(Arc<ChainProgress>, bool)>,
     ) -> std::io::Result<bool> {
@@ -331,9 +335,9 @@ impl Inner {
             if p.have().get(index) {
                 return Ok::<bool, std::io::Error>(false);
             }
-            p.write_piece(index, &bytes)?;
+            p.write_piece(index, &parts)?;
             if let Some((chain, from_origin)) = counted {
-                let len = bytes.len() as u64;
+                let len = parts.iter().map(Bytes::len).sum::<usize>() as u64;
                 if chain.striped.load(Ordering::Relaxed) {
                     crate::metrics::P2P_BYTES_STRIPED.add(len);
                 } else {

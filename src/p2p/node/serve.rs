@@ -12,6 +12,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use super::cache::InUse;
 use super::{CUT_SHORT, Inner, NOT_HERE};
 use crate::digest::Digest;
@@ -23,9 +25,11 @@ use crate::p2p::wire::{Request, Response, read_msg, write_msg};
 /// How long a forward whose source failed waits for a verified copy.
 const CUT_GRACE: Duration = Duration::from_millis(500);
 
-/// A piece body to send: read from disk, or still arriving.
+/// A piece body to send: read from disk, or still arriving. Both go to
+/// quinn as `Bytes`, which it keeps as they are (no copy into its send
+/// buffer, unlike a slice).
 pub(super) enum Body {
-    Bytes(Vec<u8>),
+    Bytes(Bytes),
     Arriving {
         piece: Arc<Arriving>,
         blob: Digest,
@@ -211,7 +215,7 @@ impl Inner {
                         Response::Piece {
                             len: bytes.len() as u64,
                         },
-                        Some(Body::Bytes(bytes)),
+                        Some(Body::Bytes(bytes.into())),
                     ),
                     // Reported (it was arriving), but its download failed:
                     // the asker tries another holder.
@@ -259,17 +263,18 @@ impl Inner {
     ) -> Result<(), relay::Cut> {
         let len = body.len() as u64;
         match body {
-            Body::Bytes(b) => send.write_all(&b).await.map_err(|_| relay::Cut)?,
+            Body::Bytes(b) => send.write_chunk(b).await.map_err(|_| relay::Cut)?,
             Body::Arriving { piece, blob, index } => {
                 tracing::debug!("p2p: forwarding a piece still arriving, {:?}", piece.flow());
-                let mut r = piece.reader();
+                let (mut r, mut chunks) = (piece.reader(), Vec::new());
                 loop {
-                    match r.next().await {
-                        Ok(Some(c)) => send.write_all(&c).await.map_err(|_| relay::Cut)?,
-                        Ok(None) => break,
+                    match r.next(&mut chunks).await {
+                        Ok(true) => send.write_all_chunks(&mut chunks).await.map_err(|_| relay::Cut)?,
+                        Ok(false) => break,
                         Err(cut) => match self.verified_piece(&blob, index).await {
                             Some(whole) if piece.starts_like(&whole, r.sent()) => {
-                                send.write_all(&whole[r.sent()..]).await.map_err(|_| relay::Cut)?;
+                                let rest = Bytes::from(whole).slice(r.sent()..);
+                                send.write_chunk(rest).await.map_err(|_| relay::Cut)?;
                                 break;
                             }
                             _ => {

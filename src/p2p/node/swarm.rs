@@ -13,6 +13,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::task::JoinSet;
 
 use super::chain::{ChainEnd, ChainProgress};
@@ -43,7 +44,7 @@ const ANNOUNCE_EVERY: Duration = Duration::from_secs(1);
 type PieceResult = (
     Option<String>,
     usize,
-    Result<(Vec<u8>, Option<Receiving>), PieceError>,
+    Result<(Vec<Bytes>, Option<Receiving>), PieceError>,
 );
 
 /// Why a piece did not come.
@@ -281,10 +282,10 @@ impl Inner {
             }
             pending.unset(piece);
             match result {
-                Ok((bytes, receiving)) => {
-                    let len = bytes.len() as u64;
+                Ok((parts, receiving)) => {
+                    let len = parts.iter().map(Bytes::len).sum::<usize>() as u64;
                     // Ok(false): an endgame duplicate.
-                    match self.write_taken(partial, piece, bytes, receiving, None).await {
+                    match self.write_taken(partial, piece, parts, receiving, None).await {
                         Ok(true) => {
                             tracing::debug!(
                                 "p2p: piece {piece} from {} at {:.3}",
@@ -385,7 +386,7 @@ impl Inner {
         blob: &Digest,
         piece: usize,
         len: usize,
-    ) -> Result<(Vec<u8>, Option<Receiving>), PieceError> {
+    ) -> Result<(Vec<Bytes>, Option<Receiving>), PieceError> {
         let failed = |why: String| PieceError::Failed(format!("{addr}: {why}"));
         let conn = self
             .connection(addr)
