@@ -1,12 +1,14 @@
 //! Blobs through the mirror: from the store when whole here, else sent to
 //! the client as the swarm brings their pieces, in order, each piece only
 //! once it passed its hash, so the engine's copy runs alongside the
-//! download instead of after it. The whole blob's digest is computed over
-//! the bytes sent and checked before the last of them goes: a response
-//! whose blob turns out wrong, or whose download fails, is cut off (the
-//! body ends in an error, the connection is reset) and never ends as if
-//! complete. Byte ranges (`Range: bytes=A-B`, `A-`, `-N`) of either; a
-//! range short of the whole blob has verified pieces only, no whole check.
+//! download instead of after it. The last piece of a whole blob goes only
+//! once the download put the blob in the store, which it does only when
+//! the blob's digest (computed as the pieces came, no pass of the mirror's
+//! own) matched: a response whose blob turns out wrong, or whose download
+//! fails, is cut off (the body ends in an error, the connection is reset)
+//! and never ends as if complete. Byte ranges (`Range: bytes=A-B`, `A-`,
+//! `-N`) of either; a range short of the whole blob has verified pieces
+//! only, no whole check.
 
 use std::io::{self, SeekFrom};
 
@@ -17,7 +19,7 @@ use futures_util::Stream;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::{Mirror, error, set};
-use crate::digest::{Digest, Hasher};
+use crate::digest::Digest;
 use crate::p2p::node::Following;
 use crate::p2p::pieces::PieceTable;
 
@@ -141,14 +143,24 @@ fn range(h: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, ()> {
     Ok(Some((start, end)))
 }
 
-/// Verified pieces of one blob, each once it is here.
+/// Verified pieces of one blob, each once it is here, and the verdict on
+/// the whole of it.
 pub(super) trait Pieces: Send + 'static {
     fn piece(&mut self, i: usize) -> impl Future<Output = io::Result<Vec<u8>>> + Send;
+    /// `Ok` once the whole blob is known good (its digest matched), an
+    /// error when it is not.
+    fn whole(&mut self) -> impl Future<Output = io::Result<()>> + Send;
 }
 
 impl Pieces for Following {
     async fn piece(&mut self, i: usize) -> io::Result<Vec<u8>> {
         Following::piece(self, i).await.map_err(io::Error::other)
+    }
+
+    /// The download's verdict: it adopts the blob into the store only
+    /// once the digest it computed over the pieces as they came matched.
+    async fn whole(&mut self) -> io::Result<()> {
+        Following::done(self).await.map_err(io::Error::other)
     }
 }
 
@@ -159,43 +171,38 @@ struct Sending<P> {
     /// The next byte to send, and the end of the range.
     next: u64,
     end: u64,
-    /// The blob's digest over the bytes sent, when they are the whole blob.
-    whole: Option<Hasher>,
+    /// Whether the bytes are the whole blob, whose verdict the last of
+    /// them waits for.
+    whole: bool,
 }
 
-impl<P> Sending<P> {
-    /// Ends the whole blob's check, if any: an error when the bytes sent
-    /// are another blob than the one asked for.
-    fn check(&mut self) -> io::Result<()> {
-        let Some(h) = self.whole.take() else {
-            return Ok(());
-        };
-        let actual = h.finish();
-        if actual == self.table.digest {
+impl<P: Pieces> Sending<P> {
+    /// Waits for the whole blob's verdict, if the bytes are the whole
+    /// blob: an error when they are not the blob asked for.
+    async fn check(&mut self) -> io::Result<()> {
+        if !std::mem::take(&mut self.whole) {
             return Ok(());
         }
-        crate::metrics::MIRROR_BLOBS_CUT_OFF.add(1);
-        tracing::error!(
-            "mirror: every piece of {} passed its hash, but the blob's digest is {actual}: response cut off",
-            self.table.digest
-        );
-        Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{}: the bytes have digest {actual}", self.table.digest),
-        ))
+        self.pieces.whole().await.inspect_err(|e| {
+            crate::metrics::MIRROR_BLOBS_CUT_OFF.add(1);
+            tracing::error!(
+                "mirror: {}: every piece passed its hash, but not the whole blob ({e}): response cut off before its last piece",
+                self.table.digest
+            );
+        })
     }
 }
 
 /// The bytes `start..end` of the blob `table` describes, a piece at a
-/// time as `pieces` yields them; with the whole blob, its digest is
-/// checked before the last piece goes.
+/// time as `pieces` yields them; with the whole blob, the last piece
+/// waits for the whole blob's verdict.
 fn send<P: Pieces>(
     pieces: P,
     table: PieceTable,
     start: u64,
     end: u64,
 ) -> impl Stream<Item = io::Result<Bytes>> {
-    let whole = (start == 0 && end == table.size).then(|| table.digest.algorithm().hasher());
+    let whole = start == 0 && end == table.size;
     let sending = Sending {
         pieces,
         table,
@@ -205,7 +212,7 @@ fn send<P: Pieces>(
     };
     futures_util::stream::try_unfold(sending, |mut s| async move {
         if s.next >= s.end {
-            s.check()?;
+            s.check().await?;
             return Ok(None);
         }
         let i = (s.next / s.table.piece_size) as usize;
@@ -221,15 +228,12 @@ fn send<P: Pieces>(
                 bytes.len()
             )));
         }
-        if let Some(h) = &mut s.whole {
-            h.update(&bytes);
-        }
         let upto = s.end.min(offset + len);
         let chunk = Bytes::from(bytes).slice((s.next - offset) as usize..(upto - offset) as usize);
         s.next = upto;
         if s.next >= s.end {
             // Before the last bytes go: a client never has them all of a bad blob.
-            s.check()?;
+            s.check().await?;
         }
         Ok(Some((chunk, s)))
     })
@@ -246,6 +250,8 @@ mod tests {
         piece_size: u64,
         /// Fails at this piece, as a download that stops midway.
         fail_at: Option<usize>,
+        /// The digest the download checks the whole blob against (the table's).
+        digest: Digest,
     }
 
     impl Pieces for Fake {
@@ -256,6 +262,18 @@ mod tests {
             let start = i * self.piece_size as usize;
             let end = (start + self.piece_size as usize).min(self.bytes.len());
             Ok(self.bytes[start..end].to_vec())
+        }
+
+        /// As the download's end: the blob's digest against the table's.
+        async fn whole(&mut self) -> io::Result<()> {
+            let actual = Digest::sha256_of(&self.bytes);
+            match &self.digest {
+                d if *d == actual => Ok(()),
+                d => Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{d}: the bytes have digest {actual}"),
+                )),
+            }
         }
     }
 
@@ -293,6 +311,7 @@ mod tests {
             bytes: bytes.clone(),
             piece_size: 1000,
             fail_at: None,
+            digest: t.digest.clone(),
         };
         assert_eq!(sent(fake(), t.clone(), 0, 10_000).unwrap(), bytes);
         for (a, b) in [(0, 1), (999, 1001), (1500, 7321), (9999, 10_000), (3000, 4000)] {
@@ -310,6 +329,7 @@ mod tests {
             bytes: bytes.clone(),
             piece_size: 1000,
             fail_at: None,
+            digest: t.digest.clone(),
         };
         let e = sent(fake(), t.clone(), 0, 10_000).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
@@ -336,6 +356,7 @@ mod tests {
             bytes,
             piece_size: 1000,
             fail_at: Some(4),
+            digest: t.digest.clone(),
         };
         assert!(sent(fake, t, 0, 10_000).is_err());
     }

@@ -3,7 +3,8 @@
 //! written (read back from the download's partial file, whose handle
 //! stays valid when the file is renamed into the store or evicted).
 //! Following never starts a second download of a blob, and never reads a
-//! piece that has not passed its hash.
+//! piece that has not passed its hash; the whole blob's verdict is the
+//! download's (`done`).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -70,6 +71,24 @@ impl Following {
             Stage::Done => Ok(None),
             Stage::Failed(why) => Err(fetch_err(&self.blob, why)),
             Stage::Starting => Err(fetch_err(&self.blob, "the download never started")),
+        }
+    }
+
+    /// Waits for the download to end: `Ok` once the blob is in the store
+    /// (adopted only after its whole digest, computed as the pieces came,
+    /// matched), the error when it failed (a wrong whole digest among
+    /// other reasons).
+    pub async fn done(&mut self) -> Result<()> {
+        let stage = self
+            .stage
+            .wait_for(Stage::ended)
+            .await
+            .map(|s| s.clone())
+            .unwrap_or_else(|_| Stage::Failed("the download vanished".into()));
+        match stage {
+            Stage::Done => Ok(()),
+            Stage::Failed(why) => Err(fetch_err(&self.blob, why)),
+            Stage::Starting | Stage::Arriving(_) => Err(fetch_err(&self.blob, "the download never ended")),
         }
     }
 
