@@ -194,7 +194,11 @@ impl Inner {
                 }
             }
             if following.is_some() {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                // Woken by a piece written, so the last one ends the
+                // download at once (a mirror's client waits for that end
+                // to get its last piece); the timeout bounds a missed
+                // wake-up.
+                let _ = tokio::time::timeout(Duration::from_millis(20), self.news.notified()).await;
                 continue;
             }
             // Fill the request slots.
