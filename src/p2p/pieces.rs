@@ -157,7 +157,9 @@ impl Tables {
 
 /// A blob being downloaded: `DIR/HEX.part` (sparse, full size) and
 /// `DIR/HEX.have` (the pieces written). On open, every recorded piece is
-/// hashed again, so a piece lost in a crash is simply fetched again.
+/// hashed again, so a piece lost in a crash is simply fetched again; the
+/// record is only a hint, rewritten in place as each piece comes (a torn
+/// write loses nothing a new file per piece would keep).
 ///
 /// The whole blob's digest is computed as pieces come, over the longest
 /// run of pieces from the first: pieces that arrive in order (a chain
@@ -170,6 +172,7 @@ pub struct Partial {
     data: File,
     path: PathBuf,
     have_path: PathBuf,
+    have_file: File,
     have: Bitfield,
     /// The blob's digest over pieces `0..hashed`.
     whole: crate::digest::Hasher,
@@ -192,6 +195,13 @@ impl Partial {
             .ok()
             .and_then(|b| Bitfield::from_bytes(table.count(), &b))
             .unwrap_or_else(|| Bitfield::new(table.count()));
+        let have_file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&have_path)?;
+        // Always the length of the table's bitfield, whatever a crash left.
+        have_file.set_len(table.count().div_ceil(8) as u64)?;
         let mut p = Partial {
             have: Bitfield::new(table.count()),
             whole: table.digest.algorithm().hasher(),
@@ -200,6 +210,7 @@ impl Partial {
             data,
             path,
             have_path,
+            have_file,
         };
         for i in 0..p.table.count() {
             let Some(b) = recorded.get(i).then(|| p.read_piece(i)).and_then(Result::ok) else {
@@ -237,7 +248,8 @@ impl Partial {
         }
         write_parts_at(&self.data, parts, self.table.range(i).0)?;
         if self.have.set(i) {
-            crate::store::write_atomic(&self.have_path, &self.have.to_bytes())?;
+            // Same length every time: the bytes in place, no new file.
+            self.have_file.write_all_at(&self.have.to_bytes(), 0)?;
         }
         self.hash_on(i, parts)
     }
