@@ -27,6 +27,9 @@ const FIRST_BYTE: Duration = Duration::from_secs(5);
 /// A stream to the next agent of a chain ends after this long without a
 /// new piece to send.
 const STREAM_IDLE: Duration = Duration::from_secs(10);
+/// How many times an agent waits while the tracker gathers the agents
+/// fetching a blob (it says how long: half a second at most).
+const GATHER_WAITS: u32 = 10;
 
 /// How a chain is going, shared between its task and the download.
 pub(super) struct ChainProgress {
@@ -172,14 +175,24 @@ impl Inner {
             addr: self.addr.to_string(),
             stripes: true,
         };
-        let answer = tokio::time::timeout(TRACKER_TIMEOUT, self.request(origin, &ask)).await;
-        let (shift, parents) = match answer {
-            Ok(Ok((Response::Upstream { peer }, _))) => (0, vec![peer]),
-            Ok(Ok((Response::Stripes { shift, parents }, _))) if !parents.is_empty() => (shift, parents),
-            Ok(Ok((Response::Error { message }, _))) => return Err(ChainEnd::None(message)),
-            Ok(Ok((other, _))) => return Err(ChainEnd::None(format!("unexpected answer {other:?}"))),
-            Ok(Err(e)) => return Err(ChainEnd::None(e.to_string())),
-            Err(_) => return Err(ChainEnd::None("the tracker did not answer".into())),
+        // The tracker may gather the agents fetching the blob first.
+        let mut waits = 0;
+        let (shift, parents) = loop {
+            let answer = tokio::time::timeout(TRACKER_TIMEOUT, self.request(origin, &ask)).await;
+            match answer {
+                Ok(Ok((Response::Busy { retry_ms, .. }, _))) if waits < GATHER_WAITS => {
+                    waits += 1;
+                    tokio::time::sleep(Duration::from_millis(retry_ms.clamp(1, 1000))).await;
+                }
+                Ok(Ok((Response::Upstream { peer }, _))) => break (0, vec![peer]),
+                Ok(Ok((Response::Stripes { shift, parents }, _))) if !parents.is_empty() => {
+                    break (shift, parents);
+                }
+                Ok(Ok((Response::Error { message }, _))) => return Err(ChainEnd::None(message)),
+                Ok(Ok((other, _))) => return Err(ChainEnd::None(format!("unexpected answer {other:?}"))),
+                Ok(Err(e)) => return Err(ChainEnd::None(e.to_string())),
+                Err(_) => return Err(ChainEnd::None("the tracker did not answer".into())),
+            }
         };
         let stripes = parents.len();
         if stripes > 1 {

@@ -39,10 +39,22 @@ struct BlobSwarm {
     /// Agents streaming the blob one from the next, the first from the
     /// origin.
     chain: Vec<u32>,
-    /// With more live agents than a chain holds: the stripe trees every
-    /// agent live when the first asked streams the blob down.
+    /// With more live agents than a chain holds: the agents asking for
+    /// the blob from when the first asked, for `GATHER` or until every
+    /// live agent asked.
+    gathering: Option<(Instant, Vec<PeerAddr>)>,
+    /// The stripe trees the agents gathered stream the blob down, when
+    /// they are more than a chain holds.
     stripes: Option<StripeTrees>,
 }
+
+/// How long the tracker gathers the agents asking for a blob before it
+/// places them (in a chain if they fit one, else in stripe trees), when
+/// the cluster is larger than a chain: in a pull by every host they all
+/// ask within milliseconds, and a deploy to a few hosts of a large
+/// cluster gets a chain of those few rather than a plan over hosts that
+/// never ask.
+const GATHER: Duration = Duration::from_millis(500);
 
 /// Who streams which stripe of a blob from whom: a plan over the agents
 /// live when the first of them asked (by name, so every asker sees the
@@ -79,6 +91,7 @@ impl BlobSwarm {
             origin_reserved: HashMap::new(),
             rng: Rng::new(pieces as u64),
             chain: Vec::new(),
+            gathering: None,
             stripes: None,
         }
     }
@@ -265,57 +278,85 @@ impl Inner {
 
     /// `Upstream`: where `node` streams `blob` from in its chain (None:
     /// the origin), placing it at the chain's end. With more live agents
-    /// than may chain, and an asker that can follow `stripes`: its parent
-    /// in every stripe's tree. An error when chains are off or full, or
-    /// the asker is not in the stripe plan (it swarms then).
+    /// than may chain and an asker that can follow `stripes`, the agents
+    /// asking are gathered first (`Busy` meanwhile), then placed: in a
+    /// chain if they fit one, else in stripe trees, each told its parent
+    /// in every tree. An error when chains are off or full, or the asker
+    /// came too late to be placed (it swarms then).
     pub(super) fn upstream(&self, blob: &Digest, node: String, addr: String, stripes: bool) -> Response {
         let max = self.chain_max;
         // A chain takes the origin's whole uplink and every member's,
-        // so agents outside it would wait for it to end: chains only
-        // while every live registered agent fits in one.
-        let mut live: Vec<PeerAddr> = self
+        // so agents outside it would wait for it to end: one chain only
+        // while every live registered agent fits in it, or of the agents
+        // gathered.
+        let hosts = self
             .hosts
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
             .filter(|(_, seen)| seen.elapsed() < LIVE_HOST)
-            .map(|(h, _)| PeerAddr {
-                name: h.name.clone(),
-                addr: h.addr.clone(),
-                have: None,
-            })
-            .collect();
-        let hosts = live.len();
+            .count();
         self.track(blob, |s| {
             let id = s.id(&node);
-            if max > 0 && stripes && (hosts > max || s.stripes.is_some()) {
-                let pieces = s.swarm.pieces();
-                let trees = match &s.stripes {
-                    Some(t) => t,
-                    None => {
-                        live.sort_by(|a, b| a.name.cmp(&b.name));
-                        let plan = match Plan::new(live.len()) {
-                            Ok(plan) => plan,
-                            Err(e) => {
-                                return Response::Error {
-                                    message: format!("no stripe plan for {hosts} agents: {e}; swarm"),
-                                };
-                            }
-                        };
-                        tracing::info!(
-                            "p2p: {blob}: {hosts} agents, {max} may chain: {} stripes",
-                            plan.stripes()
-                        );
-                        s.stripes.insert(StripeTrees { plan, hosts: live })
+            if max > 0 && stripes && hosts > max && s.chain.is_empty() && s.stripes.is_none() {
+                let (since, asking) = s.gathering.get_or_insert_with(|| (Instant::now(), Vec::new()));
+                if !asking.iter().any(|p| p.name == node) {
+                    asking.push(PeerAddr {
+                        name: node.clone(),
+                        addr: addr.clone(),
+                        have: None,
+                    });
+                }
+                let waited = since.elapsed();
+                if waited < GATHER && asking.len() < hosts {
+                    return Response::Busy {
+                        retry_ms: (GATHER - waited).as_millis().max(1) as u64,
+                        message: format!("gathering the agents that fetch {blob}"),
+                    };
+                }
+                let mut gathered = std::mem::take(asking);
+                if gathered.len() <= max {
+                    // In the order they asked.
+                    for p in gathered {
+                        let id = s.id(&p.name);
+                        s.chain.push(id);
+                        s.peers.entry(id).or_insert(p);
                     }
-                };
-                return trees.answer(&node, pieces).unwrap_or_else(|| Response::Error {
-                    message: format!("{node} was not live when the stripe plan of {blob} was made; swarm"),
-                });
+                    tracing::info!(
+                        "p2p: {blob}: {} of {hosts} agents fetch it: a chain",
+                        s.chain.len()
+                    );
+                } else {
+                    gathered.sort_by(|a, b| a.name.cmp(&b.name));
+                    let plan = match Plan::new(gathered.len()) {
+                        Ok(plan) => plan,
+                        Err(e) => {
+                            return Response::Error {
+                                message: format!("no stripe plan for {} agents: {e}; swarm", gathered.len()),
+                            };
+                        }
+                    };
+                    tracing::info!(
+                        "p2p: {blob}: {} of {hosts} agents fetch it, {max} may chain: {} stripes",
+                        gathered.len(),
+                        plan.stripes()
+                    );
+                    s.stripes = Some(StripeTrees {
+                        plan,
+                        hosts: gathered,
+                    });
+                }
+            }
+            if let Some(trees) = s.stripes.as_ref().filter(|_| stripes) {
+                return trees
+                    .answer(&node, s.swarm.pieces())
+                    .unwrap_or_else(|| Response::Error {
+                        message: format!("{node} asked too late to be in the stripe plan of {blob}; swarm"),
+                    });
             }
             let pos = match s.chain.iter().position(|i| *i == id) {
                 Some(pos) => pos,
-                None if s.chain.len() >= max || hosts > max => {
+                None if s.chain.len() >= max || hosts > max || s.stripes.is_some() => {
                     return Response::Error {
                         message: format!(
                             "no chain for {node}: {} agents, {max} may chain; swarm",
