@@ -6,6 +6,12 @@
 //! and ends (for the swarm to take over) when the chain ends short,
 //! stalls or sends a bad piece. A piece that failed its hash is never
 //! written.
+//!
+//! Stripes carry the same streams past one chain: in a larger cluster
+//! the tracker deals the pieces into stripes and gives each agent a
+//! parent per stripe (`stripes::Plan`); the agent follows one stream per
+//! stripe, listing the other stripes' pieces as had so the sender skips
+//! them.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
