@@ -117,10 +117,12 @@ pub struct Args {
     /// How many agents fetching one blob form a chain: each streams it
     /// from the one before (the first from the origin), piece by piece as
     /// they arrive, so every link carries one stream at full rate. With
-    /// more live agents than this (a heartbeat in the last 30 s), the blob
-    /// goes down ⌈log2(N+1)⌉ stripe trees instead, streamed the same way.
-    /// Past this many in a chain, and whenever a chain or stripe breaks or
-    /// stalls, agents swarm (rarest first among peers). 0: always swarm.
+    /// more live agents than this (a heartbeat in the last 30 s), the
+    /// agents asking for a blob within half a second form a chain if they
+    /// fit one, else the blob goes down ⌈log2(N+1)⌉ stripe trees over
+    /// them, streamed the same way. Late askers, and agents whose chain or
+    /// stripe breaks or stalls, swarm (rarest first among peers). 0:
+    /// always swarm.
     #[arg(long, default_value_t = strata::p2p::node::CHAIN_MAX)]
     pub p2p_chain: usize,
     /// Folder of app specs the API and dashboard deploy (as `strata deploy

@@ -111,10 +111,12 @@ pub struct NodeConfig {
 /// Agents per blob that form a chain by default. A chain keeps every link
 /// busy with one stream at the full rate, so each agent gets the blob in
 /// about S/B plus a few milliseconds per agent before it. With more live
-/// agents than this (`LIVE_HOST`), the blob goes down stripe trees (see
-/// `stripes`): a chain's delay grows with its length, a tree's with the
-/// log of its size, and a chain busy with the origin's uplink would leave
-/// agents outside it waiting. Past this many in the chain, agents swarm.
+/// agents than this (`LIVE_HOST`), the agents asking for a blob are
+/// gathered and form a chain if they fit one, else the blob goes down
+/// stripe trees over them (see `stripes`): a chain's delay grows with its
+/// length, a tree's with the log of its size, and a chain busy with the
+/// origin's uplink would leave agents outside it waiting. Past this many
+/// in the chain, agents swarm.
 pub const CHAIN_MAX: usize = 64;
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
